@@ -1,0 +1,37 @@
+# The two commands: `make demo` and `make test`. Both run scripts/setup.sh first.
+#
+# Builds share one target directory outside the checkout, so a fresh clone does not rebuild
+# RocksDB from source (about 15 minutes on 2 cores). Override with CARGO_TARGET_DIR=...
+CARGO_TARGET_DIR ?= $(HOME)/.cache/sluice/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+DEMO_ARGS ?= --duration 20s
+
+.PHONY: demo test setup build lint bench golden clean-demo
+
+setup:
+	@./scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --workspace --all-targets
+
+demo: setup
+	$(CARGO) run --release -p sluice --bin sluice -- demo $(DEMO_ARGS)
+
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# Everything in release: RocksDB is built once, and the end-to-end tests are heavy.
+test: lint
+	$(CARGO) test --release --workspace
+
+bench: setup
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline
+
+# Rewrites the golden fixture and its expected outputs (needs only python3).
+golden:
+	python3 tests/fixtures/golden/make_golden.py
+
+clean-demo:
+	rm -rf sluice-demo

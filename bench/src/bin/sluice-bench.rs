@@ -1,0 +1,91 @@
+//! The end-to-end load driver.
+//!
+//! `sluice-bench pipeline [--events N] [--workers 1,2]` runs the standard pipeline once per
+//! worker count, each in a child process (so that peak RSS is that run's own), and prints
+//! events/s and peak RSS. Run it with `make bench`.
+
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Events/s and peak RSS of the standard pipeline, 1 and 2 workers.
+    Pipeline {
+        /// Events per run.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Distinct entities.
+        #[arg(long, default_value_t = 100_000)]
+        customers: u64,
+        /// Worker counts, comma-separated.
+        #[arg(long, default_value = "1,2")]
+        workers: String,
+    },
+    /// One run (used by `pipeline`); prints one line of key=value figures.
+    One {
+        #[arg(long)]
+        events: u64,
+        #[arg(long)]
+        customers: u64,
+        #[arg(long)]
+        workers: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::One { events, customers, workers } => {
+            let work = tempfile::tempdir()?;
+            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers);
+            let started = Instant::now();
+            let summary = sluice::run(&config, &sluice::RunControl::default())?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "workers={workers} events={} seconds={secs:.3} events_per_s={:.0} peak_rss_mib={:.1} features={} duplicates={} late={} dead={}",
+                summary.records_in,
+                summary.records_in as f64 / secs,
+                sluice_bench::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+                summary.features_out,
+                summary.duplicates,
+                summary.late,
+                summary.dead_letters
+            );
+        }
+        Cmd::Pipeline { events, customers, workers } => {
+            let me = std::env::current_exe()?;
+            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities");
+            println!("{:>7}  {:>12}  {:>10}  {:>13}", "workers", "events/s", "seconds", "peak RSS MiB");
+            let mut first = None;
+            for w in workers.split(',') {
+                let w: usize = w.trim().parse().context("--workers takes numbers, e.g. 1,2")?;
+                let out = Command::new(&me)
+                    .args(["one", "--events", &events.to_string(), "--customers", &customers.to_string(), "--workers", &w.to_string()])
+                    .output()?;
+                if !out.status.success() {
+                    bail!("run with {w} workers failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let text = String::from_utf8(out.stdout)?;
+                let field = |k: &str| -> f64 {
+                    text.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+                };
+                let rate = field("events_per_s");
+                println!("{:>7}  {:>12.0}  {:>10.2}  {:>13.1}", w, rate, field("seconds"), field("peak_rss_mib"));
+                match first {
+                    None => first = Some(rate),
+                    Some(base) => println!("         scaling vs the first: {:.2}x", rate / base),
+                }
+            }
+        }
+    }
+    Ok(())
+}

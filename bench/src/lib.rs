@@ -1,0 +1,56 @@
+//! sluice-bench: the end-to-end load driver and the criterion benches of each operator.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `lib.rs` | the standard benchmark pipeline and process memory readings |
+//! | `bin/sluice-bench.rs` | the driver: `pipeline` prints events/s and peak RSS for 1 and 2 workers |
+//! | `benches/operators.rs` | criterion: decode, dedup, order, features, each alone |
+//!
+//! Figures are recorded with the machine in `bench/RESULTS.md`.
+
+use std::path::Path;
+
+use sluice::demo::{payment_schema, standard_features};
+use sluice::PipelineConfig;
+use sluice_connectors::file::FileSinkConfig;
+use sluice_connectors::generator::GeneratorConfig;
+use sluice_connectors::SourceConfig;
+
+/// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
+/// → 6 features → file sink, with `events` events over 4 partitions.
+///
+/// # Panics
+/// Never for valid arguments: the built config is validated.
+pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64) -> PipelineConfig {
+    let mut g = GeneratorConfig::named("bench");
+    g.partitions = 4;
+    g.events = events;
+    g.customers = customers;
+    g.step_us = 40; // 25k events/s of event time per partition
+    g.duplicate_pct = 1.0;
+    g.conflict_pct = 0.1;
+    g.out_of_order_pct = 5.0;
+    g.disorder_ms = 1_000;
+    g.late_pct = 0.1;
+    g.malformed_pct = 0.1;
+    let text = format!(
+        "state_dir = {:?}\nepoch_records = 20000\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created_ms\"\n[[sources]]\ntype = \"generator\"\nname = \"x\"\n",
+        work.join("state")
+    );
+    let mut config: PipelineConfig = toml::from_str(&text).expect("a valid base pipeline");
+    config.workers = workers;
+    config.event = payment_schema();
+    config.sources = vec![SourceConfig::Generator(g)];
+    config.features = standard_features();
+    config.sinks = vec![FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") }];
+    config.validate().expect("the standard pipeline is valid");
+    config
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

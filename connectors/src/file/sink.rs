@@ -1,0 +1,135 @@
+//! Writes one output stream to one JSONL file, committed per epoch.
+//!
+//! All lines go to worker 0, which writes an epoch once it is complete, sorted by each line's
+//! key (so the file is the same for any number of workers), then flushes and fsyncs the file
+//! and stages its new length in the table `sink_positions`. The epoch's state commit therefore
+//! records how long the file is after that epoch. On start, the file is cut back to its
+//! committed length: lines of epochs that were written but never committed (a crash between
+//! the write and the commit) are removed, and those epochs are produced again. A crash never
+//! leaves half an epoch in the committed part of a file.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use sluice_operators::epoch::HeldCapabilities;
+use sluice_operators::{Epoch, Origin};
+use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
+
+use crate::ConnectorError;
+
+/// The table of committed output lengths: sink name to bytes.
+pub const SINK_TABLE: &str = "sink_positions";
+
+/// The tables file sinks declare.
+pub fn tables() -> Vec<TableSpec> {
+    vec![TableSpec::new(SINK_TABLE)]
+}
+
+/// One output line with the key it is sorted by within its epoch.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OutputLine {
+    /// Sort key: event time (0 where not meaningful), id, origin.
+    pub key: (i64, String, Origin),
+    /// The line, without its newline.
+    pub bytes: Vec<u8>,
+}
+
+struct Output {
+    path: PathBuf,
+    file: BufWriter<File>,
+    length: u64,
+}
+
+fn open_output(path: &Path, committed: u64) -> Result<Output, ConnectorError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| ConnectorError::io("cannot create the directory of", path, e))?;
+    }
+    let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(|e| ConnectorError::io("cannot open", path, e))?;
+    let actual = file.metadata().map_err(|e| ConnectorError::io("cannot stat", path, e))?.len();
+    if actual < committed {
+        return Err(ConnectorError::OutputTruncated { path: path.to_path_buf(), committed, actual });
+    }
+    if actual > committed {
+        tracing::info!(path = %path.display(), removed_bytes = actual - committed, "removing output of uncommitted epochs");
+        file.set_len(committed).map_err(|e| ConnectorError::io("cannot truncate", path, e))?;
+    }
+    let mut file = BufWriter::with_capacity(1 << 20, file);
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(committed)).map_err(|e| ConnectorError::io("cannot seek in", path, e))?;
+    Ok(Output { path: path.to_path_buf(), file, length: committed })
+}
+
+/// Writes `lines` to `path`; `name` identifies the sink in the state (use the stream name).
+/// Returns the operator's (empty) output, to be probed: the sink's epoch is done when it passes.
+///
+/// # Errors
+/// The file cannot be opened, or is shorter than committed.
+pub fn file_sink<'scope>(
+    lines: Stream<'scope, Epoch, Vec<OutputLine>>,
+    name: &str,
+    path: &Path,
+    state: Rc<RefCell<WorkerState>>,
+) -> Result<Stream<'scope, Epoch, Vec<()>>, ConnectorError> {
+    let table: Table<U64Codec> = state.borrow().store().table(SINK_TABLE)?;
+    let key = format!("file:{name}");
+    let mut output = if lines.scope().index() == 0 {
+        let committed = state.borrow_mut().get(&table, key.as_bytes())?.unwrap_or(0);
+        Some(open_output(path, committed)?)
+    } else {
+        None
+    };
+    let stream = lines.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &OutputLine| 0), "FileSink", move |cap, _info| {
+        // Held at the input frontier, so that the probe after the sink passes an epoch only
+        // once the sink has written it and staged its length.
+        let mut held = HeldCapabilities::new(vec![cap]);
+        let mut pending: BTreeMap<Epoch, Vec<OutputLine>> = BTreeMap::new();
+        move |(input, frontier), _output| {
+            input.for_each_stamp(|cap, data| {
+                let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                for batch in data {
+                    slot.append(batch);
+                }
+            });
+            let frontier = frontier.frontier().first().copied();
+            let Some(out) = output.as_mut() else {
+                held.downgrade(frontier);
+                return;
+            };
+            let mut wrote = false;
+            while let Some(entry) = pending.first_entry() {
+                let epoch = *entry.key();
+                if frontier.is_some_and(|f| epoch >= f) {
+                    break;
+                }
+                let mut lines = entry.remove();
+                lines.sort_unstable();
+                for line in &lines {
+                    let written = out.file.write_all(&line.bytes).and_then(|()| out.file.write_all(b"\n"));
+                    if let Err(e) = written {
+                        panic!("file sink {}: cannot write: {e}; the epoch is not committed and will be produced again after a restart", out.path.display());
+                    }
+                    out.length += line.bytes.len() as u64 + 1;
+                }
+                // Each epoch records its own end, so a commit of any prefix of epochs is exact.
+                state.borrow_mut().put(epoch, &table, key.as_bytes(), &out.length);
+                wrote = true;
+            }
+            if wrote {
+                let synced = out.file.flush().and_then(|()| out.file.get_ref().sync_data());
+                if let Err(e) = synced {
+                    panic!("file sink {}: cannot sync: {e}; the epoch is not committed and will be produced again after a restart", out.path.display());
+                }
+            }
+            held.downgrade(frontier);
+        }
+    });
+    Ok(stream)
+}

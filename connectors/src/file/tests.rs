@@ -1,0 +1,67 @@
+use std::io::Write;
+
+use super::*;
+use crate::source::{PartitionReader, ReadStatus};
+
+fn write(path: &std::path::Path, text: &[u8]) {
+    std::fs::File::create(path).unwrap().write_all(text).unwrap();
+}
+
+#[test]
+fn lines_carry_their_byte_offsets_and_blank_lines_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    write(&path, b"{\"a\":1}\n\n{\"b\":2}\r\nlast");
+    let mut r = FileReader::new("s", &path, AtEof::Finish, 100);
+    let mut out = Vec::new();
+    assert_eq!(r.read(10, &mut out).unwrap(), ReadStatus::End);
+    assert_eq!(out, vec![(0, b"{\"a\":1}".to_vec()), (9, b"{\"b\":2}".to_vec()), (18, b"last".to_vec())]);
+    assert_eq!(r.position(), 22);
+}
+
+#[test]
+fn a_partial_last_line_waits_when_the_file_may_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    write(&path, b"one\ntw");
+    let mut r = FileReader::new("s", &path, AtEof::Stop, 100);
+    let mut out = Vec::new();
+    assert_eq!(r.read(10, &mut out).unwrap(), ReadStatus::Stop);
+    assert_eq!(out, vec![(0, b"one".to_vec())]);
+    assert_eq!(r.position(), 4);
+    write(&path, b"one\ntwo\nthree\n");
+    let mut again = FileReader::new("s", &path, AtEof::Finish, 100);
+    again.seek(4).unwrap();
+    out.clear();
+    assert_eq!(again.read(10, &mut out).unwrap(), ReadStatus::End);
+    assert_eq!(out, vec![(4, b"two".to_vec()), (8, b"three".to_vec())]);
+}
+
+#[test]
+fn overlong_lines_are_cut_and_reading_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    let mut text = vec![b'x'; 50];
+    text.extend_from_slice(b"\nok\n");
+    write(&path, &text);
+    let mut r = FileReader::new("s", &path, AtEof::Finish, 10);
+    let mut out = Vec::new();
+    r.read(10, &mut out).unwrap();
+    assert_eq!(out, vec![(0, vec![b'x'; 10]), (51, b"ok".to_vec())]);
+}
+
+#[test]
+fn source_config_parses_by_type_and_rejects_unknown_keys() {
+    let ok: crate::SourceConfig = toml_from(
+        r#"type = "generator"
+name = "g"
+partitions = 3"#,
+    );
+    assert_eq!(ok.partitions(), 3);
+    let bad = toml::from_str::<crate::SourceConfig>("type = \"file\"\nname = \"f\"\npath = \"x\"\nspeed = 2");
+    assert!(bad.unwrap_err().to_string().contains("unknown field `speed`"));
+}
+
+fn toml_from<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    toml::from_str(text).unwrap()
+}

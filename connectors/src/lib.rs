@@ -1,0 +1,115 @@
+//! sluice-connectors: sources and sinks.
+//!
+//! A source is a set of partitions, each read by a [`PartitionReader`] on the worker that owns
+//! it; [`source::build`] turns the readers of a worker into a timely source that closes epochs,
+//! stages positions and applies backpressure. A sink writes a stream out and commits per epoch.
+//! This crate must not decode events (that is `decode`'s job) nor keep state outside the tables
+//! it declares.
+//!
+//! | folder / file | what it owns |
+//! |---|---|
+//! | `source.rs` | the source operator, [`PartitionReader`], epochs, positions, backpressure |
+//! | `file/` | JSONL file source ([`file::FileReader`]) and sink ([`file::file_sink`]) |
+//! | `generator/` | the synthetic payment traffic generator |
+//! | `error.rs` | [`ConnectorError`] |
+//!
+//! [`registry`] lists every connector; [`SourceConfig`] is what `[[sources]]` entries parse to.
+
+mod error;
+pub mod file;
+pub mod generator;
+pub mod source;
+
+use serde::Deserialize;
+
+pub use error::ConnectorError;
+pub use source::{PartitionReader, ReadStatus, SourceSettings};
+
+/// A connector, as listed by [`registry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectorInfo {
+    /// The `type` in a pipeline file.
+    pub kind: &'static str,
+    /// `source` or `sink`.
+    pub role: &'static str,
+    /// One line on what it does.
+    pub about: &'static str,
+}
+
+/// Every connector sluice has.
+pub fn registry() -> &'static [ConnectorInfo] {
+    &[
+        ConnectorInfo { kind: "file", role: "source", about: "JSONL files, one partition per file; as fast as possible or paced by event time" },
+        ConnectorInfo {
+            kind: "generator",
+            role: "source",
+            about: "seeded synthetic payment traffic with duplicates, conflicts, disorder, late and malformed records",
+        },
+        ConnectorInfo { kind: "file", role: "sink", about: "one JSONL file per output stream, sorted and committed per epoch" },
+    ]
+}
+
+/// One `[[sources]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// JSONL files.
+    File(file::FileSourceConfig),
+    /// The generator.
+    Generator(generator::GeneratorConfig),
+}
+
+impl SourceConfig {
+    /// The source's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::File(c) => &c.name,
+            SourceConfig::Generator(c) => &c.name,
+        }
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> usize {
+        match self {
+            SourceConfig::File(c) => c.files().len(),
+            SourceConfig::Generator(c) => c.partitions as usize,
+        }
+    }
+
+    /// Checks the config; `key` is where it sits (`sources[0]`).
+    ///
+    /// # Errors
+    /// What the connector's `validate` finds.
+    pub fn validate(&self, key: &str) -> Result<(), ConnectorError> {
+        if self.name().is_empty() {
+            return Err(ConnectorError::Config { key: format!("{key}.name"), problem: "must not be empty".into() });
+        }
+        match self {
+            SourceConfig::File(c) => c.validate(key),
+            SourceConfig::Generator(c) => c.validate(key),
+        }
+    }
+
+    /// The reader of the source's partition `partition` (0-based within the source).
+    /// `time_of` extracts event times, for pacing by event time.
+    pub fn reader(&self, partition: usize, time_of: Option<file::TimeOfFactory>) -> Box<dyn PartitionReader> {
+        match self {
+            SourceConfig::File(c) => {
+                let path = &c.files()[partition];
+                let reader = file::FileReader::new(&c.name, path, c.at_eof, c.line_bytes_max);
+                match (c.pace_speedup, time_of) {
+                    (Some(speedup), Some(factory)) => Box::new(reader.paced(speedup, factory())),
+                    _ => Box::new(reader),
+                }
+            }
+            SourceConfig::Generator(c) => Box::new(generator::GeneratorReader::new(c, partition as u32)),
+        }
+    }
+}
+
+/// Every table the connectors declare.
+pub fn tables() -> Vec<sluice_state::TableSpec> {
+    let mut t = source::tables();
+    t.extend(file::sink_tables());
+    t
+}

@@ -1,0 +1,202 @@
+//! The source operator: runs partition readers on a worker and closes epochs.
+//!
+//! ```text
+//!   readers of this worker's partitions ──> source ──> records, and per epoch one
+//!                                                      end mark per partition ──> (decode)
+//! ```
+//!
+//! Partition `p` (a global index over all sources of a pipeline) is read by worker
+//! `p % workers`. An epoch of a partition ends after `epoch_records` records, so for unpaced
+//! sources each epoch holds the same records whatever the number of workers. Paced sources
+//! (a generator with a rate, a file paced by event time) also end an epoch after `epoch_ms` of
+//! wall time once they have nothing more to give right now; their epochs depend on timing.
+//!
+//! At the end of each epoch the position of every partition (after its last record of the
+//! epoch) is staged in the table `source_positions`, so the epoch's commit holds it; a restart
+//! seeks every reader there. The source stops reading while more than `max_inflight_epochs`
+//! epochs are open (not yet complete at the end of the dataflow): backpressure, not buffering.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_operators::{Epoch, Metrics, Origin, PartitionMark, RawRecord, SourceItem};
+use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{ProbeHandle, Scope, Stream};
+
+use crate::ConnectorError;
+
+/// The table of source positions: partition name to position.
+pub const POSITIONS_TABLE: &str = "source_positions";
+
+/// The tables sources declare.
+pub fn tables() -> Vec<TableSpec> {
+    vec![TableSpec::new(POSITIONS_TABLE)]
+}
+
+/// What a read gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Records were read, or may be read at once.
+    More,
+    /// Nothing to give right now (paced, or waiting for a file to grow).
+    Waiting,
+    /// The partition is exhausted for good.
+    End,
+    /// The partition stops here without being finished: a later run resumes it.
+    Stop,
+}
+
+/// A reader of one partition.
+pub trait PartitionReader {
+    /// A stable name (`file:payments:/path`, `generator:demo:3`): the key of its position.
+    fn name(&self) -> &str;
+    /// Moves to a committed position.
+    ///
+    /// # Errors
+    /// I/O errors; a position beyond the data.
+    fn seek(&mut self, position: u64) -> Result<(), ConnectorError>;
+    /// Appends up to `records_max` `(offset, bytes)` records to `out`.
+    ///
+    /// # Errors
+    /// I/O errors. The source reports them and treats the partition as stopped.
+    fn read(&mut self, records_max: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<ReadStatus, ConnectorError>;
+    /// The position after the last record read.
+    fn position(&self) -> u64;
+}
+
+/// Epoch and flow settings of sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceSettings {
+    /// Records per partition per epoch.
+    pub epoch_records: usize,
+    /// Wall time after which a waiting (paced) source ends its epoch.
+    pub epoch_ms: u64,
+    /// Open epochs beyond which sources stop reading.
+    pub max_inflight_epochs: u64,
+    /// Wall time without records after which a partition is idle.
+    pub idle_timeout_ms: u64,
+}
+
+struct Partition {
+    index: u32,
+    reader: Box<dyn PartitionReader>,
+    in_epoch: usize,
+    status: ReadStatus,
+    last_record: Instant,
+}
+
+/// Records read per activation, so that downstream operators run between reads.
+const RECORDS_PER_ACTIVATION: usize = 4096;
+
+/// Builds the source operator over `readers` (`(global partition index, reader)`, only those
+/// this worker owns).
+///
+/// `probe` watches the end of the dataflow (for backpressure); `stop` asks the source to end
+/// its current epoch and stop without finishing its partitions.
+///
+/// # Errors
+/// The committed positions cannot be read, or a reader cannot seek to its position.
+#[allow(clippy::too_many_arguments)]
+pub fn build<'scope>(
+    scope: Scope<'scope, Epoch>,
+    readers: Vec<(u32, Box<dyn PartitionReader>)>,
+    settings: SourceSettings,
+    state: Rc<RefCell<WorkerState>>,
+    probe: ProbeHandle<Epoch>,
+    stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+) -> Result<Stream<'scope, Epoch, Vec<SourceItem>>, ConnectorError> {
+    let table: Table<U64Codec> = state.borrow().store().table(POSITIONS_TABLE)?;
+    let mut partitions = Vec::new();
+    for (index, mut reader) in readers {
+        if let Some(position) = state.borrow_mut().get(&table, reader.name().as_bytes())? {
+            reader.seek(position)?;
+        }
+        partitions.push(Partition { index, reader, in_epoch: 0, status: ReadStatus::More, last_record: Instant::now() });
+    }
+    let first_epoch = state.borrow().store().resume_epoch();
+    let stream = source::<_, CapacityContainerBuilder<Vec<SourceItem>>, _, _>(scope, "Source", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut cap = if partitions.is_empty() { None } else { Some(cap.delayed(&first_epoch)) };
+        let mut epoch = first_epoch;
+        let mut epoch_started = Instant::now();
+        let mut buffer = Vec::new();
+        move |output| {
+            let Some(held) = cap.as_ref() else { return };
+            // Backpressure: wait for the dataflow to complete older epochs.
+            let complete = probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
+            if epoch >= complete.saturating_add(settings.max_inflight_epochs) {
+                activator.activate_after(Duration::from_millis(1));
+                return;
+            }
+            let stopping = stop.load(Ordering::Relaxed);
+            let mut session = output.session(held);
+            let mut budget = RECORDS_PER_ACTIVATION;
+            let mut read_total = 0u64;
+            if !stopping {
+                for p in partitions.iter_mut() {
+                    if matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.in_epoch >= settings.epoch_records || budget == 0 {
+                        continue;
+                    }
+                    let want = (settings.epoch_records - p.in_epoch).min(budget);
+                    buffer.clear();
+                    p.status = match p.reader.read(want, &mut buffer) {
+                        Ok(status) => status,
+                        Err(e) => {
+                            tracing::error!(partition = p.reader.name(), error = %e, "source read failed; the partition stops here");
+                            ReadStatus::Stop
+                        }
+                    };
+                    if !buffer.is_empty() {
+                        p.last_record = Instant::now();
+                    }
+                    p.in_epoch += buffer.len();
+                    budget -= buffer.len().min(budget);
+                    read_total += buffer.len() as u64;
+                    for (offset, bytes) in buffer.drain(..) {
+                        session.give(SourceItem::Record(RawRecord { origin: Origin { partition: p.index, offset }, bytes }));
+                    }
+                }
+            }
+            metrics.records_in.fetch_add(read_total, Ordering::Relaxed);
+            let settled = |p: &Partition| matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.in_epoch >= settings.epoch_records;
+            let all_settled = partitions.iter().all(settled);
+            let timed_out =
+                epoch_started.elapsed() >= Duration::from_millis(settings.epoch_ms) && partitions.iter().all(|p| settled(p) || p.status == ReadStatus::Waiting);
+            if all_settled || timed_out || stopping {
+                let now = Instant::now();
+                let mut state = state.borrow_mut();
+                for p in partitions.iter_mut() {
+                    let idle = p.status == ReadStatus::Waiting && now.duration_since(p.last_record) >= Duration::from_millis(settings.idle_timeout_ms);
+                    session.give(SourceItem::EpochEnd(PartitionMark { partition: p.index, finished: p.status == ReadStatus::End, idle }));
+                    state.put(epoch, &table, p.reader.name().as_bytes(), &p.reader.position());
+                    p.in_epoch = 0;
+                }
+                drop(session);
+                let done = stopping || partitions.iter().all(|p| matches!(p.status, ReadStatus::End | ReadStatus::Stop));
+                if done {
+                    cap = None;
+                    return;
+                }
+                // A finished partition was announced once; every watermark tracker keeps that.
+                partitions.retain(|p| p.status != ReadStatus::End);
+                epoch += 1;
+                epoch_started = Instant::now();
+                if let Some(c) = cap.as_mut() {
+                    c.downgrade(&epoch);
+                }
+            }
+            if partitions.iter().any(|p| p.status == ReadStatus::More) {
+                activator.activate();
+            } else {
+                activator.activate_after(Duration::from_millis(1));
+            }
+        }
+    });
+    Ok(stream)
+}

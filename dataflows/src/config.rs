@@ -1,0 +1,294 @@
+//! The pipeline file (TOML): what a pipeline reads, how it decodes, dedups, orders, which
+//! features it keeps, and where its outputs go.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_connectors::file::FileSinkConfig;
+use sluice_connectors::SourceConfig;
+use sluice_operators::{parse_duration_ms, EventSchema, FeatureSet, FeatureSpec, LatePolicy};
+
+/// The output streams a sink can take.
+pub const STREAMS: [&str; 4] = ["features", "dead_letters", "late", "conflicts"];
+
+/// A configuration problem: the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct ConfigError {
+    /// Dotted key (`order.lateness`, `sources[1].path`).
+    pub key: String,
+    /// The problem.
+    pub problem: String,
+}
+
+fn bad(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), problem: problem.into() }
+}
+
+/// `[dedup]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSection {
+    /// How long keys are remembered, in event time behind the watermark.
+    #[serde(default = "default_ttl")]
+    pub ttl: String,
+}
+
+impl Default for DedupSection {
+    fn default() -> Self {
+        DedupSection { ttl: default_ttl() }
+    }
+}
+
+fn default_ttl() -> String {
+    "7d".into()
+}
+
+/// `[order]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderSection {
+    /// Allowed lateness.
+    #[serde(default = "default_lateness")]
+    pub lateness: String,
+    /// What happens to late events: `side` (default), `drop`, `flag`.
+    #[serde(default)]
+    pub late: LatePolicy,
+    /// Wall time without records after which a partition stops holding the watermark back.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+}
+
+impl Default for OrderSection {
+    fn default() -> Self {
+        OrderSection { lateness: default_lateness(), late: LatePolicy::Side, idle_timeout: default_idle_timeout() }
+    }
+}
+
+fn default_lateness() -> String {
+    "5s".into()
+}
+fn default_idle_timeout() -> String {
+    "30s".into()
+}
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Timely workers (threads).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// The state directory (RocksDB). Relative paths are relative to the pipeline file.
+    pub state_dir: PathBuf,
+    /// Records per partition per epoch.
+    #[serde(default = "default_epoch_records")]
+    pub epoch_records: usize,
+    /// Wall time after which a paced source closes its epoch.
+    #[serde(default = "default_epoch_ms")]
+    pub epoch_ms: u64,
+    /// Open epochs beyond which sources stop reading (backpressure).
+    #[serde(default = "default_max_inflight_epochs")]
+    pub max_inflight_epochs: u64,
+    /// RocksDB block cache, in MiB.
+    #[serde(default = "default_state_cache_mb")]
+    pub state_cache_mb: usize,
+    /// Entities whose decoded feature state is cached in memory, per worker.
+    #[serde(default = "default_feature_cache_entities")]
+    pub feature_cache_entities: usize,
+    /// Where the fields of an event are.
+    pub event: EventSchema,
+    /// The sources.
+    pub sources: Vec<SourceConfig>,
+    /// Dedup settings.
+    #[serde(default)]
+    pub dedup: DedupSection,
+    /// Order settings.
+    #[serde(default)]
+    pub order: OrderSection,
+    /// The features.
+    #[serde(default)]
+    pub features: Vec<FeatureSpec>,
+    /// The sinks: one per output stream at most; streams without one are counted only.
+    #[serde(default)]
+    pub sinks: Vec<FileSinkConfig>,
+}
+
+fn default_workers() -> usize {
+    1
+}
+fn default_epoch_records() -> usize {
+    10_000
+}
+fn default_epoch_ms() -> u64 {
+    100
+}
+fn default_max_inflight_epochs() -> u64 {
+    4
+}
+fn default_state_cache_mb() -> usize {
+    64
+}
+fn default_feature_cache_entities() -> usize {
+    200_000
+}
+
+/// Durations of a validated config, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Durations {
+    /// `dedup.ttl`.
+    pub ttl_ms: i64,
+    /// `order.lateness`.
+    pub lateness_ms: i64,
+    /// `order.idle_timeout`.
+    pub idle_timeout_ms: i64,
+}
+
+impl PipelineConfig {
+    /// Reads and validates a pipeline file; relative paths in it are made relative to the
+    /// file's directory.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid TOML for a pipeline, or fails validation; the
+    /// error names the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| bad(path.display().to_string(), format!("cannot read: {e}")))?;
+        let mut config: PipelineConfig = toml::from_str(&text).map_err(|e| bad(path.display().to_string(), e.to_string().trim().to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.state_dir);
+        for s in &mut self.sources {
+            if let SourceConfig::File(f) = s {
+                f.paths.iter_mut().for_each(fix);
+                if let Some(p) = f.path.as_mut() {
+                    fix(p);
+                }
+            }
+        }
+        for s in &mut self.sinks {
+            fix(&mut s.path);
+        }
+    }
+
+    /// Total source partitions.
+    pub fn partitions(&self) -> usize {
+        self.sources.iter().map(SourceConfig::partitions).sum()
+    }
+
+    /// The durations, parsed.
+    ///
+    /// # Errors
+    /// A duration that does not parse.
+    pub fn durations(&self) -> Result<Durations, ConfigError> {
+        Ok(Durations {
+            ttl_ms: parse_duration_ms(&self.dedup.ttl).map_err(|p| bad("dedup.ttl", p))?,
+            lateness_ms: parse_duration_ms(&self.order.lateness).map_err(|p| bad("order.lateness", p))?,
+            idle_timeout_ms: parse_duration_ms(&self.order.idle_timeout).map_err(|p| bad("order.idle_timeout", p))?,
+        })
+    }
+
+    /// Checks everything that can be checked before running.
+    ///
+    /// # Errors
+    /// The first problem found, with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 || self.workers > 256 {
+            return Err(bad("workers", format!("{} is not between 1 and 256", self.workers)));
+        }
+        if self.epoch_records == 0 {
+            return Err(bad("epoch_records", "must be at least 1"));
+        }
+        if self.epoch_ms == 0 {
+            return Err(bad("epoch_ms", "must be at least 1"));
+        }
+        if self.max_inflight_epochs == 0 {
+            return Err(bad("max_inflight_epochs", "must be at least 1"));
+        }
+        if self.state_cache_mb == 0 {
+            return Err(bad("state_cache_mb", "must be at least 1"));
+        }
+        self.event.validate().map_err(|e| bad("event", e.to_string()))?;
+        if self.sources.is_empty() {
+            return Err(bad("sources", "a pipeline needs at least one [[sources]] entry"));
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            s.validate(&format!("sources[{i}]")).map_err(|e| bad(format!("sources[{i}]"), e.to_string()))?;
+            if self.sources[..i].iter().any(|o| o.name() == s.name()) {
+                return Err(bad(format!("sources[{i}].name"), format!("`{}` is used by another source", s.name())));
+            }
+        }
+        self.durations()?;
+        FeatureSet::new(&self.features, &self.event.number_names()).map_err(|e| bad("features", e.to_string()))?;
+        for (i, s) in self.sinks.iter().enumerate() {
+            if !STREAMS.contains(&s.stream.as_str()) {
+                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` is not one of {STREAMS:?}", s.stream)));
+            }
+            if s.kind != "file" {
+                return Err(bad(format!("sinks[{i}].type"), format!("`{}` is not a sink type; sinks: file", s.kind)));
+            }
+            if self.sinks[..i].iter().any(|o| o.stream == s.stream) {
+                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` already has a sink", s.stream)));
+            }
+            if self.sinks[..i].iter().any(|o| o.path == s.path) {
+                return Err(bad(format!("sinks[{i}].path"), format!("{} is used by another sink", s.path.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+state_dir = "state"
+[event]
+id = "/id"
+entity = "/customer"
+time = "/created_ms"
+[event.numbers]
+amount = "/amount"
+[[sources]]
+type = "generator"
+name = "g"
+"#;
+
+    fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
+        let c: PipelineConfig = toml::from_str(text).map_err(|e| bad("file", e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_minimal_pipeline_gets_the_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!((c.workers, c.epoch_records, c.max_inflight_epochs), (1, 10_000, 4));
+        assert_eq!(c.durations().unwrap(), Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 5_000, idle_timeout_ms: 30_000 });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse(&format!("{MINIMAL}\n[order]\nlateness = \"5 minutes\"")).unwrap_err();
+        assert_eq!(e.key, "order.lateness");
+        let e = parse(&format!("{MINIMAL}\n[[sinks]]\nstream = \"scores\"\npath = \"x\"")).unwrap_err();
+        assert_eq!(e.key, "sinks[0].stream");
+        let e = parse(&format!("{MINIMAL}\n[[features]]\nname = \"s\"\nop = \"sum\"\nfield = \"fee\"")).unwrap_err();
+        assert!(e.problem.contains("features[0] (s).field: `fee` is not one of [event.numbers]"), "{e}");
+        let e = parse(&MINIMAL.replace("state_dir", "workers = 0\nstate_dir")).unwrap_err();
+        assert_eq!(e.key, "workers");
+        let e = parse(&MINIMAL.replace("[event]", "colour = 1\n[event]")).unwrap_err();
+        assert!(e.problem.contains("unknown field `colour`"), "{e}");
+    }
+}

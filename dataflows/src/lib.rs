@@ -1,0 +1,21 @@
+//! sluice: pipeline configuration, dataflow assembly and the `sluice` command.
+//!
+//! This crate turns a pipeline file into a running timely computation over the operators of
+//! sluice-operators and the connectors of sluice-connectors. It owns no operator logic and no
+//! I/O format of its own beyond the output lines.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `config.rs` | [`PipelineConfig`]: the TOML pipeline file and its validation |
+//! | `pipeline.rs` | [`run`]: workers, the dataflow, the commit loop |
+//! | `outputs.rs` | the JSONL formats of the output streams |
+//! | `demo.rs` | `sluice demo`: the embedded default pipeline and its progress display |
+//! | `main.rs` | the command line |
+
+pub mod config;
+pub mod demo;
+pub mod outputs;
+pub mod pipeline;
+
+pub use config::{ConfigError, PipelineConfig};
+pub use pipeline::{run, RunControl, RunError, RunSummary};

@@ -1,0 +1,139 @@
+//! The `sluice` command.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sluice::demo::{demo_config, spawn_progress, summary_text, DemoOptions};
+use sluice::{PipelineConfig, RunControl};
+
+/// sluice: incremental stream processing for payment and ML-feature pipelines.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline file to the end of its inputs (Ctrl-C stops it cleanly; a later run resumes).
+    Run {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+        /// Override the number of workers.
+        #[arg(short, long)]
+        workers: Option<usize>,
+        /// Print a progress line every second.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Check a pipeline file and print what it would run.
+    Validate {
+        /// The pipeline file (TOML).
+        pipeline: PathBuf,
+    },
+    /// The embedded demo: generated payment traffic through the whole pipeline to ./sluice-demo/.
+    Demo {
+        /// How long to generate for (e.g. 20s, 2m).
+        #[arg(long, default_value = "20s")]
+        duration: String,
+        /// Events per second (0: as fast as possible).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Events in all, when --rate is 0.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Worker threads.
+        #[arg(short, long, default_value_t = 1)]
+        workers: usize,
+        /// Output directory (emptied first).
+        #[arg(long, default_value = "sluice-demo")]
+        out: PathBuf,
+    },
+    /// List the connectors.
+    Connectors,
+}
+
+fn ctrl_c(stop: Arc<AtomicBool>) {
+    let _ = ctrlc::set_handler(move || {
+        if stop.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\nsluice: stopping at the end of the current epoch (Ctrl-C again to abort)");
+    });
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    match cli.command {
+        Command::Run { pipeline, workers, progress } => {
+            let mut config = PipelineConfig::load(&pipeline).context("invalid pipeline")?;
+            if let Some(w) = workers {
+                config.workers = w;
+            }
+            let control = RunControl::default();
+            ctrl_c(Arc::clone(&control.stop));
+            let done = Arc::new(AtomicBool::new(false));
+            let display = progress.then(|| spawn_progress(&control, Arc::clone(&done)));
+            let summary = sluice::run(&config, &control);
+            done.store(true, Ordering::Relaxed);
+            if let Some(d) = display {
+                let _ = d.join();
+            }
+            let summary = summary?;
+            let dir = config.sinks.first().and_then(|s| s.path.parent().map(PathBuf::from)).unwrap_or_default();
+            print!("{}", summary_text(&summary, &dir));
+        }
+        Command::Validate { pipeline } => {
+            let config = PipelineConfig::load(&pipeline).context("invalid pipeline")?;
+            println!("{}: valid", pipeline.display());
+            println!(
+                "  workers {}, {} source partition(s), {} feature(s), state in {}",
+                config.workers,
+                config.partitions(),
+                config.features.len(),
+                config.state_dir.display()
+            );
+            for s in &config.sinks {
+                println!("  {} -> {}", s.stream, s.path.display());
+            }
+        }
+        Command::Demo { duration, rate, events, workers, out } => {
+            let ms = sluice_operators::parse_duration_ms(&duration).map_err(anyhow::Error::msg).context("--duration")?;
+            if out.exists() {
+                std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
+            }
+            let options = DemoOptions { duration: Duration::from_millis(ms as u64), rate, workers, events };
+            let config = demo_config(&out, &options);
+            config.validate()?;
+            eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());
+            let control = RunControl::default();
+            ctrl_c(Arc::clone(&control.stop));
+            let done = Arc::new(AtomicBool::new(false));
+            let display = spawn_progress(&control, Arc::clone(&done));
+            let summary = sluice::run(&config, &control);
+            done.store(true, Ordering::Relaxed);
+            let _ = display.join();
+            print!("{}", summary_text(&summary?, &out));
+        }
+        Command::Connectors => {
+            for c in sluice_connectors::registry() {
+                println!("{:<10} {:<7} {}", c.kind, c.role, c.about);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! The output formats: one JSON object per line, per stream.
+//!
+//! | stream | fields | sorted within an epoch by |
+//! |---|---|---|
+//! | `features` | `entity`, `id`, `kind`, `time_ms`, `features` (name → number or null), `late` (only when true) | time, id, origin |
+//! | `dead_letters` | `reason`, `source`, `partition`, `offset`, `raw` (or `raw_base64` when not UTF-8) | origin |
+//! | `late` | `id`, `entity`, `kind`, `time_ms`, `watermark_ms`, `source`, `partition`, `offset` | origin |
+//! | `conflicts` | `id`, `entity`, `kind`, `time_ms`, `first_time_ms`, `source`, `partition`, `offset` | origin |
+//!
+//! `partition` is the partition's index within its source; `offset` its position there (byte
+//! offset of the line in a file, record index in a generator).
+
+use std::io::Write;
+use std::sync::Arc;
+
+use sluice_connectors::file::OutputLine;
+use sluice_operators::{Conflict, DeadLetter, FeatureRecord, LateEvent, Origin};
+
+/// Source name and partition-within-source of each global partition.
+#[derive(Debug, Clone)]
+pub struct PartitionNames(pub Arc<Vec<(String, u32)>>);
+
+impl PartitionNames {
+    fn write_origin(&self, out: &mut Vec<u8>, origin: Origin) {
+        let (source, local) = self.0.get(origin.partition as usize).map_or(("?", origin.partition), |(s, l)| (s.as_str(), *l));
+        out.extend_from_slice(b",\"source\":");
+        json_str(out, source);
+        let _ = write!(out, ",\"partition\":{local},\"offset\":{}", origin.offset);
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("invariant: writing JSON to a Vec cannot fail");
+}
+
+fn json_f64(out: &mut Vec<u8>, v: Option<f64>) {
+    match v {
+        Some(v) if v.is_finite() => serde_json::to_writer(&mut *out, &v).expect("invariant: writing JSON to a Vec cannot fail"),
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A feature record as a line.
+pub fn feature_line(record: &FeatureRecord, names: &[String]) -> OutputLine {
+    let mut out = Vec::with_capacity(96 + 24 * names.len());
+    out.extend_from_slice(b"{\"entity\":");
+    json_str(&mut out, &record.entity);
+    out.extend_from_slice(b",\"id\":");
+    json_str(&mut out, &record.id);
+    out.extend_from_slice(b",\"kind\":");
+    json_str(&mut out, &record.kind);
+    let _ = write!(out, ",\"time_ms\":{},\"features\":{{", record.time_ms);
+    for (i, (name, value)) in names.iter().zip(&record.values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str(&mut out, name);
+        out.push(b':');
+        json_f64(&mut out, *value);
+    }
+    out.push(b'}');
+    if record.late {
+        out.extend_from_slice(b",\"late\":true");
+    }
+    out.push(b'}');
+    OutputLine { key: (record.time_ms, record.id.clone(), record.origin), bytes: out }
+}
+
+/// A dead letter as a line.
+pub fn dead_letter_line(dead: &DeadLetter, names: &PartitionNames) -> OutputLine {
+    let mut out = Vec::with_capacity(64 + dead.raw.len());
+    out.extend_from_slice(b"{\"reason\":");
+    json_str(&mut out, &dead.reason);
+    names.write_origin(&mut out, dead.origin);
+    match std::str::from_utf8(&dead.raw) {
+        Ok(text) => {
+            out.extend_from_slice(b",\"raw\":");
+            json_str(&mut out, text);
+        }
+        Err(_) => {
+            out.extend_from_slice(b",\"raw_base64\":\"");
+            base64(&dead.raw, &mut out);
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+    OutputLine { key: (0, String::new(), dead.origin), bytes: out }
+}
+
+fn event_head(out: &mut Vec<u8>, id: &str, entity: &str, kind: &str, time_ms: i64) {
+    out.extend_from_slice(b"{\"id\":");
+    json_str(out, id);
+    out.extend_from_slice(b",\"entity\":");
+    json_str(out, entity);
+    out.extend_from_slice(b",\"kind\":");
+    json_str(out, kind);
+    let _ = write!(out, ",\"time_ms\":{time_ms}");
+}
+
+/// A late event as a line.
+pub fn late_line(late: &LateEvent, names: &PartitionNames) -> OutputLine {
+    let e = &late.event;
+    let mut out = Vec::with_capacity(160);
+    event_head(&mut out, &e.id, &e.entity, &e.kind, e.time_ms);
+    let _ = write!(out, ",\"watermark_ms\":{}", late.watermark_ms);
+    names.write_origin(&mut out, e.origin);
+    out.push(b'}');
+    OutputLine { key: (0, String::new(), e.origin), bytes: out }
+}
+
+/// A conflict as a line.
+pub fn conflict_line(conflict: &Conflict, names: &PartitionNames) -> OutputLine {
+    let e = &conflict.event;
+    let mut out = Vec::with_capacity(160);
+    event_head(&mut out, &e.id, &e.entity, &e.kind, e.time_ms);
+    let _ = write!(out, ",\"first_time_ms\":{}", conflict.first_time_ms);
+    names.write_origin(&mut out, e.origin);
+    out.push(b'}');
+    OutputLine { key: (0, String::new(), e.origin), bytes: out }
+}
+
+fn base64(bytes: &[u8], out: &mut Vec<u8>) {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, expected) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+            let mut out = Vec::new();
+            base64(input.as_bytes(), &mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn feature_lines_are_json_with_nulls_for_undefined_values() {
+        let r = FeatureRecord {
+            entity: "c\"1".into(),
+            id: "e1".into(),
+            kind: "k".into(),
+            time_ms: 5,
+            values: vec![Some(2.5), None, Some(3.0)],
+            late: false,
+            origin: Origin { partition: 0, offset: 0 },
+        };
+        let line = feature_line(&r, &["a".into(), "b".into(), "c".into()]);
+        assert_eq!(String::from_utf8(line.bytes).unwrap(), r#"{"entity":"c\"1","id":"e1","kind":"k","time_ms":5,"features":{"a":2.5,"b":null,"c":3.0}}"#);
+    }
+
+    #[test]
+    fn dead_letters_carry_raw_text_or_base64() {
+        let names = PartitionNames(Arc::new(vec![("files".into(), 0), ("files".into(), 1)]));
+        let d = DeadLetter { reason: "bad".into(), origin: Origin { partition: 1, offset: 9 }, raw: vec![0xff, b'a'] };
+        let line = dead_letter_line(&d, &names);
+        assert_eq!(String::from_utf8(line.bytes).unwrap(), r#"{"reason":"bad","source":"files","partition":1,"offset":9,"raw_base64":"/2E="}"#);
+    }
+}

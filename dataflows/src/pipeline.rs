@@ -1,0 +1,234 @@
+//! From a [`PipelineConfig`] to a running timely computation.
+//!
+//! ```text
+//!  sources ─> decode ─> dedup ─> order ─> features ─> features sink
+//!               │  └─ progress (broadcast) ─┘  │
+//!               v          v                   v
+//!         dead letters  conflicts            late
+//! ```
+//!
+//! Each worker builds the same dataflow; sources read only the partitions the worker owns.
+//! The worker loop steps the dataflow and, whenever the probe at the end of the dataflow
+//! passes an epoch, hands that epoch's staged state in; the state store commits an epoch once
+//! every worker has handed it in.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_connectors::file::{file_sink, OutputLine, TimeOfFactory};
+use sluice_connectors::{source, SourceSettings};
+use sluice_operators::{Decode, Decoder, Dedup, DedupConfig, Epoch, FeatureSet, Features, Metrics, Order, OrderConfig, RawRecord};
+use sluice_state::{StateOptions, StateStore, TableSpec};
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, Stream};
+
+use crate::config::PipelineConfig;
+use crate::outputs::{conflict_line, dead_letter_line, feature_line, late_line, PartitionNames};
+
+/// How a run is driven from outside.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Set to stop: sources end their epoch and stop without finishing; state is committed.
+    pub stop: Arc<AtomicBool>,
+    /// Counters, shared with a progress display.
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The epoch the run resumed at (0 for a fresh state directory).
+    pub resumed_at_epoch: Epoch,
+    /// The epoch a later run will resume at.
+    pub resume_epoch: Epoch,
+    /// Records read.
+    pub records_in: u64,
+    /// Events decoded.
+    pub decoded: u64,
+    /// Dead letters.
+    pub dead_letters: u64,
+    /// Exact duplicates dropped.
+    pub duplicates: u64,
+    /// Conflicting repeats.
+    pub conflicts: u64,
+    /// Late events.
+    pub late: u64,
+    /// Feature records out.
+    pub features_out: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Every table a pipeline declares.
+pub fn tables() -> Vec<TableSpec> {
+    let mut t = sluice_operators::decode::tables();
+    t.extend(sluice_operators::dedup::tables());
+    t.extend(sluice_operators::order::tables());
+    t.extend(sluice_operators::features::tables());
+    t.extend(sluice_connectors::tables());
+    t
+}
+
+/// A run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is not valid.
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The state directory cannot be used.
+    #[error("state: {0}")]
+    State(#[from] sluice_state::StateError),
+    /// A worker failed.
+    #[error("worker {worker}: {message}")]
+    Worker {
+        /// Which worker.
+        worker: usize,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Runs a pipeline to the end of its inputs (or until `control.stop` is set).
+///
+/// # Errors
+/// Configuration, state and worker failures; a panicking worker is reported as a failure.
+pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, RunError> {
+    config.validate()?;
+    let started = Instant::now();
+    let durations = config.durations()?;
+    let options = StateOptions { cache_bytes: config.state_cache_mb << 20, ..StateOptions::default() };
+    let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;
+    let resumed_at_epoch = store.resume_epoch();
+    if resumed_at_epoch > 0 {
+        tracing::info!(epoch = resumed_at_epoch, state = %config.state_dir.display(), "resuming from committed state");
+    }
+
+    let mut names = Vec::new();
+    for s in &config.sources {
+        for p in 0..s.partitions() {
+            names.push((s.name().to_string(), p as u32));
+        }
+    }
+    let names = PartitionNames(Arc::new(names));
+    let config = Arc::new(config.clone());
+    let settings = SourceSettings {
+        epoch_records: config.epoch_records,
+        epoch_ms: config.epoch_ms,
+        max_inflight_epochs: config.max_inflight_epochs,
+        idle_timeout_ms: durations.idle_timeout_ms as u64,
+    };
+    let time_of: TimeOfFactory = {
+        let schema = config.event.clone();
+        Arc::new(move || {
+            let decoder = Decoder::new(&schema).expect("invariant: the schema was validated");
+            Box::new(move |bytes: &[u8]| {
+                decoder.decode(&RawRecord { origin: sluice_operators::Origin { partition: 0, offset: 0 }, bytes: bytes.to_vec() }).ok().map(|e| e.time_ms)
+            })
+        })
+    };
+
+    let worker_store = Arc::clone(&store);
+    let metrics = Arc::clone(&control.metrics);
+    let stop = Arc::clone(&control.stop);
+    let guards = timely::execute(timely::Config::process(config.workers), move |worker| -> Result<(), String> {
+        let index = worker.index();
+        let peers = worker.peers();
+        let state = Rc::new(RefCell::new(worker_store.worker(index)));
+        let probe = ProbeHandle::<Epoch>::new();
+        let built = worker.dataflow::<Epoch, _, _>(|scope| -> Result<(), String> {
+            let mut readers = Vec::new();
+            let mut global = 0u32;
+            for s in &config.sources {
+                for p in 0..s.partitions() {
+                    if global as usize % peers == index {
+                        readers.push((global, s.reader(p, Some(Arc::clone(&time_of)))));
+                    }
+                    global += 1;
+                }
+            }
+            let items = source::build(scope, readers, settings, Rc::clone(&state), probe.clone(), Arc::clone(&stop), Arc::clone(&metrics))
+                .map_err(|e| e.to_string())?;
+            let decoder = Decoder::new(&config.event).map_err(|e| e.to_string())?;
+            let (events, dead, progress) = items.decode(decoder, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let progress = progress.broadcast();
+            let partitions = config.partitions();
+            let dedup = DedupConfig { ttl_ms: durations.ttl_ms, lateness_ms: durations.lateness_ms, partitions };
+            let (firsts, conflicts) = events.dedup(progress.clone(), dedup, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let order = OrderConfig { lateness_ms: durations.lateness_ms, late: config.order.late, partitions };
+            let (ordered, late) = firsts.order(progress, order, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| e.to_string())?;
+            let feature_names = set.names.clone();
+            let features = ordered.features(set, config.feature_cache_entities, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+
+            let sink = |lines: Stream<'_, Epoch, Vec<OutputLine>>, stream: &str| -> Result<(), String> {
+                match config.sinks.iter().find(|s| s.stream == stream) {
+                    Some(s) => {
+                        file_sink(lines, stream, &s.path, Rc::clone(&state)).map_err(|e| e.to_string())?.probe_with(&probe);
+                    }
+                    None => {
+                        lines.probe_with(&probe);
+                    }
+                }
+                Ok(())
+            };
+            sink(features.map(move |r| feature_line(&r, &feature_names)), "features")?;
+            let n = names.clone();
+            sink(dead.map(move |d| dead_letter_line(&d, &n)), "dead_letters")?;
+            let n = names.clone();
+            sink(late.map(move |l| late_line(&l, &n)), "late")?;
+            let n = names.clone();
+            sink(conflicts.map(move |c| conflict_line(&c, &n)), "conflicts")?;
+            Ok(())
+        });
+        built?;
+
+        let mut handed: Option<Epoch> = None;
+        loop {
+            worker.step_or_park(Some(Duration::from_millis(1)));
+            let frontier = probe.with_frontier(|f| f.first().copied());
+            if frontier != handed {
+                handed = frontier;
+                let committed = state.borrow_mut().hand_in(frontier).map_err(|e| format!("commit failed: {e}"))?;
+                if committed.is_some() {
+                    metrics.commits.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if frontier.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| RunError::Worker { worker: 0, message: e })?;
+
+    for (worker, result) in guards.join().into_iter().enumerate() {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(RunError::Worker { worker, message }),
+            Err(panic) => return Err(RunError::Worker { worker, message: panic }),
+        }
+    }
+    let m = &control.metrics;
+    Ok(RunSummary {
+        resumed_at_epoch,
+        resume_epoch: store.resume_epoch(),
+        records_in: Metrics::get(&m.records_in),
+        decoded: Metrics::get(&m.decoded),
+        dead_letters: Metrics::get(&m.dead_letters),
+        duplicates: Metrics::get(&m.duplicates),
+        conflicts: Metrics::get(&m.conflicts),
+        late: Metrics::get(&m.late),
+        features_out: Metrics::get(&m.features_out),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The state directory of a config (for tools).
+pub fn state_dir(config: &PipelineConfig) -> PathBuf {
+    config.state_dir.clone()
+}

@@ -1,0 +1,623 @@
+//! Turns raw records into typed [`Event`]s; anything that does not decode becomes a dead letter.
+//!
+//! ```text
+//!   source items ──> decode ──> events ───────────────> (dedup)
+//!                      ├──────> dead letters (reason, raw bytes, origin)
+//!                      └──────> partition progress ──> (watermark, broadcast)
+//! ```
+//!
+//! Fields are picked from the JSON by JSON pointers (RFC 6901) in one pass over the bytes: a
+//! trie of the configured paths drives a serde visitor that skips every other value, so no
+//! `serde_json::Value` is built per event. Event time may be seconds, milliseconds or
+//! RFC 3339 (`time_format = "auto"` tells numbers below 10^11 as seconds).
+//!
+//! A record is a dead letter when it is larger than `record_bytes_max`, not UTF-8, not JSON,
+//! not a JSON object, lacks the id, entity or time, or has a field of the wrong type. The
+//! reason names the field and its path. Decoding needs no order and keeps no state but, per
+//! partition, the largest event time seen, which it reports at every epoch end and commits.
+//!
+//! Example: with `id = "/id"`, `entity = "/customer/id"`, `time = "/created"`,
+//! `{"id":"e1","customer":{"id":"c9"},"created":1700000000}` decodes to an event `e1` of
+//! entity `c9` at 1 700 000 000 000 ms.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::rc::Rc;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use sluice_state::{JsonCodec, Table, TableSpec, WorkerState};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Stream;
+
+use crate::epoch::HeldCapabilities;
+use crate::event::{DeadLetter, Epoch, Event, PartitionProgress, RawRecord, SourceItem};
+use crate::metrics::Metrics;
+use crate::OperatorError;
+
+/// The table of per-partition progress: partition index (u32, big-endian) to progress.
+pub const PROGRESS_TABLE: &str = "partition_progress";
+
+/// The tables decode declares.
+pub fn tables() -> Vec<TableSpec> {
+    vec![TableSpec::new(PROGRESS_TABLE)]
+}
+
+/// How event time is written in the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeFormat {
+    /// Numbers below 10^11 are seconds, larger ones milliseconds; strings are RFC 3339.
+    #[default]
+    Auto,
+    /// Seconds since the Unix epoch (fractions kept to the millisecond).
+    Seconds,
+    /// Milliseconds since the Unix epoch.
+    Millis,
+    /// An RFC 3339 string.
+    Rfc3339,
+}
+
+/// Where the fields of an event are in its JSON (`[event]` in a pipeline file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSchema {
+    /// JSON pointer of the idempotency key.
+    pub id: String,
+    /// JSON pointer of the entity key.
+    pub entity: String,
+    /// JSON pointer of the event time.
+    pub time: String,
+    /// How the event time is written.
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    /// JSON pointer of the event kind (optional).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Numeric fields: name to JSON pointer.
+    #[serde(default)]
+    pub numbers: std::collections::BTreeMap<String, String>,
+    /// String fields: name to JSON pointer.
+    #[serde(default)]
+    pub strings: std::collections::BTreeMap<String, String>,
+    /// Records larger than this are dead letters.
+    #[serde(default = "default_record_bytes_max")]
+    pub record_bytes_max: usize,
+}
+
+fn default_record_bytes_max() -> usize {
+    1 << 20
+}
+
+impl EventSchema {
+    /// Names of the numeric fields, in the order of [`Event::numbers`].
+    pub fn number_names(&self) -> Vec<String> {
+        self.numbers.keys().cloned().collect()
+    }
+    /// Names of the string fields, in the order of [`Event::strings`].
+    pub fn string_names(&self) -> Vec<String> {
+        self.strings.keys().cloned().collect()
+    }
+
+    /// Checks the schema; the error names the key and the problem.
+    ///
+    /// # Errors
+    /// A pointer that is not a valid JSON pointer, two fields at one path, or a path that is
+    /// both a field and the parent of another.
+    pub fn validate(&self) -> Result<(), OperatorError> {
+        Decoder::new(self).map(|_| ())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Id,
+    Entity,
+    Kind,
+    Time,
+    Number(usize),
+    Str(usize),
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<String, Node>,
+    target: Option<(Target, String)>,
+}
+
+fn parse_pointer(key: &str, pointer: &str) -> Result<Vec<String>, OperatorError> {
+    if !pointer.starts_with('/') {
+        return Err(OperatorError::Config {
+            key: key.to_string(),
+            problem: format!("`{pointer}` is not a JSON pointer (it must start with `/`, e.g. `/data/id`)"),
+        });
+    }
+    Ok(pointer[1..].split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+/// A compiled [`EventSchema`].
+#[derive(Debug)]
+pub struct Decoder {
+    root: Node,
+    time_format: TimeFormat,
+    numbers: usize,
+    strings: usize,
+    record_bytes_max: usize,
+    paths: [String; 3],
+}
+
+#[derive(Default)]
+struct Fields<'de> {
+    id: Option<Cow<'de, str>>,
+    entity: Option<Cow<'de, str>>,
+    kind: Option<Cow<'de, str>>,
+    time_ms: Option<i64>,
+    numbers: Vec<Option<f64>>,
+    strings: Vec<Option<String>>,
+}
+
+impl Decoder {
+    /// Compiles a schema.
+    ///
+    /// # Errors
+    /// As [`EventSchema::validate`].
+    pub fn new(schema: &EventSchema) -> Result<Self, OperatorError> {
+        let mut root = Node::default();
+        let mut add = |key: String, pointer: &str, target: Target| -> Result<(), OperatorError> {
+            let mut node = &mut root;
+            for token in parse_pointer(&key, pointer)? {
+                if node.target.is_some() {
+                    return Err(OperatorError::Config { key, problem: format!("`{pointer}` lies inside another field's value") });
+                }
+                node = node.children.entry(token).or_default();
+            }
+            if node.target.is_some() || !node.children.is_empty() {
+                return Err(OperatorError::Config { key, problem: format!("`{pointer}` is also the path of another field, or contains one") });
+            }
+            node.target = Some((target, key));
+            Ok(())
+        };
+        add("event.id".into(), &schema.id, Target::Id)?;
+        add("event.entity".into(), &schema.entity, Target::Entity)?;
+        add("event.time".into(), &schema.time, Target::Time)?;
+        if let Some(kind) = &schema.kind {
+            add("event.kind".into(), kind, Target::Kind)?;
+        }
+        for (i, (name, pointer)) in schema.numbers.iter().enumerate() {
+            add(format!("event.numbers.{name}"), pointer, Target::Number(i))?;
+        }
+        for (i, (name, pointer)) in schema.strings.iter().enumerate() {
+            add(format!("event.strings.{name}"), pointer, Target::Str(i))?;
+        }
+        if schema.record_bytes_max == 0 {
+            return Err(OperatorError::Config { key: "event.record_bytes_max".into(), problem: "must be at least 1".into() });
+        }
+        Ok(Decoder {
+            root,
+            time_format: schema.time_format,
+            numbers: schema.numbers.len(),
+            strings: schema.strings.len(),
+            record_bytes_max: schema.record_bytes_max,
+            paths: [schema.id.clone(), schema.entity.clone(), schema.time.clone()],
+        })
+    }
+
+    /// Decodes one record.
+    ///
+    /// # Errors
+    /// The reason the record is a dead letter.
+    pub fn decode(&self, record: &RawRecord) -> Result<Event, String> {
+        let bytes = &record.bytes;
+        if bytes.len() > self.record_bytes_max {
+            return Err(format!("oversized: {} bytes, more than record_bytes_max = {}", bytes.len(), self.record_bytes_max));
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+        let mut fields = Fields { numbers: vec![None; self.numbers], strings: vec![None; self.strings], ..Fields::default() };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let seed = NodeSeed { node: &self.root, fields: &mut fields, format: self.time_format };
+        let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
+        if let Err(e) = parsed {
+            return Err(match e.classify() {
+                serde_json::error::Category::Data => e.to_string(),
+                _ => format!("invalid JSON: {e}"),
+            });
+        }
+        let id = fields.id.ok_or_else(|| format!("missing id at {}", self.paths[0]))?;
+        let entity = fields.entity.ok_or_else(|| format!("missing entity at {}", self.paths[1]))?;
+        let time_ms = fields.time_ms.ok_or_else(|| format!("missing event time at {}", self.paths[2]))?;
+        if id.is_empty() {
+            return Err(format!("empty id at {}", self.paths[0]));
+        }
+        if entity.is_empty() {
+            return Err(format!("empty entity at {}", self.paths[1]));
+        }
+        Ok(Event {
+            id: id.into_owned(),
+            entity: entity.into_owned(),
+            kind: fields.kind.map(Cow::into_owned).unwrap_or_default(),
+            time_ms,
+            numbers: fields.numbers,
+            strings: fields.strings,
+            payload_hash: xxhash_rust::xxh3::xxh3_64(bytes),
+            origin: record.origin,
+            late: false,
+        })
+    }
+}
+
+struct NodeSeed<'a, 'de> {
+    node: &'a Node,
+    fields: &'a mut Fields<'de>,
+    format: TimeFormat,
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        match &self.node.target {
+            Some((target, name)) => deserializer.deserialize_any(LeafVisitor { target: *target, name, fields: self.fields, format: self.format }),
+            None => deserializer.deserialize_any(self),
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match self.node.children.get(key.0.as_ref()) {
+                Some(child) => map.next_value_seed(NodeSeed { node: child, fields: &mut *self.fields, format: self.format })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        loop {
+            let child = if self.node.children.is_empty() { None } else { self.node.children.get(index.to_string().as_str()) };
+            let more = match child {
+                Some(child) => seq.next_element_seed(NodeSeed { node: child, fields: &mut *self.fields, format: self.format })?.is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+    // Scalars where an object was expected: nothing below can match, so nothing is picked.
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct LeafVisitor<'a, 'de> {
+    target: Target,
+    name: &'a str,
+    fields: &'a mut Fields<'de>,
+    format: TimeFormat,
+}
+
+impl<'de> LeafVisitor<'_, 'de> {
+    fn wrong<E: de::Error>(&self, found: &str) -> E {
+        let expected = match self.target {
+            Target::Number(_) => "a number",
+            Target::Time => match self.format {
+                TimeFormat::Auto => "a number or an RFC 3339 string",
+                TimeFormat::Rfc3339 => "an RFC 3339 string",
+                _ => "a number",
+            },
+            _ => "a string or an integer",
+        };
+        E::custom(format!("wrong type: {} must be {expected}, found {found}", self.name))
+    }
+
+    fn number<E: de::Error>(self, v: f64, integer: Option<i64>) -> Result<(), E> {
+        match self.target {
+            Target::Number(i) => self.fields.numbers[i] = Some(v),
+            Target::Time => {
+                let ms = match self.format {
+                    TimeFormat::Millis => integer.unwrap_or(v.round() as i64),
+                    TimeFormat::Seconds => (v * 1000.0).round() as i64,
+                    TimeFormat::Auto if v.abs() < 1e11 => (v * 1000.0).round() as i64,
+                    TimeFormat::Auto => integer.unwrap_or(v.round() as i64),
+                    TimeFormat::Rfc3339 => return Err(self.wrong("a number")),
+                };
+                self.fields.time_ms = Some(ms);
+            }
+            Target::Id | Target::Entity | Target::Kind | Target::Str(_) => match integer {
+                Some(n) => self.string(Cow::Owned(n.to_string()))?,
+                None => return Err(self.wrong("a fractional number")),
+            },
+        }
+        Ok(())
+    }
+
+    fn string<E: de::Error>(self, v: Cow<'de, str>) -> Result<(), E> {
+        match self.target {
+            Target::Id => self.fields.id = Some(v),
+            Target::Entity => self.fields.entity = Some(v),
+            Target::Kind => self.fields.kind = Some(v),
+            Target::Str(i) => self.fields.strings[i] = Some(v.into_owned()),
+            Target::Number(_) => return Err(self.wrong("a string")),
+            Target::Time => {
+                if matches!(self.format, TimeFormat::Seconds | TimeFormat::Millis) {
+                    return Err(self.wrong("a string"));
+                }
+                let parsed = time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| E::custom(format!("wrong type: {} is not an RFC 3339 time ({e}): {v:?}", self.name)))?;
+                self.fields.time_ms = Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for LeafVisitor<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a scalar for {}", self.name)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(v as f64, Some(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(v as f64, i64::try_from(v).ok())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        let integer = (v.fract() == 0.0 && v.abs() < 9.0e15).then_some(v as i64);
+        self.number(v, integer)
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.string(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.string(Cow::Owned(v.to_string()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(()) // null: absent
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(self.wrong("a boolean"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.wrong("an object"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(self.wrong("an array"))
+    }
+}
+
+/// The decode operator, on a stream of source items.
+pub trait Decode<'scope> {
+    /// Decodes records; returns `(events, dead letters, partition progress)`.
+    ///
+    /// `state` is this worker's state handle; the progress of the partitions this worker reads
+    /// is committed with each epoch and restored from there.
+    ///
+    /// # Errors
+    /// The progress table cannot be read at start-up.
+    #[allow(clippy::type_complexity)]
+    fn decode(
+        self,
+        decoder: Decoder,
+        state: Rc<RefCell<WorkerState>>,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, Stream<'scope, Epoch, Vec<PartitionProgress>>), OperatorError>;
+}
+
+/// Reads the committed progress of every partition.
+///
+/// # Errors
+/// RocksDB errors, or a value that does not decode.
+pub fn committed_progress(state: &WorkerState) -> Result<Vec<PartitionProgress>, OperatorError> {
+    let table: Table<JsonCodec<PartitionProgress>> = state.store().table(PROGRESS_TABLE)?;
+    let mut out = Vec::new();
+    for (_, value) in state.scan_committed(&table)? {
+        out.push(
+            serde_json::from_slice(&value)
+                .map_err(|e| OperatorError::State(sluice_state::StateError::Codec { table: PROGRESS_TABLE.into(), reason: e.to_string() }))?,
+        );
+    }
+    Ok(out)
+}
+
+impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
+    fn decode(
+        self,
+        decoder: Decoder,
+        state: Rc<RefCell<WorkerState>>,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, Stream<'scope, Epoch, Vec<PartitionProgress>>), OperatorError> {
+        let table: Table<JsonCodec<PartitionProgress>> = state.borrow().store().table(PROGRESS_TABLE)?;
+        let mut max_time: HashMap<u32, Option<i64>> = committed_progress(&state.borrow())?.into_iter().map(|p| (p.partition, p.max_event_time_ms)).collect();
+
+        let mut builder = OperatorBuilder::new("Decode".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Pipeline);
+        let (events_out, events) = builder.new_output::<Vec<Event>>();
+        let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
+        let (progress_out, progress) = builder.new_output::<Vec<PartitionProgress>>();
+        let mut events_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<Event>>>::from(events_out);
+        let mut dead_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+        let mut progress_out = OutputBuilder::<_, timely::container::CapacityContainerBuilder<Vec<PartitionProgress>>>::from(progress_out);
+
+        builder.build(move |capabilities| {
+            let mut held = HeldCapabilities::new(capabilities);
+            move |frontiers| {
+                let mut events_h = events_out.activate();
+                let mut dead_h = dead_out.activate();
+                let mut progress_h = progress_out.activate();
+                input.for_each_stamp(|cap, data| {
+                    let epoch = *cap.least().expect("invariant: an input stamp has a time");
+                    let events_cap = held.at(0, epoch);
+                    let dead_cap = held.at(1, epoch);
+                    let progress_cap = held.at(2, epoch);
+                    let mut events_s = events_h.session(&events_cap);
+                    let mut dead_s = dead_h.session(&dead_cap);
+                    let mut progress_s = progress_h.session(&progress_cap);
+                    let (mut decoded, mut rejected) = (0u64, 0u64);
+                    let mut latest = i64::MIN;
+                    for item in data.flat_map(|d| d.drain(..)) {
+                        match item {
+                            SourceItem::Record(record) => match decoder.decode(&record) {
+                                Ok(event) => {
+                                    let slot = max_time.entry(event.origin.partition).or_insert(None);
+                                    *slot = Some(slot.map_or(event.time_ms, |m| m.max(event.time_ms)));
+                                    decoded += 1;
+                                    latest = latest.max(event.time_ms);
+                                    events_s.give(event);
+                                }
+                                Err(reason) => {
+                                    rejected += 1;
+                                    dead_s.give(DeadLetter { reason, origin: record.origin, raw: record.bytes });
+                                }
+                            },
+                            SourceItem::EpochEnd(mark) => {
+                                let progress = PartitionProgress {
+                                    partition: mark.partition,
+                                    max_event_time_ms: max_time.get(&mark.partition).copied().flatten(),
+                                    finished: mark.finished,
+                                    idle: mark.idle,
+                                };
+                                // Idle is wall-clock state: not committed, so a restart starts
+                                // with the partition active again.
+                                let stored = PartitionProgress { idle: false, ..progress };
+                                state.borrow_mut().put(epoch, &table, &mark.partition.to_be_bytes(), &stored);
+                                progress_s.give(progress);
+                            }
+                        }
+                    }
+                    metrics.add_decoded(decoded, rejected);
+                    metrics.max_event_time_ms.fetch_max(latest, std::sync::atomic::Ordering::Relaxed);
+                });
+                held.downgrade(crate::epoch::input_frontier(frontiers));
+            }
+        });
+        Ok((events, dead, progress))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Origin;
+
+    fn schema() -> EventSchema {
+        EventSchema {
+            id: "/id".into(),
+            entity: "/customer/id".into(),
+            time: "/created".into(),
+            time_format: TimeFormat::Auto,
+            kind: Some("/type".into()),
+            numbers: [("amount".to_string(), "/data/amount".to_string())].into(),
+            strings: [("currency".to_string(), "/data/currency".to_string()), ("tag".to_string(), "/tags/1".to_string())].into(),
+            record_bytes_max: 200,
+        }
+    }
+
+    fn decode(json: &str) -> Result<Event, String> {
+        let d = Decoder::new(&schema()).unwrap();
+        d.decode(&RawRecord { origin: Origin { partition: 2, offset: 40 }, bytes: json.as_bytes().to_vec() })
+    }
+
+    #[test]
+    fn picks_nested_fields_and_skips_the_rest() {
+        let e = decode(r#"{"skip":{"deep":[1,{"x":2}]},"id":"e1","type":"charge.succeeded","customer":{"id":"c9","name":"A"},"created":1700000000,"data":{"amount":12.5,"currency":"EUR"},"tags":["a","b"]}"#).unwrap();
+        assert_eq!((e.id.as_str(), e.entity.as_str(), e.kind.as_str(), e.time_ms), ("e1", "c9", "charge.succeeded", 1_700_000_000_000));
+        assert_eq!(e.numbers, vec![Some(12.5)]);
+        assert_eq!(e.strings, vec![Some("EUR".to_string()), Some("b".to_string())]);
+        assert_eq!(e.origin, Origin { partition: 2, offset: 40 });
+    }
+
+    #[test]
+    fn event_time_in_millis_rfc3339_and_fractional_seconds() {
+        let base = r#""id":"e","customer":{"id":"c"}"#;
+        assert_eq!(decode(&format!(r#"{{{base},"created":1700000000123}}"#)).unwrap().time_ms, 1_700_000_000_123);
+        assert_eq!(decode(&format!(r#"{{{base},"created":"2023-11-14T22:13:20.5Z"}}"#)).unwrap().time_ms, 1_700_000_000_500);
+        assert_eq!(decode(&format!(r#"{{{base},"created":1700000000.25}}"#)).unwrap().time_ms, 1_700_000_000_250);
+    }
+
+    #[test]
+    fn numeric_ids_become_strings_and_null_is_absent() {
+        let e = decode(r#"{"id":42,"customer":{"id":7},"created":1,"data":{"amount":null}}"#).unwrap();
+        assert_eq!((e.id.as_str(), e.entity.as_str(), e.time_ms, e.numbers[0]), ("42", "7", 1000, None));
+    }
+
+    #[test]
+    fn bad_records_get_reasons_that_name_the_problem() {
+        assert_eq!(decode(r#"{"id":"e","created":1}"#).unwrap_err(), "missing entity at /customer/id");
+        assert_eq!(decode(r#"{"customer":{"id":"c"},"created":1}"#).unwrap_err(), "missing id at /id");
+        assert_eq!(decode(r#"{"id":"e","customer":{"id":"c"}}"#).unwrap_err(), "missing event time at /created");
+        let wrong = decode(r#"{"id":"e","customer":{"id":"c"},"created":1,"data":{"amount":"12"}}"#).unwrap_err();
+        assert!(wrong.starts_with("wrong type: event.numbers.amount must be a number, found a string"), "{wrong}");
+        let not_json = decode(r#"{"id":"e","#).unwrap_err();
+        assert!(not_json.starts_with("invalid JSON: "), "{not_json}");
+        let trailing = decode(r#"{"id":"e","customer":{"id":"c"},"created":1} x"#).unwrap_err();
+        assert!(trailing.starts_with("invalid JSON: trailing characters"), "{trailing}");
+        let big = format!(r#"{{"id":"{}"}}"#, "x".repeat(300));
+        assert_eq!(decode(&big).unwrap_err(), "oversized: 309 bytes, more than record_bytes_max = 200");
+        let d = Decoder::new(&schema()).unwrap();
+        let bad = d.decode(&RawRecord { origin: Origin { partition: 0, offset: 0 }, bytes: b"{\"id\":\"\xff\"}".to_vec() }).unwrap_err();
+        assert_eq!(bad, "invalid UTF-8 at byte 7");
+        let bad_time = decode(r#"{"id":"e","customer":{"id":"c"},"created":"yesterday"}"#).unwrap_err();
+        assert!(bad_time.starts_with("wrong type: event.time is not an RFC 3339 time"), "{bad_time}");
+        assert!(decode("[1,2]").is_err());
+    }
+
+    #[test]
+    fn schema_errors_name_the_key() {
+        let mut s = schema();
+        s.numbers.insert("dup".into(), "/data/amount".into());
+        let err = Decoder::new(&s).unwrap_err().to_string();
+        assert!(err.contains("event.numbers.dup"), "{err}");
+        let mut s = schema();
+        s.id = "id".into();
+        assert!(Decoder::new(&s).unwrap_err().to_string().contains("`id` is not a JSON pointer"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The event model: what flows between operators.
+
+use serde::{Deserialize, Serialize};
+
+/// A timely epoch number (re-exported from sluice-state).
+pub type Epoch = sluice_state::Epoch;
+
+/// Where a record came from: a source partition (global index over all sources of the
+/// pipeline) and its position there (byte offset of a file line, record index of a generator,
+/// offset of a Kafka message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Origin {
+    /// Global partition index.
+    pub partition: u32,
+    /// Position within the partition.
+    pub offset: u64,
+}
+
+/// Bytes as a source read them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawRecord {
+    /// Where the bytes came from.
+    pub origin: Origin,
+    /// The record, exactly as read.
+    pub bytes: Vec<u8>,
+}
+
+/// What a source emits: records, and at the end of each epoch one mark per partition it owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceItem {
+    /// A record.
+    Record(RawRecord),
+    /// The partition has emitted everything of this epoch.
+    EpochEnd(PartitionMark),
+}
+
+/// The end of a partition's epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMark {
+    /// Global partition index.
+    pub partition: u32,
+    /// The partition is exhausted: it holds no watermark back any more.
+    pub finished: bool,
+    /// The partition produced nothing for longer than the idle timeout (wall clock).
+    pub idle: bool,
+}
+
+/// A partition's event-time progress at the end of an epoch, broadcast to every worker so that
+/// all of them compute the same watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionProgress {
+    /// Global partition index.
+    pub partition: u32,
+    /// The largest event time decoded from the partition so far (ms), if any.
+    pub max_event_time_ms: Option<i64>,
+    /// See [`PartitionMark::finished`].
+    pub finished: bool,
+    /// See [`PartitionMark::idle`].
+    pub idle: bool,
+}
+
+/// A decoded event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Idempotency key (the provider's event id).
+    pub id: String,
+    /// Entity key (customer, account, card): what features are kept per.
+    pub entity: String,
+    /// Event kind (`charge.succeeded`, …); empty when the schema has no kind path.
+    pub kind: String,
+    /// Event time, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// Numeric fields, in schema order; `None` when absent or null.
+    pub numbers: Vec<Option<f64>>,
+    /// String fields, in schema order; `None` when absent or null.
+    pub strings: Vec<Option<String>>,
+    /// Hash of the raw record, to tell a true duplicate from a conflicting one.
+    pub payload_hash: u64,
+    /// Where the event came from.
+    pub origin: Origin,
+    /// Set when the event is behind the watermark and the order policy passes it on flagged.
+    pub late: bool,
+}
+
+/// A record that could not be decoded, with why and from where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Why it was rejected.
+    pub reason: String,
+    /// Where it came from.
+    pub origin: Origin,
+    /// The bytes as read.
+    pub raw: Vec<u8>,
+}
+
+/// A repeat of an idempotency key whose payload differs from the first copy's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// The repeat (the first copy went on through the pipeline).
+    pub event: Event,
+    /// Event time of the first copy.
+    pub first_time_ms: i64,
+}
+
+/// An event that arrived behind the watermark.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LateEvent {
+    /// The event.
+    pub event: Event,
+    /// The watermark it was behind (ms).
+    pub watermark_ms: i64,
+}
+
+/// One event's features, as of its event time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureRecord {
+    /// Entity key.
+    pub entity: String,
+    /// Event id.
+    pub id: String,
+    /// Event kind.
+    pub kind: String,
+    /// Event time (ms).
+    pub time_ms: i64,
+    /// Feature values in the configured order; `None` when undefined (min of nothing).
+    pub values: Vec<Option<f64>>,
+    /// The event was late and passed through flagged: its values are best effort.
+    pub late: bool,
+    /// Where the event came from.
+    pub origin: Origin,
+}
+
+/// A stable 64-bit hash, for routing keys to workers. Stable across runs and platforms, so a
+/// restart with the same number of workers routes every key as before.
+pub fn route_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+/// A compact binary encoding of [`Event`], for state tables (the order buffer).
+#[derive(Debug)]
+pub struct EventCodec;
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err(format!("truncated: wanted {n} bytes, {} left", self.0.len()));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn str(&mut self) -> Result<String, String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
+    }
+}
+
+impl sluice_state::Codec for EventCodec {
+    type Value = Event;
+    fn encode(e: &Event, out: &mut Vec<u8>) {
+        out.push(1); // version
+        put_str(out, &e.id);
+        put_str(out, &e.entity);
+        put_str(out, &e.kind);
+        out.extend_from_slice(&e.time_ms.to_le_bytes());
+        out.extend_from_slice(&(e.numbers.len() as u32).to_le_bytes());
+        for n in &e.numbers {
+            match n {
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_bits().to_le_bytes());
+                }
+                None => out.push(0),
+            }
+        }
+        out.extend_from_slice(&(e.strings.len() as u32).to_le_bytes());
+        for s in &e.strings {
+            match s {
+                Some(v) => {
+                    out.push(1);
+                    put_str(out, v);
+                }
+                None => out.push(0),
+            }
+        }
+        out.extend_from_slice(&e.payload_hash.to_le_bytes());
+        out.extend_from_slice(&e.origin.partition.to_le_bytes());
+        out.extend_from_slice(&e.origin.offset.to_le_bytes());
+        out.push(u8::from(e.late));
+    }
+    fn decode(bytes: &[u8]) -> Result<Event, String> {
+        let mut r = Reader(bytes);
+        if r.u8()? != 1 {
+            return Err("unknown event encoding version".into());
+        }
+        let id = r.str()?;
+        let entity = r.str()?;
+        let kind = r.str()?;
+        let time_ms = r.u64()? as i64;
+        let count = r.u32()? as usize;
+        let mut numbers = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            numbers.push(if r.u8()? == 1 { Some(f64::from_bits(r.u64()?)) } else { None });
+        }
+        let count = r.u32()? as usize;
+        let mut strings = Vec::with_capacity(count.min(1024));
+        for _ in 0..count {
+            strings.push(if r.u8()? == 1 { Some(r.str()?) } else { None });
+        }
+        let payload_hash = r.u64()?;
+        let partition = r.u32()?;
+        let offset = r.u64()?;
+        let late = r.u8()? == 1;
+        Ok(Event { id, entity, kind, time_ms, numbers, strings, payload_hash, origin: Origin { partition, offset }, late })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_state::Codec;
+
+    #[test]
+    fn event_codec_round_trips() {
+        let e = Event {
+            id: "e1".into(),
+            entity: "c".into(),
+            kind: "k".into(),
+            time_ms: -5,
+            numbers: vec![Some(1.5), None],
+            strings: vec![None, Some("x".into())],
+            payload_hash: 99,
+            origin: Origin { partition: 3, offset: 77 },
+            late: true,
+        };
+        let mut buf = Vec::new();
+        EventCodec::encode(&e, &mut buf);
+        assert_eq!(EventCodec::decode(&buf).unwrap(), e);
+        assert!(EventCodec::decode(&buf[..buf.len() - 3]).unwrap_err().starts_with("truncated"));
+    }
+}

@@ -1,0 +1,495 @@
+//! Computes per-entity features as of each event's time, kept in RocksDB.
+//!
+//! ```text
+//!   events in event-time order (by entity) ──> features ──> one feature record per event
+//! ```
+//!
+//! Requires: events exchanged by entity and released in event-time order (the output of
+//! `order`). Each event updates its entity's aggregates and gets the feature values *as of its
+//! own time*, itself included: an event's features never include a later event.
+//!
+//! Features are declared in config: an operation (`count`, `sum`, `mean`, `min`, `max`,
+//! `last`), a numeric field (not needed for `count`), and a window:
+//!
+//! - `all`: everything so far;
+//! - tumbling `window = "1h"`: the events since the start of the current hour-aligned window;
+//! - sliding `window = "1h", slide = "1m"`: the minute buckets of the last hour, i.e. events
+//!   with time in `[floor(t / slide) * slide + slide − size, t]`.
+//!
+//! `count` counts events (with `field`, events that carry it); `sum` of nothing is 0; `mean`,
+//! `min`, `max` and `last` of nothing are undefined (`null`). Features sharing a field and a
+//! window share one aggregate. The aggregates of an entity are one value in the table
+//! `features`, written once per epoch in which the entity changed; decoded states are cached
+//! (up to `cache_entities_max`) so that hot entities are not read back from RocksDB per event.
+//!
+//! A late event passed on flagged (order's `late = "flag"`) updates the aggregates of the
+//! windows it falls into, and its own values are computed from the entity's current state: best
+//! effort, and marked `late` in the output.
+//!
+//! Example: `sum` of `amount` over a tumbling `1m` window, entity `c1` with amounts 2 at 0:10,
+//! 3 at 0:50, 4 at 1:05 gives 2, 5, 4.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sluice_state::{Table, TableSpec, WorkerState};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
+
+use crate::epoch::HeldCapabilities;
+use crate::event::{Epoch, Event, FeatureRecord};
+use crate::metrics::Metrics;
+use crate::OperatorError;
+
+/// The table of per-entity aggregates.
+pub const FEATURES_TABLE: &str = "features";
+
+/// The tables the features operator declares.
+pub fn tables() -> Vec<TableSpec> {
+    vec![TableSpec::new(FEATURES_TABLE)]
+}
+
+/// An aggregation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureOp {
+    /// Number of events (with `field`: events carrying it).
+    Count,
+    /// Sum of the field.
+    Sum,
+    /// Mean of the field.
+    Mean,
+    /// Minimum of the field.
+    Min,
+    /// Maximum of the field.
+    Max,
+    /// The latest value of the field.
+    Last,
+}
+
+/// One `[[features]]` entry of a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    /// Output name.
+    pub name: String,
+    /// The aggregation.
+    pub op: FeatureOp,
+    /// The numeric field (a key of `[event.numbers]`).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// `"all"` (default) or a duration (`"1m"`, `"1h"`, `"24h"`).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// For a sliding window, the slide (a divisor of the window).
+    #[serde(default)]
+    pub slide: Option<String>,
+}
+
+/// A window, in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    /// Everything so far.
+    All,
+    /// Aligned windows of this size.
+    Tumbling(i64),
+    /// Buckets of `slide`, the last `size / slide` of them.
+    Sliding {
+        /// Window size.
+        size: i64,
+        /// Bucket size.
+        slide: i64,
+    },
+}
+
+/// Features compiled against a schema.
+#[derive(Debug, Clone)]
+pub struct FeatureSet {
+    /// Feature names, in output order.
+    pub names: Vec<String>,
+    /// (numeric field index, window) per aggregate.
+    aggregates: Vec<(Option<usize>, Window)>,
+    /// (aggregate index, op) per feature.
+    features: Vec<(usize, FeatureOp)>,
+}
+
+impl FeatureSet {
+    /// Compiles feature specs; `numbers` are the schema's numeric field names.
+    ///
+    /// # Errors
+    /// Unknown fields, bad durations, a slide that does not divide its window, repeated names;
+    /// the error names the feature.
+    pub fn new(specs: &[FeatureSpec], numbers: &[String]) -> Result<Self, OperatorError> {
+        let mut set = FeatureSet { names: Vec::new(), aggregates: Vec::new(), features: Vec::new() };
+        for (i, spec) in specs.iter().enumerate() {
+            let key = |k: &str| format!("features[{i}] ({}).{k}", spec.name);
+            let err = |k: &str, problem: String| OperatorError::Config { key: key(k), problem };
+            if spec.name.is_empty() || set.names.contains(&spec.name) {
+                return Err(err("name", "must be non-empty and unique".into()));
+            }
+            let field = match (&spec.field, spec.op) {
+                (None, FeatureOp::Count) => None,
+                (None, _) => return Err(err("field", format!("`{:?}` needs a numeric field", spec.op).to_lowercase())),
+                (Some(f), _) => {
+                    Some(numbers.iter().position(|n| n == f).ok_or_else(|| err("field", format!("`{f}` is not one of [event.numbers]: {numbers:?}")))?)
+                }
+            };
+            let window = match (spec.window.as_deref().unwrap_or("all"), &spec.slide) {
+                ("all", None) => Window::All,
+                ("all", Some(_)) => return Err(err("slide", "a slide needs a window size".into())),
+                (size, slide) => {
+                    let size = crate::parse_duration_ms(size).map_err(|p| err("window", p))?;
+                    match slide {
+                        None => Window::Tumbling(size),
+                        Some(slide) => {
+                            let slide = crate::parse_duration_ms(slide).map_err(|p| err("slide", p))?;
+                            if size % slide != 0 {
+                                return Err(err("slide", format!("{slide} ms does not divide the window of {size} ms")));
+                            }
+                            Window::Sliding { size, slide }
+                        }
+                    }
+                }
+            };
+            let aggregate = match set.aggregates.iter().position(|a| *a == (field, window)) {
+                Some(a) => a,
+                None => {
+                    set.aggregates.push((field, window));
+                    set.aggregates.len() - 1
+                }
+            };
+            set.names.push(spec.name.clone());
+            set.features.push((aggregate, spec.op));
+        }
+        Ok(set)
+    }
+}
+
+/// Aggregates of a set of events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Agg {
+    events: u64,
+    values: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    last: Option<f64>,
+}
+
+impl Agg {
+    const EMPTY: Agg = Agg { events: 0, values: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last: None };
+
+    fn add(&mut self, value: Option<f64>) {
+        self.events += 1;
+        if let Some(v) = value {
+            self.values += 1;
+            self.sum += v;
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+            self.last = Some(v);
+        }
+    }
+
+    fn merge(&mut self, other: &Agg) {
+        self.events += other.events;
+        self.values += other.values;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if other.last.is_some() {
+            self.last = other.last;
+        }
+    }
+
+    fn value(&self, op: FeatureOp, has_field: bool) -> Option<f64> {
+        let n = self.values;
+        match op {
+            FeatureOp::Count => Some(if has_field { n } else { self.events } as f64),
+            FeatureOp::Sum => Some(self.sum),
+            FeatureOp::Mean => (n > 0).then(|| self.sum / n as f64),
+            FeatureOp::Min => (n > 0).then_some(self.min),
+            FeatureOp::Max => (n > 0).then_some(self.max),
+            FeatureOp::Last => self.last,
+        }
+    }
+}
+
+/// One aggregate's state for one entity: buckets `(start, agg)`, oldest first. `All` keeps
+/// one bucket, tumbling windows the current one, sliding windows up to `size / slide`.
+type AggState = VecDeque<(i64, Agg)>;
+
+fn update(state: &mut AggState, window: Window, time: i64, value: Option<f64>) {
+    let (start, keep_from) = match window {
+        Window::All => (i64::MIN, i64::MIN),
+        Window::Tumbling(size) => {
+            let start = time.div_euclid(size) * size;
+            (start, start)
+        }
+        Window::Sliding { size, slide } => {
+            let start = time.div_euclid(slide) * slide;
+            (start, start + slide - size)
+        }
+    };
+    // In order, only the newest bucket can match; a flagged late event may hit an older one.
+    match state.iter().position(|(s, _)| *s >= start) {
+        Some(i) if state[i].0 == start => state[i].1.add(value),
+        Some(i) => {
+            let mut agg = Agg::EMPTY;
+            agg.add(value);
+            state.insert(i, (start, agg));
+        }
+        None => {
+            let mut agg = Agg::EMPTY;
+            agg.add(value);
+            state.push_back((start, agg));
+        }
+    }
+    let newest = state.back().map_or(start, |b| b.0);
+    let keep_from = keep_from.max(match window {
+        Window::All => i64::MIN,
+        Window::Tumbling(_) => newest,
+        Window::Sliding { size, slide } => newest + slide - size,
+    });
+    while state.front().is_some_and(|(s, _)| *s < keep_from) {
+        state.pop_front();
+    }
+}
+
+fn read(state: &AggState, window: Window, time: i64) -> Agg {
+    let from = match window {
+        Window::All => i64::MIN,
+        Window::Tumbling(size) => time.div_euclid(size) * size,
+        Window::Sliding { size, slide } => time.div_euclid(slide) * slide + slide - size,
+    };
+    let mut total = Agg::EMPTY;
+    for (start, agg) in state {
+        if *start >= from {
+            total.merge(agg);
+        }
+    }
+    total
+}
+
+fn encode_state(state: &[AggState], out: &mut Vec<u8>) {
+    out.push(1);
+    out.extend_from_slice(&(state.len() as u32).to_le_bytes());
+    for buckets in state {
+        out.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
+        for (start, a) in buckets {
+            out.extend_from_slice(&start.to_le_bytes());
+            out.extend_from_slice(&a.events.to_le_bytes());
+            out.extend_from_slice(&a.values.to_le_bytes());
+            for f in [a.sum, a.min, a.max] {
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            match a.last {
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(&v.to_bits().to_le_bytes());
+                }
+                None => out.push(0),
+            }
+        }
+    }
+}
+
+fn decode_state(bytes: &[u8]) -> Result<Vec<AggState>, String> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let s = bytes.get(at..at + n).ok_or("truncated feature state")?;
+        at += n;
+        Ok(s)
+    };
+    if take(1)?[0] != 1 {
+        return Err("unknown feature state version".into());
+    }
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
+        let mut buckets = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            let start = u64_of(take(8)?) as i64;
+            let events = u64_of(take(8)?);
+            let values = u64_of(take(8)?);
+            let sum = f64::from_bits(u64_of(take(8)?));
+            let min = f64::from_bits(u64_of(take(8)?));
+            let max = f64::from_bits(u64_of(take(8)?));
+            let last = if take(1)?[0] == 1 { Some(f64::from_bits(u64_of(take(8)?))) } else { None };
+            buckets.push_back((start, Agg { events, values, sum, min, max, last }));
+        }
+        out.push(buckets);
+    }
+    Ok(out)
+}
+
+/// The features operator.
+pub trait Features<'scope> {
+    /// Computes the features of every event of `self`.
+    ///
+    /// # Errors
+    /// The features table is not declared.
+    fn features(
+        self,
+        set: FeatureSet,
+        cache_entities_max: usize,
+        state: Rc<RefCell<WorkerState>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Stream<'scope, Epoch, Vec<FeatureRecord>>, OperatorError>;
+}
+
+impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
+    fn features(
+        self,
+        set: FeatureSet,
+        cache_entities_max: usize,
+        state: Rc<RefCell<WorkerState>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Stream<'scope, Epoch, Vec<FeatureRecord>>, OperatorError> {
+        let table: Table<sluice_state::BytesCodec> = state.borrow().store().table(FEATURES_TABLE)?;
+        let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
+            let mut held = HeldCapabilities::new(vec![cap]);
+            let mut pending: BTreeMap<Epoch, Vec<Event>> = BTreeMap::new();
+            let mut cache: HashMap<String, Vec<AggState>> = HashMap::new();
+            let mut dirty: HashSet<String> = HashSet::new();
+            let mut encoded = Vec::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                    for batch in data {
+                        slot.append(batch);
+                    }
+                });
+                let frontier = frontier.frontier().first().copied();
+                while let Some(entry) = pending.first_entry() {
+                    let epoch = *entry.key();
+                    if frontier.is_some_and(|f| epoch >= f) {
+                        break;
+                    }
+                    let events = entry.remove();
+                    let out_cap = held.at(0, epoch);
+                    let mut session = output.session(&out_cap);
+                    let mut state = state.borrow_mut();
+                    let produced = events.len() as u64;
+                    for event in events {
+                        if !cache.contains_key(&event.entity) {
+                            let loaded = match state
+                                .get_raw(table.index(), event.entity.as_bytes())
+                                .unwrap_or_else(|e| panic!("features: cannot read state: {e}"))
+                            {
+                                Some(bytes) => decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity)),
+                                None => vec![VecDeque::new(); set.aggregates.len()],
+                            };
+                            cache.insert(event.entity.clone(), loaded);
+                        }
+                        let aggs = cache.get_mut(&event.entity).expect("just inserted");
+                        for (agg, (field, window)) in aggs.iter_mut().zip(&set.aggregates) {
+                            let value = field.and_then(|f| event.numbers.get(f).copied().flatten());
+                            update(agg, *window, event.time_ms, value);
+                        }
+                        let values = set
+                            .features
+                            .iter()
+                            .map(|(a, op)| {
+                                let (field, window) = set.aggregates[*a];
+                                read(&aggs[*a], window, event.time_ms).value(*op, field.is_some())
+                            })
+                            .collect();
+                        if !dirty.contains(&event.entity) {
+                            dirty.insert(event.entity.clone());
+                        }
+                        session.give(FeatureRecord {
+                            entity: event.entity,
+                            id: event.id,
+                            kind: event.kind,
+                            time_ms: event.time_ms,
+                            values,
+                            late: event.late,
+                            origin: event.origin,
+                        });
+                    }
+                    for entity in dirty.drain() {
+                        encoded.clear();
+                        encode_state(&cache[&entity], &mut encoded);
+                        state.put_raw(epoch, table.index(), entity.as_bytes(), encoded.clone());
+                    }
+                    if cache.len() > cache_entities_max {
+                        cache.clear();
+                    }
+                    metrics.features_out.fetch_add(produced, Ordering::Relaxed);
+                }
+                held.downgrade(frontier);
+            }
+        });
+        Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(window: Window, events: &[(i64, f64)]) -> Vec<Agg> {
+        let mut state = AggState::new();
+        events
+            .iter()
+            .map(|(t, v)| {
+                update(&mut state, window, *t, Some(*v));
+                read(&state, window, *t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tumbling_sum_resets_at_the_window_boundary() {
+        let sums: Vec<f64> = run(Window::Tumbling(60_000), &[(10_000, 2.0), (50_000, 3.0), (65_000, 4.0)]).iter().map(|a| a.sum).collect();
+        assert_eq!(sums, vec![2.0, 5.0, 4.0]);
+    }
+
+    #[test]
+    fn sliding_window_keeps_the_last_buckets() {
+        // size 3, slide 1: at t the window is [floor(t) - 2, t].
+        let w = Window::Sliding { size: 3, slide: 1 };
+        let aggs = run(w, &[(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (5, 16.0)]);
+        let sums: Vec<f64> = aggs.iter().map(|a| a.sum).collect();
+        assert_eq!(sums, vec![1.0, 3.0, 7.0, 14.0, 24.0]);
+        assert_eq!(aggs[4].value(FeatureOp::Min, true), Some(8.0));
+        assert_eq!(aggs[4].value(FeatureOp::Count, false), Some(2.0));
+    }
+
+    #[test]
+    fn empty_aggregates_have_no_min_and_zero_sum() {
+        let mut a = Agg::EMPTY;
+        a.add(None);
+        assert_eq!(a.value(FeatureOp::Min, true), None);
+        assert_eq!(a.value(FeatureOp::Sum, true), Some(0.0));
+        assert_eq!(a.value(FeatureOp::Count, false), Some(1.0));
+        assert_eq!(a.value(FeatureOp::Count, true), Some(0.0));
+    }
+
+    #[test]
+    fn state_codec_round_trips() {
+        let mut s = AggState::new();
+        update(&mut s, Window::Sliding { size: 10, slide: 5 }, 3, Some(1.0));
+        update(&mut s, Window::Sliding { size: 10, slide: 5 }, 7, None);
+        let states = vec![s, AggState::new()];
+        let mut buf = Vec::new();
+        encode_state(&states, &mut buf);
+        assert_eq!(decode_state(&buf).unwrap(), states);
+        assert!(decode_state(&buf[..buf.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn config_errors_name_the_feature() {
+        let spec = FeatureSpec { name: "x".into(), op: FeatureOp::Sum, field: Some("nope".into()), window: None, slide: None };
+        let err = FeatureSet::new(&[spec], &["amount".into()]).unwrap_err().to_string();
+        assert!(err.starts_with("features[0] (x).field: `nope` is not one of [event.numbers]"), "{err}");
+    }
+}

@@ -1,0 +1,64 @@
+//! Counters shared by the operators of all workers, read by the progress display.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Pipeline counters. Relaxed atomics: figures for humans, not for synchronisation.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Records read by sources.
+    pub records_in: AtomicU64,
+    /// Records decoded into events.
+    pub decoded: AtomicU64,
+    /// Dead letters.
+    pub dead_letters: AtomicU64,
+    /// Exact repeats dropped by dedup.
+    pub duplicates: AtomicU64,
+    /// Repeats with a different payload.
+    pub conflicts: AtomicU64,
+    /// Events behind the watermark.
+    pub late: AtomicU64,
+    /// Feature records emitted.
+    pub features_out: AtomicU64,
+    /// The latest watermark (ms), `i64::MIN` before the first.
+    pub watermark_ms: AtomicI64,
+    /// The largest event time seen (ms).
+    pub max_event_time_ms: AtomicI64,
+    /// Epochs committed.
+    pub commits: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            records_in: AtomicU64::new(0),
+            decoded: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            features_out: AtomicU64::new(0),
+            watermark_ms: AtomicI64::new(i64::MIN),
+            max_event_time_ms: AtomicI64::new(i64::MIN),
+            commits: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn add_decoded(&self, decoded: u64, rejected: u64) {
+        self.decoded.fetch_add(decoded, Ordering::Relaxed);
+        self.dead_letters.fetch_add(rejected, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    /// Watermark lag in event time: largest event time seen minus the watermark, in ms.
+    pub fn watermark_lag_ms(&self) -> Option<i64> {
+        let w = self.watermark_ms.load(Ordering::Relaxed);
+        let m = self.max_event_time_ms.load(Ordering::Relaxed);
+        (w != i64::MIN && m != i64::MIN && w != i64::MAX).then(|| (m - w).max(0))
+    }
+}

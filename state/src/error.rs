@@ -1,0 +1,44 @@
+//! The error type of sluice-state.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the state layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// RocksDB itself failed (I/O, corruption, a lock held by another process).
+    /// A retry does not help unless the cause (disk full, lock) goes away.
+    #[error("RocksDB error in {path}: {source}")]
+    Rocks {
+        /// The state directory.
+        path: PathBuf,
+        /// The RocksDB error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// A stored value could not be decoded by its table's codec: the state directory was
+    /// written by an incompatible version, or is corrupt.
+    #[error("table `{table}`: cannot decode stored value: {reason}")]
+    Codec {
+        /// The table.
+        table: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A table was used that the store was not opened with.
+    #[error("table `{0}` was not declared when the state store was opened")]
+    UnknownTable(String),
+    /// The state directory belongs to an incompatible layout or configuration.
+    #[error("state directory {path} is not usable: {reason}")]
+    Incompatible {
+        /// The state directory.
+        path: PathBuf,
+        /// What does not match, and what to do.
+        reason: String,
+    },
+}
+
+impl StateError {
+    pub(crate) fn rocks(path: &std::path::Path, source: rocksdb::Error) -> Self {
+        StateError::Rocks { path: path.to_path_buf(), source }
+    }
+}

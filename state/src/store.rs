@@ -1,0 +1,443 @@
+//! The RocksDB instance of a pipeline, and the commit of epochs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rocksdb::compaction_filter::Decision;
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
+
+use crate::codec::{Codec, U64Codec};
+use crate::table::{ttl_stamp, Table, TableSpec};
+use crate::worker::{Stage, WorkerState};
+use crate::{Epoch, StateError};
+
+const META_CF: &str = "sluice_meta";
+const KEY_LAYOUT: &[u8] = b"layout";
+const KEY_RESUME_EPOCH: &[u8] = b"resume_epoch";
+/// Bump when the on-disk layout changes incompatibly.
+const LAYOUT: &[u8] = b"sluice-state/1";
+
+/// Tuning of the RocksDB instance. The defaults bound memory at roughly
+/// `cache_bytes + tables * write_buffer_bytes * 2`.
+#[derive(Debug, Clone)]
+pub struct StateOptions {
+    /// The shared block cache, in bytes.
+    pub cache_bytes: usize,
+    /// The memtable size per table, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Sync the WAL at every commit (the durability promise). Tests of pure logic may turn it off.
+    pub sync_commits: bool,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions { cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, sync_commits: true }
+    }
+}
+
+/// What one commit wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitInfo {
+    /// The epoch from which a restart resumes after this commit.
+    pub resume_epoch: Epoch,
+    /// How many staged changes (puts and deletes) the batch held.
+    pub changes: usize,
+    /// How long the write (with its sync) took.
+    pub duration: Duration,
+}
+
+struct CommitQueue {
+    /// Per worker: every epoch below this has been handed in.
+    handed: Vec<Epoch>,
+    /// Stages handed in and not yet written, by epoch.
+    pending: BTreeMap<Epoch, Vec<Arc<Stage>>>,
+    last: Option<CommitInfo>,
+}
+
+/// The state of one pipeline process: one RocksDB instance, one column family per table.
+///
+/// Shared by all workers (`Arc`); each worker writes through its own [`WorkerState`].
+pub struct StateStore {
+    pub(crate) db: Arc<DB>,
+    pub(crate) path: PathBuf,
+    pub(crate) specs: Vec<TableSpec>,
+    ttl_cutoffs: Vec<Arc<AtomicI64>>,
+    resume_epoch: AtomicU64,
+    queue: Mutex<CommitQueue>,
+    sync_commits: bool,
+    workers: usize,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("path", &self.path).field("tables", &self.specs).finish()
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) the state directory at `path` with the given tables, for `workers`
+    /// workers.
+    ///
+    /// Tables present on disk but not declared are kept untouched. The number of workers may
+    /// differ from the previous run: state is keyed by data, not by worker.
+    ///
+    /// # Errors
+    /// RocksDB errors (the directory is locked by another process, I/O, corruption), and
+    /// [`StateError::Incompatible`] if the directory was written by an incompatible layout.
+    pub fn open(path: &Path, tables: &[TableSpec], workers: usize, options: &StateOptions) -> Result<Arc<Self>, StateError> {
+        assert!(workers > 0, "invariant: a pipeline has at least one worker");
+        let mut names: Vec<&TableSpec> = Vec::new();
+        for spec in tables {
+            if spec.name == META_CF || spec.name == "default" {
+                return Err(StateError::Incompatible { path: path.into(), reason: format!("table name `{}` is reserved", spec.name) });
+            }
+            if names.iter().any(|s| s.name == spec.name) {
+                return Err(StateError::Incompatible { path: path.into(), reason: format!("table `{}` declared twice", spec.name) });
+            }
+            names.push(spec);
+        }
+        std::fs::create_dir_all(path).map_err(|e| StateError::Incompatible { path: path.into(), reason: format!("cannot create the state directory: {e}") })?;
+
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let ttl_cutoffs: Vec<Arc<AtomicI64>> = tables.iter().map(|_| Arc::new(AtomicI64::new(i64::MIN))).collect();
+        let cf_options = |spec: Option<(&TableSpec, &Arc<AtomicI64>)>| {
+            let mut o = Options::default();
+            o.set_write_buffer_size(options.write_buffer_bytes);
+            o.set_max_write_buffer_number(2);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            let mut block = BlockBasedOptions::default();
+            block.set_block_cache(&cache);
+            block.set_cache_index_and_filter_blocks(true);
+            if let Some((spec, cutoff)) = spec {
+                if spec.point_lookups {
+                    block.set_bloom_filter(10.0, false);
+                    o.set_memtable_prefix_bloom_ratio(0.1);
+                }
+                if spec.ttl {
+                    let cutoff = Arc::clone(cutoff);
+                    o.set_compaction_filter("sluice_ttl", move |_level: u32, _key: &[u8], value: &[u8]| match ttl_stamp(value) {
+                        Some(t) if t < cutoff.load(Ordering::Relaxed) => Decision::Remove,
+                        _ => Decision::Keep,
+                    });
+                }
+            }
+            o.set_block_based_table_factory(&block);
+            o
+        };
+
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_background_jobs(2);
+        db_options.set_keep_log_file_num(4);
+
+        let existing = DB::list_cf(&db_options, path).unwrap_or_default();
+        let mut descriptors = vec![ColumnFamilyDescriptor::new(META_CF, cf_options(None))];
+        for (spec, cutoff) in tables.iter().zip(&ttl_cutoffs) {
+            descriptors.push(ColumnFamilyDescriptor::new(spec.name.clone(), cf_options(Some((spec, cutoff)))));
+        }
+        for name in existing {
+            if name != "default" && name != META_CF && !tables.iter().any(|s| s.name == name) {
+                descriptors.push(ColumnFamilyDescriptor::new(name, cf_options(None)));
+            }
+        }
+        let db = DB::open_cf_descriptors(&db_options, path, descriptors).map_err(|e| StateError::rocks(path, e))?;
+
+        let meta = db.cf_handle(META_CF).expect("invariant: the meta column family was just opened");
+        let resume_epoch = match db.get_cf(&meta, KEY_LAYOUT).map_err(|e| StateError::rocks(path, e))? {
+            None => {
+                let mut batch = WriteBatch::default();
+                batch.put_cf(&meta, KEY_LAYOUT, LAYOUT);
+                let mut zero = Vec::new();
+                U64Codec::encode(&0, &mut zero);
+                batch.put_cf(&meta, KEY_RESUME_EPOCH, zero);
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                db.write_opt(batch, &wo).map_err(|e| StateError::rocks(path, e))?;
+                0
+            }
+            Some(layout) if layout == LAYOUT => {
+                let raw = db.get_cf(&meta, KEY_RESUME_EPOCH).map_err(|e| StateError::rocks(path, e))?;
+                let raw = raw.ok_or_else(|| StateError::Incompatible {
+                    path: path.into(),
+                    reason: "the commit record is missing; the directory is corrupt: restore a backup or delete it to start over".into(),
+                })?;
+                crate::codec::decode_in::<U64Codec>(META_CF, &raw)?
+            }
+            Some(other) => {
+                return Err(StateError::Incompatible {
+                    path: path.into(),
+                    reason: format!(
+                        "layout `{}` is not `{}`: it was written by another version of sluice; delete it to start over",
+                        String::from_utf8_lossy(&other),
+                        String::from_utf8_lossy(LAYOUT)
+                    ),
+                })
+            }
+        };
+
+        Ok(Arc::new(StateStore {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            specs: tables.to_vec(),
+            ttl_cutoffs,
+            resume_epoch: AtomicU64::new(resume_epoch),
+            queue: Mutex::new(CommitQueue { handed: vec![resume_epoch; workers], pending: BTreeMap::new(), last: None }),
+            sync_commits: options.sync_commits,
+            workers,
+        }))
+    }
+
+    /// A typed handle on a declared table.
+    ///
+    /// # Errors
+    /// [`StateError::UnknownTable`] if `name` was not declared at open.
+    pub fn table<C: Codec>(&self, name: &str) -> Result<Table<C>, StateError> {
+        let index = self.specs.iter().position(|s| s.name == name).ok_or_else(|| StateError::UnknownTable(name.to_string()))?;
+        Ok(Table::new(index, name))
+    }
+
+    /// The epoch a restarted pipeline resumes at: every epoch below it is committed.
+    pub fn resume_epoch(&self) -> Epoch {
+        self.resume_epoch.load(Ordering::Acquire)
+    }
+
+    /// The number of workers this store commits for.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The state directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The staging handle of worker `index`.
+    pub fn worker(self: &Arc<Self>, index: usize) -> WorkerState {
+        assert!(index < self.workers, "invariant: worker index {index} < workers {}", self.workers);
+        WorkerState::new(Arc::clone(self), index)
+    }
+
+    /// Sets the TTL cutoff of a TTL table: compactions drop values stamped before `cutoff`.
+    ///
+    /// Callers must only pass cutoffs derived from *committed* epochs: a restart replays from
+    /// the last commit and must find every key that was live then.
+    pub fn set_ttl_cutoff<C>(&self, table: &Table<C>, cutoff: i64) {
+        self.ttl_cutoffs[table.index].fetch_max(cutoff, Ordering::Relaxed);
+    }
+
+    /// Forces a compaction of one table (tests, and `sluice` maintenance commands).
+    pub fn compact<C>(&self, table: &Table<C>) {
+        self.db.compact_range_cf(self.cf(table.index), None::<&[u8]>, None::<&[u8]>);
+    }
+
+    /// The last commit's figures, if any commit happened in this process.
+    pub fn last_commit(&self) -> Option<CommitInfo> {
+        self.queue.lock().expect("invariant: commit queue lock not poisoned").last.clone()
+    }
+
+    pub(crate) fn cf(&self, index: usize) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(&self.specs[index].name).expect("invariant: declared tables are open")
+    }
+
+    /// Receives worker `worker`'s stages for epochs below `frontier` (`None`: the worker is
+    /// done) and commits every epoch that all workers have now handed in.
+    pub(crate) fn hand_in(&self, worker: usize, frontier: Option<Epoch>, stages: Vec<(Epoch, Arc<Stage>)>) -> Result<Option<CommitInfo>, StateError> {
+        let mut queue = self.queue.lock().expect("invariant: commit queue lock not poisoned");
+        for (epoch, stage) in stages {
+            assert!(epoch >= self.resume_epoch(), "invariant: epoch {epoch} staged after it was committed");
+            queue.pending.entry(epoch).or_default().push(stage);
+        }
+        let frontier = frontier.unwrap_or(Epoch::MAX);
+        assert!(frontier >= queue.handed[worker], "invariant: a worker's frontier never goes back");
+        queue.handed[worker] = frontier;
+        let all = *queue.handed.iter().min().expect("invariant: at least one worker");
+        let current = self.resume_epoch();
+        if all <= current {
+            return Ok(None);
+        }
+        let keep = queue.pending.split_off(&all);
+        let ready = std::mem::replace(&mut queue.pending, keep);
+        let resume = if all == Epoch::MAX { ready.keys().next_back().map_or(current, |e| e + 1).max(current) } else { all };
+        if resume == current && ready.is_empty() {
+            return Ok(None);
+        }
+        let info = self.write(ready, resume)?;
+        queue.last = Some(info.clone());
+        Ok(Some(info))
+    }
+
+    fn write(&self, ready: BTreeMap<Epoch, Vec<Arc<Stage>>>, resume: Epoch) -> Result<CommitInfo, StateError> {
+        let started = Instant::now();
+        let mut batch = WriteBatch::default();
+        let mut changes = 0;
+        let cfs: Vec<_> = (0..self.specs.len()).map(|i| self.cf(i)).collect();
+        for stages in ready.values() {
+            for stage in stages {
+                for (index, changes_of_table) in stage.tables.iter().enumerate() {
+                    // Sorted keys make the batch, and so the WAL, deterministic.
+                    let mut keys: Vec<_> = changes_of_table.iter().collect();
+                    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    for (key, value) in keys {
+                        changes += 1;
+                        match value {
+                            Some(value) => batch.put_cf(cfs[index], key, value),
+                            None => batch.delete_cf(cfs[index], key),
+                        }
+                    }
+                }
+            }
+        }
+        let meta = self.db.cf_handle(META_CF).expect("invariant: meta is open");
+        let mut bytes = Vec::new();
+        U64Codec::encode(&resume, &mut bytes);
+        batch.put_cf(meta, KEY_RESUME_EPOCH, bytes);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_commits);
+        self.db.write_opt(batch, &wo).map_err(|e| StateError::rocks(&self.path, e))?;
+        self.resume_epoch.store(resume, Ordering::Release);
+        Ok(CommitInfo { resume_epoch: resume, changes, duration: started.elapsed() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{I64Codec, StateReader};
+
+    fn tables() -> Vec<TableSpec> {
+        vec![TableSpec::new("counts"), TableSpec::new("seen").with_ttl().with_point_lookups()]
+    }
+
+    fn open(dir: &Path, workers: usize) -> Arc<StateStore> {
+        StateStore::open(dir, &tables(), workers, &StateOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn committed_epochs_survive_reopen_and_staged_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), 1);
+            let counts = store.table::<U64Codec>("counts").unwrap();
+            let mut w = store.worker(0);
+            w.put(0, &counts, b"a", &1);
+            w.put(1, &counts, b"a", &2);
+            w.put(2, &counts, b"b", &7);
+            // The worker reads its own staged writes, newest epoch first.
+            assert_eq!(w.get(&counts, b"a").unwrap(), Some(2));
+            let info = w.hand_in(Some(2)).unwrap().unwrap();
+            assert_eq!(info.resume_epoch, 2);
+            assert_eq!(info.changes, 2);
+            // Epoch 2 is still open: visible to the worker, not committed.
+            assert_eq!(w.get(&counts, b"b").unwrap(), Some(7));
+        }
+        let store = open(dir.path(), 1);
+        assert_eq!(store.resume_epoch(), 2);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        let mut w = store.worker(0);
+        assert_eq!(w.get(&counts, b"a").unwrap(), Some(2));
+        assert_eq!(w.get(&counts, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn an_epoch_commits_only_when_every_worker_handed_it_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 2);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        let mut w0 = store.worker(0);
+        let mut w1 = store.worker(1);
+        w0.put(0, &counts, b"x", &10);
+        w1.put(0, &counts, b"y", &20);
+        w1.put(1, &counts, b"y", &21);
+        assert_eq!(w0.hand_in(Some(1)).unwrap(), None);
+        assert_eq!(store.resume_epoch(), 0);
+        // w0 still reads its handed-in, uncommitted write.
+        assert_eq!(w0.get(&counts, b"x").unwrap(), Some(10));
+        let info = w1.hand_in(Some(2)).unwrap().unwrap();
+        assert_eq!(info.resume_epoch, 1);
+        let snap = StateReader::new(Arc::clone(&store));
+        let snap = snap.snapshot();
+        assert_eq!(snap.get(&counts, b"x").unwrap(), Some(10));
+        assert_eq!(snap.get(&counts, b"y").unwrap(), Some(20), "epoch 1 of w1 is not committed yet");
+        assert_eq!(snap.resume_epoch().unwrap(), 1);
+        let info = w0.hand_in(None).unwrap().unwrap();
+        assert_eq!(info.resume_epoch, 2);
+        assert_eq!(store.resume_epoch(), 2);
+    }
+
+    #[test]
+    fn snapshot_does_not_see_later_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        let mut w = store.worker(0);
+        w.put(0, &counts, b"k", &1);
+        w.hand_in(Some(1)).unwrap();
+        let reader = StateReader::new(Arc::clone(&store));
+        let handle = std::thread::spawn({
+            let reader = reader.clone();
+            let counts = counts.clone();
+            move || {
+                let snap = reader.snapshot();
+                let before = snap.get(&counts, b"k").unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                let after = snap.get(&counts, b"k").unwrap();
+                (before, after, snap.resume_epoch().unwrap())
+            }
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        w.put(1, &counts, b"k", &2);
+        w.hand_in(Some(2)).unwrap();
+        let (before, after, epoch) = handle.join().unwrap();
+        assert_eq!((before, after, epoch), (Some(1), Some(1), 1));
+        assert_eq!(reader.snapshot().get(&counts, b"k").unwrap(), Some(2));
+    }
+
+    #[test]
+    fn ttl_hides_expired_keys_and_compaction_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1);
+        let seen = store.table::<I64Codec>("seen").unwrap();
+        let mut w = store.worker(0);
+        w.put(0, &seen, b"old", &100);
+        w.put(0, &seen, b"new", &500);
+        w.hand_in(Some(1)).unwrap();
+        let got = w.get_many_raw(&seen, &[b"old", b"new", b"absent"], Some(300)).unwrap();
+        assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), vec![false, true, false]);
+        // Physically still there until a compaction runs with the cutoff set.
+        assert!(store.db.get_cf(store.cf(seen.index), b"old").unwrap().is_some());
+        store.set_ttl_cutoff(&seen, 300);
+        store.db.flush_cf(store.cf(seen.index)).unwrap();
+        store.compact(&seen);
+        assert!(store.db.get_cf(store.cf(seen.index), b"old").unwrap().is_none());
+        assert!(store.db.get_cf(store.cf(seen.index), b"new").unwrap().is_some());
+    }
+
+    #[test]
+    fn removing_a_key_written_in_the_same_open_epoch_stages_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        let mut w = store.worker(0);
+        w.put(3, &counts, b"tmp", &1);
+        w.remove_written(3, 3, &counts, b"tmp");
+        assert_eq!(w.get(&counts, b"tmp").unwrap(), None);
+        let info = w.hand_in(Some(4)).unwrap().unwrap();
+        assert_eq!(info.changes, 0);
+    }
+
+    #[test]
+    fn a_directory_of_another_layout_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path(), 1);
+            let meta = store.db.cf_handle(META_CF).unwrap();
+            store.db.put_cf(meta, KEY_LAYOUT, b"sluice-state/0").unwrap();
+        }
+        let err = StateStore::open(dir.path(), &tables(), 1, &StateOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("written by another version of sluice; delete it to start over"), "{err}");
+    }
+}
