@@ -4,6 +4,9 @@
 //! operator in a single-worker timely dataflow with a fresh RocksDB state directory (its open
 //! and commits are part of the cost, as in a real run). Run: `cargo bench -p sluice-bench`.
 
+// criterion_group! and criterion_main! generate undocumented functions.
+#![allow(missing_docs)]
+
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;

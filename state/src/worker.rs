@@ -8,6 +8,9 @@ use crate::store::{CommitInfo, StateStore};
 use crate::table::{ttl_stamp, Table};
 use crate::{Epoch, StateError};
 
+/// A committed key and its value bytes.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// The changes one worker made while processing one epoch: per table, key to new value
 /// (`None`: deleted).
 #[derive(Debug, Default)]
@@ -183,7 +186,7 @@ impl WorkerState {
     ///
     /// # Errors
     /// RocksDB read errors.
-    pub fn scan_committed<C>(&self, table: &Table<C>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn scan_committed<C>(&self, table: &Table<C>) -> Result<Vec<Entry>, StateError> {
         let mut out = Vec::new();
         for item in self.store.db.iterator_cf(self.store.cf(table.index), rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(|e| StateError::rocks(&self.store.path, e))?;

@@ -12,8 +12,9 @@ fn check(workers: usize) {
         let expected = lines(&golden_dir().join("expected").join(format!("{stream}.jsonl")));
         assert_same_lines(&actual, &expected, &format!("{stream} with {workers} workers"));
     }
-    // 224 non-blank records: 12 malformed, 3 exact duplicates dropped, 2 conflicts, 3 late.
-    assert_eq!(summary.records_in, 224);
+    // 226 non-blank records = 206 feature records + 12 malformed + 3 exact duplicates
+    // + 2 conflicts + 3 late.
+    assert_eq!(summary.records_in, 226);
     assert_eq!((summary.dead_letters, summary.duplicates, summary.conflicts, summary.late), (12, 3, 2, 3));
     assert_eq!(summary.features_out, 206);
 }

@@ -50,7 +50,7 @@ fn stop_and_resume(workers_first: usize, workers_second: usize) {
     config.workers = workers_second;
     let second = run(&config);
     assert_eq!(second.resumed_at_epoch, first.resume_epoch);
-    assert_eq!(second.records_in, 224 - 96, "the second run reads only what the first did not");
+    assert_eq!(second.records_in, 226 - 96, "the second run reads only what the first did not");
     for stream in ["features", "dead_letters", "late", "conflicts"] {
         let actual = lines(&work.path().join("out").join(format!("{stream}.jsonl")));
         let expected = lines(&golden_dir().join("expected").join(format!("{stream}.jsonl")));

@@ -70,11 +70,13 @@ impl FileReader {
     }
 
     /// Reads one line: `(offset, bytes, next position)`, `None` at the end of the data.
+    /// Blank lines are skipped (not dead letters); a line longer than `line_bytes_max` is cut
+    /// there, and the rest of it is consumed without being kept.
     fn next_line(&mut self) -> Result<Option<(u64, Vec<u8>, u64)>, ConnectorError> {
         let at_eof = self.at_eof;
         let max = self.line_bytes_max;
         let path = self.path.clone();
-        let start = self.position;
+        let mut start = self.position;
         let Some(reader) = self.open()? else { return Ok(None) };
         loop {
             let mut line = Vec::new();
@@ -85,7 +87,7 @@ impl FileReader {
                 if buf.is_empty() {
                     break;
                 }
-                let (chunk, found) = match memchr(buf) {
+                let (chunk, found) = match buf.iter().position(|b| *b == b'\n') {
                     Some(i) => (&buf[..=i], true),
                     None => (buf, false),
                 };
@@ -100,31 +102,27 @@ impl FileReader {
                 }
             }
             if consumed == 0 {
+                self.position = start;
                 return Ok(None);
             }
             if !complete && at_eof != AtEof::Finish {
                 // A partial last line may still be being written: leave it for later.
                 reader.seek(SeekFrom::Start(start)).map_err(|e| ConnectorError::io("cannot seek in", &path, e))?;
+                self.position = start;
                 return Ok(None);
             }
-            let offset = start;
             let next = start + consumed;
             while matches!(line.last(), Some(b'\n' | b'\r')) {
                 line.pop();
             }
             line.truncate(max);
             if line.iter().all(u8::is_ascii_whitespace) {
-                // Blank lines are skipped, not dead letters.
-                self.position = next;
-                return self.next_line();
+                start = next;
+                continue;
             }
-            return Ok(Some((offset, line, next)));
+            return Ok(Some((start, line, next)));
         }
     }
-}
-
-fn memchr(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|b| *b == b'\n')
 }
 
 impl PartitionReader for FileReader {
