@@ -213,6 +213,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             Err(panic) => return Err(RunError::Worker { worker, message: panic }),
         }
     }
+    // The last batches may still be on their way to disk.
+    store.sync()?;
     let m = &control.metrics;
     Ok(RunSummary {
         resumed_at_epoch,

@@ -7,8 +7,8 @@
 //!
 //! Requires: events exchanged by a hash of their id, and every partition's progress on every
 //! worker. Works epoch by epoch, once the epoch is complete on both inputs: within an epoch,
-//! copies are taken in origin order (partition, offset), so the *first* copy is the same for
-//! any number of workers.
+//! the copies of a key are taken in origin order (partition, offset), so the *first* copy is
+//! the same for any number of workers.
 //!
 //! Keeps, in the RocksDB table `dedup_keys`, each key's event time and payload hash. A key is
 //! forgotten once it is older than `ttl` behind the watermark (the watermark before the epoch
@@ -23,7 +23,7 @@
 //! duplicate counted and one conflict.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -146,18 +146,39 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     }
                     let Pending { mut events, progress } = entry.remove();
                     let cutoff = tracker.watermark().saturating_sub(config.ttl_ms);
-                    events.sort_unstable_by_key(|e| e.origin);
-                    let keys: Vec<&[u8]> = events.iter().map(|e| e.id.as_bytes()).collect();
-                    let stored = state.borrow_mut().get_many_raw(&table, &keys, Some(cutoff)).unwrap_or_else(|e| panic!("dedup: cannot read state: {e}"));
-                    let mut seen_now: HashMap<String, (i64, u64)> = HashMap::new();
+                    // Copies of one key sit side by side, the first (lowest origin) first; the
+                    // sorted keys also make RocksDB's batched lookup faster.
+                    events.sort_unstable_by(|a, b| (a.id.as_str(), a.origin).cmp(&(b.id.as_str(), b.origin)));
+                    let stored = {
+                        let mut keys: Vec<&[u8]> = events.iter().map(|e| e.id.as_bytes()).collect();
+                        keys.dedup();
+                        let values = state.borrow_mut().get_many_raw(&table, &keys, Some(cutoff)).unwrap_or_else(|e| panic!("dedup: cannot read state: {e}"));
+                        values.into_iter().map(|v| v.as_deref().and_then(decode_seen)).collect::<Vec<_>>()
+                    };
                     let firsts_cap = held.at(0, epoch);
                     let conflicts_cap = held.at(1, epoch);
                     let mut firsts_s = firsts_h.session(&firsts_cap);
                     let mut conflicts_s = conflicts_h.session(&conflicts_cap);
                     let (mut duplicates, mut conflicted) = (0, 0);
                     let mut state = state.borrow_mut();
-                    for (event, stored) in events.into_iter().zip(stored) {
-                        let first = seen_now.get(&event.id).copied().or_else(|| stored.as_deref().and_then(decode_seen));
+                    // Decide on borrowed events first (no id is cloned), then move them out.
+                    let mut decisions: Vec<Option<(i64, u64)>> = Vec::with_capacity(events.len());
+                    let mut key_index = 0usize;
+                    // (time, hash) of the first copy of the current key, from the store or this epoch.
+                    let mut first: Option<(i64, u64)> = None;
+                    for (i, event) in events.iter().enumerate() {
+                        if i == 0 || events[i - 1].id != event.id {
+                            if i > 0 {
+                                key_index += 1;
+                            }
+                            first = stored[key_index];
+                        }
+                        decisions.push(first);
+                        if first.is_none() {
+                            first = Some((event.time_ms, event.payload_hash));
+                        }
+                    }
+                    for (event, first) in events.into_iter().zip(decisions) {
                         match first {
                             Some((_, hash)) if hash == event.payload_hash => duplicates += 1,
                             Some((first_time_ms, _)) => {
@@ -166,7 +187,6 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             }
                             None => {
                                 state.put_raw(epoch, table.index(), event.id.as_bytes(), encode_seen(event.time_ms, event.payload_hash));
-                                seen_now.insert(event.id.clone(), (event.time_ms, event.payload_hash));
                                 firsts_s.give(event);
                             }
                         }

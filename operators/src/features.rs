@@ -30,7 +30,7 @@
 //! 3 at 0:50, 4 at 1:05 gives 2, 5, 4.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -357,8 +357,9 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
             let mut held = HeldCapabilities::new(vec![cap]);
             let mut pending: BTreeMap<Epoch, Vec<Event>> = BTreeMap::new();
-            let mut cache: HashMap<String, Vec<AggState>> = HashMap::new();
-            let mut dirty: HashSet<String> = HashSet::new();
+            // Decoded aggregates by entity, and whether the current epoch changed them.
+            let mut cache: rustc_hash::FxHashMap<String, (Vec<AggState>, bool)> = rustc_hash::FxHashMap::default();
+            let mut dirty: Vec<String> = Vec::new();
             let mut encoded = Vec::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
@@ -379,17 +380,26 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let mut state = state.borrow_mut();
                     let produced = events.len() as u64;
                     for event in events {
-                        if !cache.contains_key(&event.entity) {
-                            let loaded = match state
-                                .get_raw(table.index(), event.entity.as_bytes())
-                                .unwrap_or_else(|e| panic!("features: cannot read state: {e}"))
-                            {
-                                Some(bytes) => decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity)),
-                                None => vec![VecDeque::new(); set.aggregates.len()],
-                            };
-                            cache.insert(event.entity.clone(), loaded);
+                        let aggs = match cache.get_mut(&event.entity) {
+                            Some(entry) => entry,
+                            None => {
+                                let loaded = match state
+                                    .get_raw(table.index(), event.entity.as_bytes())
+                                    .unwrap_or_else(|e| panic!("features: cannot read state: {e}"))
+                                {
+                                    Some(bytes) => {
+                                        decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity))
+                                    }
+                                    None => vec![VecDeque::new(); set.aggregates.len()],
+                                };
+                                cache.entry(event.entity.clone()).or_insert((loaded, false))
+                            }
+                        };
+                        if !aggs.1 {
+                            aggs.1 = true;
+                            dirty.push(event.entity.clone());
                         }
-                        let aggs = cache.get_mut(&event.entity).expect("just inserted");
+                        let aggs = &mut aggs.0;
                         for (agg, (field, window)) in aggs.iter_mut().zip(&set.aggregates) {
                             let value = field.and_then(|f| event.numbers.get(f).copied().flatten());
                             update(agg, *window, event.time_ms, value);
@@ -402,9 +412,6 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                                 read(&aggs[*a], window, event.time_ms).value(*op, field.is_some())
                             })
                             .collect();
-                        if !dirty.contains(&event.entity) {
-                            dirty.insert(event.entity.clone());
-                        }
                         session.give(FeatureRecord {
                             entity: event.entity,
                             id: event.id,
@@ -415,9 +422,11 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             origin: event.origin,
                         });
                     }
-                    for entity in dirty.drain() {
+                    for entity in dirty.drain(..) {
+                        let entry = cache.get_mut(&entity).expect("invariant: dirty entities are cached");
+                        entry.1 = false;
                         encoded.clear();
-                        encode_state(&cache[&entity], &mut encoded);
+                        encode_state(&entry.0, &mut encoded);
                         state.put_raw(epoch, table.index(), entity.as_bytes(), encoded.clone());
                     }
                     if cache.len() > cache_entities_max {

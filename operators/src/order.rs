@@ -12,9 +12,12 @@
 //!    is **late**: sent to the late output (`late = "side"`, the default), dropped (`"drop"`),
 //!    or passed on at once with `late = true` (`"flag"`);
 //! 2. every other event is buffered, in memory and in the RocksDB table `order_buffer` (so a
-//!    restart finds it);
+//!    restart finds it), keyed by (time, origin);
 //! 3. the epoch's progress advances the watermark, and every buffered event with a time below
-//!    the new watermark is released, sorted by (time, id, origin).
+//!    the new watermark is released, sorted by (time, id, origin). Since the watermark is the
+//!    same on every worker, one range deletion of the keys below it clears the released events
+//!    of all workers from the table; an event buffered and released in the same epoch never
+//!    reaches RocksDB at all.
 //!
 //! So the output is in event-time order per worker and per entity, and which events are late
 //! depends only on what each partition delivered per epoch, not on the number of workers. When
@@ -100,7 +103,8 @@ pub trait Order<'scope> {
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<LateEvent>>), OperatorError>;
 }
 
-type BufferKey = (i64, String, Origin);
+/// (time, origin): unique per record; ties in time are put in id order at release.
+type BufferKey = (i64, Origin);
 
 impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
     fn order(
@@ -118,12 +122,14 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
 
         // Restore the buffer: the entries of the entities this worker owns.
         let restored_epoch = state.borrow().store().resume_epoch().saturating_sub(1);
-        let mut buffer: BTreeMap<BufferKey, (Event, Epoch)> = BTreeMap::new();
+        // Buffered events are held encoded: a third of the memory of an `Event` and its strings,
+        // and the same bytes go to the table.
+        let mut buffer: BTreeMap<BufferKey, (Vec<u8>, Epoch)> = BTreeMap::new();
         for (key, value) in state.borrow().scan_committed(&table)? {
             let event = EventCodec::decode(&value).map_err(|reason| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason })?;
             debug_assert_eq!(key.as_slice(), buffer_key(event.time_ms, event.origin).as_slice());
             if (route_hash(&event.entity) % peers as u64) as usize == index {
-                buffer.insert((event.time_ms, event.id.clone(), event.origin), (event, restored_epoch));
+                buffer.insert((event.time_ms, event.origin), (value, restored_epoch));
             }
         }
 
@@ -181,25 +187,45 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                                 }
                             }
                         } else {
-                            state.put(epoch, &table, &buffer_key(event.time_ms, event.origin), &event);
-                            buffer.insert((event.time_ms, event.id.clone(), event.origin), (event, epoch));
+                            let mut bytes = Vec::with_capacity(128);
+                            EventCodec::encode(&event, &mut bytes);
+                            state.put_raw(epoch, table.index(), &buffer_key(event.time_ms, event.origin), bytes.clone());
+                            buffer.insert((event.time_ms, event.origin), (bytes, epoch));
                         }
                     }
                     metrics.late.fetch_add(late_count, Ordering::Relaxed);
                     for p in &progress {
                         tracker.apply(p);
                     }
+                    let previous = watermark;
                     let watermark = tracker.advance();
                     if index == 0 {
                         metrics.watermark_ms.store(watermark, Ordering::Relaxed);
                     }
+                    let mut released = Vec::new();
                     while let Some(first) = buffer.first_entry() {
                         if first.key().0 >= watermark {
                             break;
                         }
-                        let (event, written) = first.remove();
-                        state.remove_written(epoch, written, &table, &buffer_key(event.time_ms, event.origin));
+                        let ((time_ms, origin), (bytes, written)) = first.remove_entry();
+                        if written == epoch {
+                            // Buffered and released within one epoch: never reaches RocksDB.
+                            state.remove_written(epoch, written, &table, &buffer_key(time_ms, origin));
+                        }
+                        let event = EventCodec::decode(&bytes).unwrap_or_else(|e| panic!("invariant: a buffered event decodes: {e}"));
+                        released.push(event);
+                    }
+                    // Already in (time, origin) order; put equal times in id order.
+                    released.sort_by(|a, b| (a.time_ms, a.id.as_str(), a.origin).cmp(&(b.time_ms, b.id.as_str(), b.origin)));
+                    for event in released {
                         ordered_s.give(event);
+                    }
+                    // Every worker releases everything below the same watermark in the same
+                    // epoch, so one range deletion (staged by worker 0) removes all released
+                    // events of all workers from the table.
+                    if index == 0 && watermark > previous && watermark > i64::MIN {
+                        let origin = Origin { partition: 0, offset: 0 };
+                        state.delete_range(epoch, &table, &buffer_key(i64::MIN, origin), &buffer_key(watermark, origin));
                     }
                     for event in flagged {
                         ordered_s.give(event);

@@ -24,6 +24,11 @@ pub enum StateError {
         /// What was wrong.
         reason: String,
     },
+    /// A commit could not be written (disk full, I/O error): nothing of that batch is
+    /// committed, and the pipeline must stop committing. Retrying helps once the cause is fixed;
+    /// a restart resumes from the last successful commit.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
     /// A table was used that the store was not opened with.
     #[error("table `{0}` was not declared when the state store was opened")]
     UnknownTable(String),

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rocksdb::compaction_filter::Decision;
@@ -52,9 +54,33 @@ pub struct CommitInfo {
 struct CommitQueue {
     /// Per worker: every epoch below this has been handed in.
     handed: Vec<Epoch>,
-    /// Stages handed in and not yet written, by epoch.
+    /// Stages handed in and not yet sent to the writer, by epoch.
     pending: BTreeMap<Epoch, Vec<Arc<Stage>>>,
-    last: Option<CommitInfo>,
+    /// The resume epoch of the last batch sent to the writer.
+    enqueued_resume: Epoch,
+    /// Batches sent to the writer.
+    enqueued: u64,
+    /// The writer's queue; `None` once the store shuts down.
+    sender: Option<SyncSender<Job>>,
+}
+
+/// One commit for the writer: stages by epoch, and the resume epoch it establishes.
+type Job = (BTreeMap<Epoch, Vec<Arc<Stage>>>, Epoch);
+
+/// Batches waiting for the writer beyond the one being written: past this, `hand_in` blocks
+/// (backpressure from the disk to the dataflow).
+const WRITER_QUEUE_BATCHES: usize = 2;
+
+/// What the writer thread shares with the store.
+struct Writer {
+    db: Arc<DB>,
+    path: PathBuf,
+    names: Vec<String>,
+    sync_commits: bool,
+    resume_epoch: AtomicU64,
+    /// (batches written, the first failure, the last commit's figures).
+    done: Mutex<(u64, Option<String>, Option<CommitInfo>)>,
+    written: Condvar,
 }
 
 /// The state of one pipeline process: one RocksDB instance, one column family per table.
@@ -65,10 +91,21 @@ pub struct StateStore {
     pub(crate) path: PathBuf,
     pub(crate) specs: Vec<TableSpec>,
     ttl_cutoffs: Vec<Arc<AtomicI64>>,
-    resume_epoch: AtomicU64,
     queue: Mutex<CommitQueue>,
-    sync_commits: bool,
+    writer: Arc<Writer>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     workers: usize,
+}
+
+impl Drop for StateStore {
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.sender = None;
+        }
+        if let Some(handle) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = handle.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for StateStore {
@@ -179,14 +216,53 @@ impl StateStore {
             }
         };
 
+        let db = Arc::new(db);
+        let writer = Arc::new(Writer {
+            db: Arc::clone(&db),
+            path: path.to_path_buf(),
+            names: tables.iter().map(|t| t.name.clone()).collect(),
+            sync_commits: options.sync_commits,
+            resume_epoch: AtomicU64::new(resume_epoch),
+            done: Mutex::new((0, None, None)),
+            written: Condvar::new(),
+        });
+        let (sender, receiver) = sync_channel::<Job>(WRITER_QUEUE_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("sluice-commit".into())
+            .spawn({
+                let writer = Arc::clone(&writer);
+                move || {
+                    for (ready, resume) in receiver {
+                        let result = writer.write(ready, resume);
+                        let mut done = writer.done.lock().expect("invariant: writer lock not poisoned");
+                        done.0 += 1;
+                        match result {
+                            Ok(info) => done.2 = Some(info),
+                            Err(e) => {
+                                tracing::error!(error = %e, "commit failed; the pipeline stops committing");
+                                done.1.get_or_insert(e.to_string());
+                            }
+                        }
+                        writer.written.notify_all();
+                    }
+                }
+            })
+            .map_err(|e| StateError::Incompatible { path: path.into(), reason: format!("cannot start the commit thread: {e}") })?;
+
         Ok(Arc::new(StateStore {
-            db: Arc::new(db),
+            db,
             path: path.to_path_buf(),
             specs: tables.to_vec(),
             ttl_cutoffs,
-            resume_epoch: AtomicU64::new(resume_epoch),
-            queue: Mutex::new(CommitQueue { handed: vec![resume_epoch; workers], pending: BTreeMap::new(), last: None }),
-            sync_commits: options.sync_commits,
+            queue: Mutex::new(CommitQueue {
+                handed: vec![resume_epoch; workers],
+                pending: BTreeMap::new(),
+                enqueued_resume: resume_epoch,
+                enqueued: 0,
+                sender: Some(sender),
+            }),
+            writer,
+            thread: Mutex::new(Some(thread)),
             workers,
         }))
     }
@@ -200,9 +276,26 @@ impl StateStore {
         Ok(Table::new(index, name))
     }
 
-    /// The epoch a restarted pipeline resumes at: every epoch below it is committed.
+    /// The epoch a restarted pipeline resumes at: every epoch below it is committed (durably
+    /// written, not only handed in).
     pub fn resume_epoch(&self) -> Epoch {
-        self.resume_epoch.load(Ordering::Acquire)
+        self.writer.resume_epoch.load(Ordering::Acquire)
+    }
+
+    /// Waits until every commit handed to the writer is written.
+    ///
+    /// # Errors
+    /// [`StateError::CommitFailed`] if any commit failed.
+    pub fn sync(&self) -> Result<(), StateError> {
+        let enqueued = self.queue.lock().expect("invariant: commit queue lock not poisoned").enqueued;
+        let mut done = self.writer.done.lock().expect("invariant: writer lock not poisoned");
+        while done.0 < enqueued && done.1.is_none() {
+            done = self.writer.written.wait(done).expect("invariant: writer lock not poisoned");
+        }
+        match &done.1 {
+            Some(reason) => Err(StateError::CommitFailed(reason.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The number of workers this store commits for.
@@ -234,9 +327,9 @@ impl StateStore {
         self.db.compact_range_cf(self.cf(table.index), None::<&[u8]>, None::<&[u8]>);
     }
 
-    /// The last commit's figures, if any commit happened in this process.
+    /// The last commit's figures, if any commit was written by this process.
     pub fn last_commit(&self) -> Option<CommitInfo> {
-        self.queue.lock().expect("invariant: commit queue lock not poisoned").last.clone()
+        self.writer.done.lock().expect("invariant: writer lock not poisoned").2.clone()
     }
 
     pub(crate) fn cf(&self, index: usize) -> &rocksdb::ColumnFamily {
@@ -244,18 +337,23 @@ impl StateStore {
     }
 
     /// Receives worker `worker`'s stages for epochs below `frontier` (`None`: the worker is
-    /// done) and commits every epoch that all workers have now handed in.
-    pub(crate) fn hand_in(&self, worker: usize, frontier: Option<Epoch>, stages: Vec<(Epoch, Arc<Stage>)>) -> Result<Option<CommitInfo>, StateError> {
+    /// done). When all workers have now handed an epoch in, sends everything complete to the
+    /// writer thread as one batch and returns the epoch that batch will resume at. Blocks while
+    /// the writer is more than [`WRITER_QUEUE_BATCHES`] batches behind.
+    pub(crate) fn hand_in(&self, worker: usize, frontier: Option<Epoch>, stages: Vec<(Epoch, Arc<Stage>)>) -> Result<Option<Epoch>, StateError> {
+        if let Some(reason) = &self.writer.done.lock().expect("invariant: writer lock not poisoned").1 {
+            return Err(StateError::CommitFailed(reason.clone()));
+        }
         let mut queue = self.queue.lock().expect("invariant: commit queue lock not poisoned");
         for (epoch, stage) in stages {
-            assert!(epoch >= self.resume_epoch(), "invariant: epoch {epoch} staged after it was committed");
+            assert!(epoch >= queue.enqueued_resume, "invariant: epoch {epoch} staged after it was committed");
             queue.pending.entry(epoch).or_default().push(stage);
         }
         let frontier = frontier.unwrap_or(Epoch::MAX);
         assert!(frontier >= queue.handed[worker], "invariant: a worker's frontier never goes back");
         queue.handed[worker] = frontier;
         let all = *queue.handed.iter().min().expect("invariant: at least one worker");
-        let current = self.resume_epoch();
+        let current = queue.enqueued_resume;
         if all <= current {
             return Ok(None);
         }
@@ -265,23 +363,37 @@ impl StateStore {
         if resume == current && ready.is_empty() {
             return Ok(None);
         }
-        let info = self.write(ready, resume)?;
-        queue.last = Some(info.clone());
-        Ok(Some(info))
+        queue.enqueued_resume = resume;
+        queue.enqueued += 1;
+        let sender = queue.sender.as_ref().expect("invariant: the writer runs while the store is open");
+        // Sent under the lock: batches reach the writer in epoch order.
+        sender.send((ready, resume)).map_err(|_| StateError::CommitFailed("the commit thread is gone".into()))?;
+        Ok(Some(resume))
+    }
+}
+
+impl Writer {
+    fn cf(&self, index: usize) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(&self.names[index]).expect("invariant: declared tables are open")
     }
 
     fn write(&self, ready: BTreeMap<Epoch, Vec<Arc<Stage>>>, resume: Epoch) -> Result<CommitInfo, StateError> {
         let started = Instant::now();
         let mut batch = WriteBatch::default();
         let mut changes = 0;
-        let cfs: Vec<_> = (0..self.specs.len()).map(|i| self.cf(i)).collect();
+        let cfs: Vec<_> = (0..self.names.len()).map(|i| self.cf(i)).collect();
         for stages in ready.values() {
             for stage in stages {
+                for (index, from, to) in &stage.range_deletes {
+                    changes += 1;
+                    batch.delete_range_cf(cfs[*index], from, to);
+                }
+            }
+            for stage in stages {
                 for (index, changes_of_table) in stage.tables.iter().enumerate() {
-                    // Sorted keys make the batch, and so the WAL, deterministic.
-                    let mut keys: Vec<_> = changes_of_table.iter().collect();
-                    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    for (key, value) in keys {
+                    // Keys within one stage are distinct, so their order in the batch does not
+                    // matter; stages are applied in epoch order.
+                    for (key, value) in changes_of_table {
                         changes += 1;
                         match value {
                             Some(value) => batch.put_cf(cfs[index], key, value),
@@ -328,7 +440,9 @@ mod tests {
             w.put(2, &counts, b"b", &7);
             // The worker reads its own staged writes, newest epoch first.
             assert_eq!(w.get(&counts, b"a").unwrap(), Some(2));
-            let info = w.hand_in(Some(2)).unwrap().unwrap();
+            assert_eq!(w.hand_in(Some(2)).unwrap(), Some(2));
+            store.sync().unwrap();
+            let info = store.last_commit().unwrap();
             assert_eq!(info.resume_epoch, 2);
             assert_eq!(info.changes, 2);
             // Epoch 2 is still open: visible to the worker, not committed.
@@ -353,18 +467,19 @@ mod tests {
         w1.put(0, &counts, b"y", &20);
         w1.put(1, &counts, b"y", &21);
         assert_eq!(w0.hand_in(Some(1)).unwrap(), None);
+        store.sync().unwrap();
         assert_eq!(store.resume_epoch(), 0);
         // w0 still reads its handed-in, uncommitted write.
         assert_eq!(w0.get(&counts, b"x").unwrap(), Some(10));
-        let info = w1.hand_in(Some(2)).unwrap().unwrap();
-        assert_eq!(info.resume_epoch, 1);
+        assert_eq!(w1.hand_in(Some(2)).unwrap(), Some(1));
+        store.sync().unwrap();
         let snap = StateReader::new(Arc::clone(&store));
         let snap = snap.snapshot();
         assert_eq!(snap.get(&counts, b"x").unwrap(), Some(10));
         assert_eq!(snap.get(&counts, b"y").unwrap(), Some(20), "epoch 1 of w1 is not committed yet");
         assert_eq!(snap.resume_epoch().unwrap(), 1);
-        let info = w0.hand_in(None).unwrap().unwrap();
-        assert_eq!(info.resume_epoch, 2);
+        assert_eq!(w0.hand_in(None).unwrap(), Some(2));
+        store.sync().unwrap();
         assert_eq!(store.resume_epoch(), 2);
     }
 
@@ -376,6 +491,7 @@ mod tests {
         let mut w = store.worker(0);
         w.put(0, &counts, b"k", &1);
         w.hand_in(Some(1)).unwrap();
+        store.sync().unwrap();
         let reader = StateReader::new(Arc::clone(&store));
         let handle = std::thread::spawn({
             let reader = reader.clone();
@@ -391,6 +507,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         w.put(1, &counts, b"k", &2);
         w.hand_in(Some(2)).unwrap();
+        store.sync().unwrap();
         let (before, after, epoch) = handle.join().unwrap();
         assert_eq!((before, after, epoch), (Some(1), Some(1), 1));
         assert_eq!(reader.snapshot().get(&counts, b"k").unwrap(), Some(2));
@@ -405,6 +522,7 @@ mod tests {
         w.put(0, &seen, b"old", &100);
         w.put(0, &seen, b"new", &500);
         w.hand_in(Some(1)).unwrap();
+        store.sync().unwrap();
         let got = w.get_many_raw(&seen, &[b"old", b"new", b"absent"], Some(300)).unwrap();
         assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), vec![false, true, false]);
         // Physically still there until a compaction runs with the cutoff set.
@@ -425,8 +543,28 @@ mod tests {
         w.put(3, &counts, b"tmp", &1);
         w.remove_written(3, 3, &counts, b"tmp");
         assert_eq!(w.get(&counts, b"tmp").unwrap(), None);
-        let info = w.hand_in(Some(4)).unwrap().unwrap();
-        assert_eq!(info.changes, 0);
+        assert_eq!(w.hand_in(Some(4)).unwrap(), Some(4));
+        store.sync().unwrap();
+        assert_eq!(store.last_commit().unwrap().changes, 0);
+    }
+
+    #[test]
+    fn range_deletes_apply_in_epoch_order_before_the_epochs_puts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        let mut w = store.worker(0);
+        w.put(0, &counts, b"k5", &5);
+        w.put(1, &counts, b"k7", &7);
+        w.delete_range(1, &counts, b"k0", b"k6");
+        w.put(2, &counts, b"k3", &3);
+        w.hand_in(Some(3)).unwrap();
+        store.sync().unwrap();
+        let reader = StateReader::new(Arc::clone(&store));
+        let snap = reader.snapshot();
+        assert_eq!(snap.get(&counts, b"k5").unwrap(), None, "deleted by epoch 1's range");
+        assert_eq!(snap.get(&counts, b"k7").unwrap(), Some(7));
+        assert_eq!(snap.get(&counts, b"k3").unwrap(), Some(3), "written after the range deletion");
     }
 
     #[test]

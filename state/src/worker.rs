@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::codec::{decode_in, Codec};
-use crate::store::{CommitInfo, StateStore};
+use crate::store::StateStore;
 use crate::table::{ttl_stamp, Table};
 use crate::{Epoch, StateError};
 
@@ -16,6 +16,8 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 #[derive(Debug, Default)]
 pub(crate) struct Stage {
     pub(crate) tables: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
+    /// Range deletions `(table, from, to)`, applied before the stage's puts and deletes.
+    pub(crate) range_deletes: Vec<(usize, Vec<u8>, Vec<u8>)>,
 }
 
 /// A worker's handle on the state: writes are staged per epoch, reads see the worker's own
@@ -59,7 +61,7 @@ impl WorkerState {
     fn stage(&mut self, epoch: Epoch, table: usize) -> &mut HashMap<Vec<u8>, Option<Vec<u8>>> {
         assert!(epoch >= self.handed, "invariant: epoch {epoch} written after it was handed in (frontier {})", self.handed);
         let tables = self.store.specs.len();
-        let stage = self.open.entry(epoch).or_insert_with(|| Stage { tables: vec![HashMap::new(); tables] });
+        let stage = self.open.entry(epoch).or_insert_with(|| Stage { tables: vec![HashMap::new(); tables], range_deletes: Vec::new() });
         &mut stage.tables[table]
     }
 
@@ -81,6 +83,19 @@ impl WorkerState {
     /// Stages the deletion of `key` for `epoch`.
     pub fn delete<C>(&mut self, epoch: Epoch, table: &Table<C>, key: &[u8]) {
         self.stage(epoch, table.index).insert(key.to_vec(), None);
+    }
+
+    /// Stages the deletion of every key in `[from, to)` of `table` for `epoch`, for all workers
+    /// at once (a table whose keys order by event time, cut behind a watermark every worker
+    /// agrees on).
+    ///
+    /// The deletion is applied at commit, before the epoch's other changes; it is **not** seen
+    /// by [`WorkerState::get`] before then. Use it only on tables the operator does not read back
+    /// while running.
+    pub fn delete_range<C>(&mut self, epoch: Epoch, table: &Table<C>, from: &[u8], to: &[u8]) {
+        self.stage(epoch, table.index);
+        let stage = self.open.get_mut(&epoch).expect("invariant: the stage was just created");
+        stage.range_deletes.push((table.index, from.to_vec(), to.to_vec()));
     }
 
     /// Removes `key`, which the caller knows was first written in `written` (a key written once
@@ -196,12 +211,13 @@ impl WorkerState {
     }
 
     /// Hands in every stage for epochs below `frontier` (`None`: this worker will process no
-    /// more epochs). The commit happens when all workers have handed an epoch in; the call that
-    /// completes a commit returns its figures.
+    /// more epochs). The commit is written (by the store's commit thread) once all workers have
+    /// handed an epoch in; the call that completes a batch returns the epoch it will resume at.
+    /// The stages stay readable here until the commit is durable.
     ///
     /// # Errors
-    /// A failed RocksDB write: nothing of the epoch is committed.
-    pub fn hand_in(&mut self, frontier: Option<Epoch>) -> Result<Option<CommitInfo>, StateError> {
+    /// An earlier commit failed: nothing after it is committed.
+    pub fn hand_in(&mut self, frontier: Option<Epoch>) -> Result<Option<Epoch>, StateError> {
         let bound = frontier.unwrap_or(Epoch::MAX);
         if bound <= self.handed && frontier.is_some() {
             return Ok(None);
