@@ -47,6 +47,7 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    let unit = unit.trim();
     let n: i64 = number.parse().map_err(|_| format!("`{text}` is not a duration (like `250ms`, `5s`, `1m`, `1h`, `7d`)"))?;
     let scale = match unit {
         "" | "ms" => 1,

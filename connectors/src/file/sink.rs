@@ -133,3 +133,29 @@ pub fn file_sink<'scope>(
     });
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_beyond_the_committed_length_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/f.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"committed\nnot committed\n").unwrap();
+        let mut out = open_output(&path, 10).unwrap();
+        out.file.write_all(b"next\n").unwrap();
+        out.file.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "committed\nnext\n");
+    }
+
+    #[test]
+    fn a_file_shorter_than_committed_is_an_error_not_a_silent_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        std::fs::write(&path, b"abc\n").unwrap();
+        let err = open_output(&path, 100).err().unwrap().to_string();
+        assert!(err.contains("has 4 bytes but 100 were committed"), "{err}");
+    }
+}

@@ -1,0 +1,57 @@
+//! The `sluice` binary as a user runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+fn golden() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/golden/pipeline.toml")
+}
+
+#[test]
+fn validate_accepts_the_golden_pipeline() {
+    let out = sluice().arg("validate").arg(golden()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(": valid"), "{text}");
+    assert!(text.contains("workers 1, 2 source partition(s), 6 feature(s)"), "{text}");
+}
+
+#[test]
+fn validate_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(golden()).unwrap().replace("lateness = \"10s\"", "lateness = \"10 parsecs\"");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    // The sources' files are relative to the pipeline file: copy them too.
+    for part in ["part0.jsonl", "part1.jsonl"] {
+        std::fs::copy(golden().with_file_name(part), dir.path().join(part)).unwrap();
+    }
+    let out = sluice().arg("validate").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("order.lateness: `10 parsecs`: unknown unit `parsecs`"), "{err}");
+}
+
+#[test]
+fn demo_shows_progress_and_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("demo");
+    let out = sluice().args(["demo", "--duration", "3s", "--rate", "4000", "--out"]).arg(&out_dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("ev/s") && stderr.contains("watermark lag"), "no progress line: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // 3 s at 4000 events/s.
+    assert!(stdout.starts_with("sluice: 12000 records in"), "{stdout}");
+    for stream in ["features", "dead_letters", "late", "conflicts"] {
+        let text = std::fs::read_to_string(out_dir.join(format!("{stream}.jsonl"))).unwrap();
+        assert!(!text.is_empty(), "{stream} is empty");
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{stream}: not JSON ({e}): {line}"));
+        }
+    }
+}
