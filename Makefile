@@ -27,7 +27,7 @@ test: lint
 	$(CARGO) test --release --workspace
 
 bench: setup
-	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline $(BENCH_ARGS)
 
 # Rewrites the golden fixture and its expected outputs (needs only python3).
 golden:

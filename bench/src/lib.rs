@@ -17,11 +17,12 @@ use sluice_connectors::generator::GeneratorConfig;
 use sluice_connectors::SourceConfig;
 
 /// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
-/// → 6 features → file sink, with `events` events over 4 partitions.
+/// → 6 features → file sink, with `events` events over 4 partitions and the given allowed
+/// lateness (the standard is `5s`).
 ///
 /// # Panics
 /// Never for valid arguments: the built config is validated.
-pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64) -> PipelineConfig {
+pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64, lateness: &str) -> PipelineConfig {
     let mut g = GeneratorConfig::named("bench");
     g.partitions = 4;
     g.events = events;
@@ -41,6 +42,7 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
     config.workers = workers;
     config.event = payment_schema();
     config.sources = vec![SourceConfig::Generator(g)];
+    config.order.lateness = lateness.to_string();
     config.features = standard_features();
     config.sinks = vec![FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") }];
     config.validate().expect("the standard pipeline is valid");

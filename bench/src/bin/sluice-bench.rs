@@ -35,6 +35,9 @@ enum Cmd {
         /// Worker counts, comma-separated.
         #[arg(long, default_value = "1,2")]
         workers: String,
+        /// Allowed lateness of the order operator (memory grows with it).
+        #[arg(long, default_value = "5s")]
+        lateness: String,
     },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
@@ -44,14 +47,16 @@ enum Cmd {
         customers: u64,
         #[arg(long)]
         workers: usize,
+        #[arg(long)]
+        lateness: String,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::One { events, customers, workers } => {
+        Cmd::One { events, customers, workers, lateness } => {
             let work = tempfile::tempdir()?;
-            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers);
+            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers, &lateness);
             let started = Instant::now();
             let summary = sluice::run(&config, &sluice::RunControl::default())?;
             let secs = started.elapsed().as_secs_f64();
@@ -66,15 +71,15 @@ fn main() -> Result<()> {
                 summary.dead_letters
             );
         }
-        Cmd::Pipeline { events, customers, workers } => {
+        Cmd::Pipeline { events, customers, workers, lateness } => {
             let me = std::env::current_exe()?;
-            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities");
+            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}");
             println!("{:>7}  {:>12}  {:>10}  {:>13}", "workers", "events/s", "seconds", "peak RSS MiB");
             let mut first = None;
             for w in workers.split(',') {
                 let w: usize = w.trim().parse().context("--workers takes numbers, e.g. 1,2")?;
                 let out = Command::new(&me)
-                    .args(["one", "--events", &events.to_string(), "--customers", &customers.to_string(), "--workers", &w.to_string()])
+                    .args(["one", "--events", &events.to_string(), "--customers", &customers.to_string(), "--workers", &w.to_string(), "--lateness", &lateness])
                     .output()?;
                 if !out.status.success() {
                     bail!("run with {w} workers failed: {}", String::from_utf8_lossy(&out.stderr));
