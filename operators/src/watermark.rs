@@ -2,8 +2,9 @@
 //!
 //! `watermark = min over source partitions of (largest event time seen there − allowed
 //! lateness)`. A finished partition does not count; an idle one (no record for the idle
-//! timeout) does not count either, unless every unfinished partition is idle, in which case
-//! the watermark stays where it is. The watermark never goes back. When every partition is
+//! timeout) does not count either. When every unfinished partition is idle, the watermark moves
+//! to the largest event time seen anywhere − lateness: what has arrived is released, and a
+//! quiet source holds nothing back. The watermark never goes back. When every partition is
 //! finished it is `i64::MAX`: everything buffered is released.
 //!
 //! Every worker receives every partition's progress at the end of every epoch (broadcast), so
@@ -52,12 +53,16 @@ impl WatermarkTracker {
         self.current
     }
 
-    /// `None` when every unfinished partition is idle (hold where we are).
+    /// `None` when nothing is known yet that could move it.
     fn compute(&self) -> Option<i64> {
         let mut min = i64::MAX;
         let mut unfinished = 0;
         let mut active = 0;
+        let mut latest: Option<i64> = None;
         for partition in 0..self.partitions as u32 {
+            if let Some(t) = self.state.get(&partition).and_then(|p| p.max_event_time_ms) {
+                latest = Some(latest.map_or(t, |l| l.max(t)));
+            }
             match self.state.get(&partition) {
                 Some(p) if p.finished => {}
                 Some(p) if p.idle => unfinished += 1,
@@ -74,7 +79,7 @@ impl WatermarkTracker {
             }
         }
         if unfinished > 0 && active == 0 {
-            return None;
+            return latest.map(|t| t.saturating_sub(self.lateness_ms));
         }
         Some(min)
     }
@@ -100,13 +105,24 @@ mod tests {
     }
 
     #[test]
-    fn idle_partitions_do_not_hold_it_back_but_all_idle_holds_it() {
-        let mut t = WatermarkTracker::new(2, 0, &[]);
+    fn idle_partitions_do_not_hold_it_back() {
+        let mut t = WatermarkTracker::new(2, 10, &[]);
         t.apply(&p(0, Some(100), false, false));
         t.apply(&p(1, Some(5), false, true));
-        assert_eq!(t.advance(), 100);
+        assert_eq!(t.advance(), 90);
+        // Everything unfinished is idle: what was seen anywhere, minus lateness.
         t.apply(&p(0, Some(200), false, true));
-        assert_eq!(t.advance(), 100);
+        assert_eq!(t.advance(), 190);
+    }
+
+    #[test]
+    fn a_finished_partition_and_an_idle_one_release_what_was_seen() {
+        let mut t = WatermarkTracker::new(2, 10, &[]);
+        t.apply(&p(0, Some(500), true, false));
+        t.apply(&p(1, None, false, false));
+        assert_eq!(t.advance(), i64::MIN, "partition 1 has sent nothing and is not idle yet");
+        t.apply(&p(1, None, false, true));
+        assert_eq!(t.advance(), 490);
     }
 
     #[test]

@@ -65,3 +65,25 @@ partitions = 3"#,
 fn toml_from<T: serde::de::DeserializeOwned>(text: &str) -> T {
     toml::from_str(text).unwrap()
 }
+
+#[test]
+fn pacing_by_event_time_holds_back_records_that_are_not_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    // Event times 0 s, 0.01 s and 60 s.
+    write(&path, b"0\n10\n60000\n");
+    let time_of: TimeOf = Box::new(|bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse().ok());
+    let mut r = FileReader::new("s", &path, AtEof::Finish, 100).paced(1.0, time_of);
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
+    let mut status = r.read(10, &mut out).unwrap();
+    while out.len() < 2 {
+        assert_eq!(status, ReadStatus::Waiting);
+        status = r.read(10, &mut out).unwrap();
+    }
+    // The first two are due within 10 ms; the third, a minute of event time later, is not.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(status, ReadStatus::Waiting);
+    assert_eq!(out, vec![(0, b"0".to_vec()), (2, b"10".to_vec())]);
+    assert_eq!(r.position(), 5, "the held record is not consumed");
+}
