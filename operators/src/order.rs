@@ -121,15 +121,14 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed);
 
         // Restore the buffer: the entries of the entities this worker owns.
-        let restored_epoch = state.borrow().store().resume_epoch().saturating_sub(1);
         // Buffered events are held encoded: a third of the memory of an `Event` and its strings,
         // and the same bytes go to the table.
-        let mut buffer: BTreeMap<BufferKey, (Vec<u8>, Epoch)> = BTreeMap::new();
+        let mut buffer: BTreeMap<BufferKey, Vec<u8>> = BTreeMap::new();
         for (key, value) in state.borrow().scan_committed(&table)? {
             let event = EventCodec::decode(&value).map_err(|reason| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason })?;
             debug_assert_eq!(key.as_slice(), buffer_key(event.time_ms, event.origin).as_slice());
             if (route_hash(&event.entity) % peers as u64) as usize == index {
-                buffer.insert((event.time_ms, event.origin), (value, restored_epoch));
+                buffer.insert((event.time_ms, event.origin), value);
             }
         }
 
@@ -175,6 +174,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let mut state = state.borrow_mut();
                     let mut late_count = 0;
                     let mut flagged = Vec::new();
+                    let mut arrived = Vec::new();
                     for mut event in events {
                         if event.time_ms < watermark {
                             late_count += 1;
@@ -189,8 +189,8 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         } else {
                             let mut bytes = Vec::with_capacity(128);
                             EventCodec::encode(&event, &mut bytes);
-                            state.put_raw(epoch, table.index(), &buffer_key(event.time_ms, event.origin), bytes.clone());
-                            buffer.insert((event.time_ms, event.origin), (bytes, epoch));
+                            arrived.push((event.time_ms, event.origin));
+                            buffer.insert((event.time_ms, event.origin), bytes);
                         }
                     }
                     metrics.late.fetch_add(late_count, Ordering::Relaxed);
@@ -207,11 +207,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         if first.key().0 >= watermark {
                             break;
                         }
-                        let ((time_ms, origin), (bytes, written)) = first.remove_entry();
-                        if written == epoch {
-                            // Buffered and released within one epoch: never reaches RocksDB.
-                            state.remove_written(epoch, written, &table, &buffer_key(time_ms, origin));
-                        }
+                        let bytes = first.remove();
                         let event = EventCodec::decode(&bytes).unwrap_or_else(|e| panic!("invariant: a buffered event decodes: {e}"));
                         released.push(event);
                     }
@@ -219,6 +215,13 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     released.sort_by(|a, b| (a.time_ms, a.id.as_str(), a.origin).cmp(&(b.time_ms, b.id.as_str(), b.origin)));
                     for event in released {
                         ordered_s.give(event);
+                    }
+                    // What arrived in this epoch and is still buffered goes to the table; what
+                    // was released within the epoch never reaches RocksDB.
+                    for key in arrived {
+                        if let Some(bytes) = buffer.get(&key) {
+                            state.put_blind(epoch, &table, &buffer_key(key.0, key.1), bytes.clone());
+                        }
                     }
                     // Every worker releases everything below the same watermark in the same
                     // epoch, so one range deletion (staged by worker 0) removes all released

@@ -390,6 +390,12 @@ impl Writer {
                 }
             }
             for stage in stages {
+                for (index, key, value) in &stage.blind {
+                    changes += 1;
+                    batch.put_cf(cfs[*index], key, value);
+                }
+            }
+            for stage in stages {
                 for (index, changes_of_table) in stage.tables.iter().enumerate() {
                     // Keys within one stage are distinct, so their order in the batch does not
                     // matter; stages are applied in epoch order.
@@ -558,6 +564,8 @@ mod tests {
         w.put(1, &counts, b"k7", &7);
         w.delete_range(1, &counts, b"k0", b"k6");
         w.put(2, &counts, b"k3", &3);
+        w.put_blind(2, &counts, b"k4", vec![0, 0, 0, 0, 0, 0, 0, 4]);
+        assert_eq!(w.get(&counts, b"k4").unwrap(), None, "blind puts are not read back before commit");
         w.hand_in(Some(3)).unwrap();
         store.sync().unwrap();
         let reader = StateReader::new(Arc::clone(&store));
@@ -565,6 +573,7 @@ mod tests {
         assert_eq!(snap.get(&counts, b"k5").unwrap(), None, "deleted by epoch 1's range");
         assert_eq!(snap.get(&counts, b"k7").unwrap(), Some(7));
         assert_eq!(snap.get(&counts, b"k3").unwrap(), Some(3), "written after the range deletion");
+        assert_eq!(snap.get(&counts, b"k4").unwrap(), Some(4));
     }
 
     #[test]

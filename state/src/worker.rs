@@ -16,8 +16,11 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 #[derive(Debug, Default)]
 pub(crate) struct Stage {
     pub(crate) tables: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// Range deletions `(table, from, to)`, applied before the stage's puts and deletes.
+    /// Range deletions `(table, from, to)`, applied before the stage's other changes.
     pub(crate) range_deletes: Vec<(usize, Vec<u8>, Vec<u8>)>,
+    /// Puts of keys nobody reads back while running `(table, key, value)`, applied after the
+    /// range deletions and before the keyed changes.
+    pub(crate) blind: Vec<(usize, Vec<u8>, Vec<u8>)>,
 }
 
 /// A worker's handle on the state: writes are staged per epoch, reads see the worker's own
@@ -61,7 +64,7 @@ impl WorkerState {
     fn stage(&mut self, epoch: Epoch, table: usize) -> &mut HashMap<Vec<u8>, Option<Vec<u8>>> {
         assert!(epoch >= self.handed, "invariant: epoch {epoch} written after it was handed in (frontier {})", self.handed);
         let tables = self.store.specs.len();
-        let stage = self.open.entry(epoch).or_insert_with(|| Stage { tables: vec![HashMap::new(); tables], range_deletes: Vec::new() });
+        let stage = self.open.entry(epoch).or_insert_with(|| Stage { tables: vec![HashMap::new(); tables], range_deletes: Vec::new(), blind: Vec::new() });
         &mut stage.tables[table]
     }
 
@@ -96,6 +99,15 @@ impl WorkerState {
         self.stage(epoch, table.index);
         let stage = self.open.get_mut(&epoch).expect("invariant: the stage was just created");
         stage.range_deletes.push((table.index, from.to_vec(), to.to_vec()));
+    }
+
+    /// Stages a put that is **not** visible to [`WorkerState::get`] before it is committed:
+    /// no lookup structure is kept for it, which makes it cheaper. For tables the operator only
+    /// reads back at start-up (the order buffer).
+    pub fn put_blind<C>(&mut self, epoch: Epoch, table: &Table<C>, key: &[u8], value: Vec<u8>) {
+        self.stage(epoch, table.index);
+        let stage = self.open.get_mut(&epoch).expect("invariant: the stage was just created");
+        stage.blind.push((table.index, key.to_vec(), value));
     }
 
     /// Removes `key`, which the caller knows was first written in `written` (a key written once
