@@ -18,11 +18,11 @@ use sluice_connectors::SourceConfig;
 
 /// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
 /// → 6 features → file sink, with `events` events over 4 partitions and the given allowed
-/// lateness (the standard is `5s`).
+/// lateness (the standard is `5s`) and records per partition per epoch (the standard is 20000).
 ///
 /// # Panics
 /// Never for valid arguments: the built config is validated.
-pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64, lateness: &str) -> PipelineConfig {
+pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64, lateness: &str, epoch_records: usize) -> PipelineConfig {
     let mut g = GeneratorConfig::named("bench");
     g.partitions = 4;
     g.events = events;
@@ -35,7 +35,7 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
     g.late_pct = 0.1;
     g.malformed_pct = 0.1;
     let text = format!(
-        "state_dir = {:?}\nepoch_records = 20000\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created_ms\"\n[[sources]]\ntype = \"generator\"\nname = \"x\"\n",
+        "state_dir = {:?}\nepoch_records = {epoch_records}\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created_ms\"\n[[sources]]\ntype = \"generator\"\nname = \"x\"\n",
         work.join("state")
     );
     let mut config: PipelineConfig = toml::from_str(&text).expect("a valid base pipeline");

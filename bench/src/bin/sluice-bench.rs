@@ -38,6 +38,9 @@ enum Cmd {
         /// Allowed lateness of the order operator (memory grows with it).
         #[arg(long, default_value = "5s")]
         lateness: String,
+        /// Records per partition per epoch (commit interval: larger trades latency for throughput).
+        #[arg(long, default_value_t = 20_000)]
+        epoch_records: usize,
     },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
@@ -49,14 +52,16 @@ enum Cmd {
         workers: usize,
         #[arg(long)]
         lateness: String,
+        #[arg(long)]
+        epoch_records: usize,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::One { events, customers, workers, lateness } => {
+        Cmd::One { events, customers, workers, lateness, epoch_records } => {
             let work = tempfile::tempdir()?;
-            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers, &lateness);
+            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers, &lateness, epoch_records);
             let started = Instant::now();
             let summary = sluice::run(&config, &sluice::RunControl::default())?;
             let secs = started.elapsed().as_secs_f64();
@@ -71,15 +76,27 @@ fn main() -> Result<()> {
                 summary.dead_letters
             );
         }
-        Cmd::Pipeline { events, customers, workers, lateness } => {
+        Cmd::Pipeline { events, customers, workers, lateness, epoch_records } => {
             let me = std::env::current_exe()?;
-            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}");
+            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch");
             println!("{:>7}  {:>12}  {:>10}  {:>13}", "workers", "events/s", "seconds", "peak RSS MiB");
             let mut first = None;
             for w in workers.split(',') {
                 let w: usize = w.trim().parse().context("--workers takes numbers, e.g. 1,2")?;
                 let out = Command::new(&me)
-                    .args(["one", "--events", &events.to_string(), "--customers", &customers.to_string(), "--workers", &w.to_string(), "--lateness", &lateness])
+                    .args([
+                        "one",
+                        "--events",
+                        &events.to_string(),
+                        "--customers",
+                        &customers.to_string(),
+                        "--workers",
+                        &w.to_string(),
+                        "--lateness",
+                        &lateness,
+                        "--epoch-records",
+                        &epoch_records.to_string(),
+                    ])
                     .output()?;
                 if !out.status.success() {
                     bail!("run with {w} workers failed: {}", String::from_utf8_lossy(&out.stderr));
