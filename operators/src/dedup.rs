@@ -90,7 +90,7 @@ pub trait Dedup<'scope> {
 }
 
 struct Pending {
-    events: Vec<Event>,
+    events: Vec<Vec<Event>>,
     progress: Vec<PartitionProgress>,
 }
 
@@ -125,7 +125,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         .entry(*cap.least().expect("invariant: an input stamp has a time"))
                         .or_insert_with(|| Pending { events: Vec::new(), progress: Vec::new() });
                     for batch in data {
-                        slot.events.append(batch);
+                        slot.events.push(std::mem::take(batch));
                     }
                 });
                 progress_in.for_each_stamp(|cap, data| {
@@ -144,7 +144,8 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if frontier.is_some_and(|f| epoch >= f) {
                         break;
                     }
-                    let Pending { mut events, progress } = entry.remove();
+                    let Pending { events, progress } = entry.remove();
+                    let mut events = crate::epoch::concat(events);
                     let cutoff = tracker.watermark().saturating_sub(config.ttl_ms);
                     // Copies of one key sit side by side, the first (lowest origin) first; the
                     // sorted keys also make RocksDB's batched lookup faster.

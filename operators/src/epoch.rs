@@ -53,3 +53,14 @@ impl HeldCapabilities {
         }
     }
 }
+
+/// Concatenates the containers an operator stashed for one epoch, with one allocation of the
+/// final size. Operators stash timely's containers as they come (moved, not copied): growing
+/// one vector per epoch by appending costs repeated reallocation of large buffers.
+pub fn concat<T>(chunks: Vec<Vec<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
+    for mut chunk in chunks {
+        out.append(&mut chunk);
+    }
+    out
+}

@@ -356,7 +356,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let table: Table<sluice_state::BytesCodec> = state.borrow().store().table(FEATURES_TABLE)?;
         let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
             let mut held = HeldCapabilities::new(vec![cap]);
-            let mut pending: BTreeMap<Epoch, Vec<Event>> = BTreeMap::new();
+            let mut pending: BTreeMap<Epoch, Vec<Vec<Event>>> = BTreeMap::new();
             // Decoded aggregates by entity, and whether the current epoch changed them.
             let mut cache: rustc_hash::FxHashMap<String, (Vec<AggState>, bool)> = rustc_hash::FxHashMap::default();
             let mut dirty: Vec<String> = Vec::new();
@@ -365,7 +365,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 input.for_each_stamp(|cap, data| {
                     let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
                     for batch in data {
-                        slot.append(batch);
+                        slot.push(std::mem::take(batch));
                     }
                 });
                 let frontier = frontier.frontier().first().copied();
@@ -374,12 +374,13 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if frontier.is_some_and(|f| epoch >= f) {
                         break;
                     }
-                    let events = entry.remove();
+                    // Chunks in arrival order: order released them in event-time order.
+                    let chunks = entry.remove();
                     let out_cap = held.at(0, epoch);
                     let mut session = output.session(&out_cap);
                     let mut state = state.borrow_mut();
-                    let produced = events.len() as u64;
-                    for event in events {
+                    let produced = chunks.iter().map(Vec::len).sum::<usize>() as u64;
+                    for event in chunks.into_iter().flatten() {
                         let aggs = match cache.get_mut(&event.entity) {
                             Some(entry) => entry,
                             None => {

@@ -142,12 +142,12 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
 
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
-            let mut pending: BTreeMap<Epoch, (Vec<Event>, Vec<PartitionProgress>)> = BTreeMap::new();
+            let mut pending: BTreeMap<Epoch, (Vec<Vec<Event>>, Vec<PartitionProgress>)> = BTreeMap::new();
             move |frontiers| {
                 events_in.for_each_stamp(|cap, data| {
                     let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
                     for batch in data {
-                        slot.0.append(batch);
+                        slot.0.push(std::mem::take(batch));
                     }
                 });
                 progress_in.for_each_stamp(|cap, data| {
@@ -164,7 +164,8 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if frontier.is_some_and(|f| epoch >= f) {
                         break;
                     }
-                    let (mut events, progress) = entry.remove();
+                    let (events, progress) = entry.remove();
+                    let mut events = crate::epoch::concat(events);
                     events.sort_unstable_by_key(|e| e.origin);
                     let watermark = tracker.watermark();
                     let ordered_cap = held.at(0, epoch);

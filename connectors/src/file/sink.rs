@@ -90,12 +90,12 @@ pub fn file_sink<'scope>(
         // Held at the input frontier, so that the probe after the sink passes an epoch only
         // once the sink has written it and staged its length.
         let mut held = HeldCapabilities::new(vec![cap]);
-        let mut pending: BTreeMap<Epoch, Vec<OutputLine>> = BTreeMap::new();
+        let mut pending: BTreeMap<Epoch, Vec<Vec<OutputLine>>> = BTreeMap::new();
         move |(input, frontier), _output| {
             input.for_each_stamp(|cap, data| {
                 let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
                 for batch in data {
-                    slot.append(batch);
+                    slot.push(std::mem::take(batch));
                 }
             });
             let frontier = frontier.frontier().first().copied();
@@ -109,7 +109,7 @@ pub fn file_sink<'scope>(
                 if frontier.is_some_and(|f| epoch >= f) {
                     break;
                 }
-                let mut lines = entry.remove();
+                let mut lines = sluice_operators::epoch::concat(entry.remove());
                 lines.sort_unstable();
                 for line in &lines {
                     let written = out.file.write_all(&line.bytes).and_then(|()| out.file.write_all(b"\n"));
