@@ -19,4 +19,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 command -v cargo >/dev/null || { log "cargo is not installed: install Rust (rustup) first"; exit 1; }
+
+# ONNX Runtime for model scoring: the shared library from the PyPI wheel, into a folder of
+# the project's own (.tools/, not committed). sluice finds it there, or through ORT_DYLIB_PATH.
+ORT_VERSION=1.31.1
+root="$(cd "$(dirname "$0")/.." && pwd)"
+ort_dir="$root/.tools/onnxruntime"
+ort_lib="$ort_dir/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$ort_lib" ]; then
+  log "installing ONNX Runtime $ORT_VERSION into $ort_dir"
+  command -v python3 >/dev/null || { log "python3 is needed to fetch ONNX Runtime"; exit 1; }
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "onnxruntime==$ORT_VERSION"
+  mkdir -p "$ort_dir"
+  python3 - "$tmp" "$ort_dir" "$ORT_VERSION" <<'PY'
+import glob, sys, zipfile
+tmp, out, version = sys.argv[1:]
+wheel = glob.glob(f"{tmp}/onnxruntime-{version}-*.whl")[0]
+name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+with zipfile.ZipFile(wheel) as z, open(f"{out}/libonnxruntime.so.{version}", "wb") as f:
+    f.write(z.read(name))
+PY
+  rm -rf "$tmp"
+fi
 log "ok"
