@@ -14,11 +14,12 @@
 //! | `dedup.rs` | [`Dedup`]: drop repeats by idempotency key, report conflicts |
 //! | `order.rs` | [`Order`]: event-time order behind the watermark, late events |
 //! | `features.rs` | [`Features`]: windowed per-entity aggregates as of each event |
+//! | `score.rs` | [`Score`]: ONNX models scored in batches through ONNX Runtime (`ort`) |
 //! | `epoch.rs` | helpers for operators that work epoch by epoch |
 //! | `metrics.rs` | [`Metrics`]: counters for the progress display |
 //! | `error.rs` | [`OperatorError`] |
 //!
-//! The standard chain is `decode → dedup → order → features`; `dataflows` wires it.
+//! The standard chain is `decode → dedup → order → features → score`; `dataflows` wires it.
 
 pub mod decode;
 pub mod dedup;
@@ -28,6 +29,7 @@ pub mod event;
 pub mod features;
 pub mod metrics;
 pub mod order;
+pub mod score;
 pub mod watermark;
 
 pub use decode::{Decode, Decoder, EventSchema, TimeFormat};
@@ -37,6 +39,7 @@ pub use event::{Conflict, DeadLetter, Epoch, Event, FeatureRecord, LateEvent, Or
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};
 pub use metrics::Metrics;
 pub use order::{LatePolicy, Order, OrderConfig};
+pub use score::{ModelConfig, Score, ScoreRecord, Unscored};
 pub use watermark::WatermarkTracker;
 
 /// Parses a duration such as `250ms`, `5s`, `1m`, `1h`, `7d` (or a bare number of ms).

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub late: AtomicU64,
     /// Feature records emitted.
     pub features_out: AtomicU64,
+    /// Records scored by a model.
+    pub scored: AtomicU64,
     /// The latest watermark (ms), `i64::MIN` before the first.
     pub watermark_ms: AtomicI64,
     /// The largest event time seen (ms).
@@ -37,6 +39,7 @@ impl Default for Metrics {
             conflicts: AtomicU64::new(0),
             late: AtomicU64::new(0),
             features_out: AtomicU64::new(0),
+            scored: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
             max_event_time_ms: AtomicI64::new(i64::MIN),
             commits: AtomicU64::new(0),
