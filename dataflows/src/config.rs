@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::SourceConfig;
-use sluice_operators::{parse_duration_ms, EventSchema, FeatureSet, FeatureSpec, LatePolicy};
+use sluice_operators::{parse_duration_ms, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
 
 /// The output streams a sink can take.
-pub const STREAMS: [&str; 4] = ["features", "dead_letters", "late", "conflicts"];
+pub const STREAMS: [&str; 6] = ["features", "scores", "unscored", "dead_letters", "late", "conflicts"];
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,9 @@ pub struct PipelineConfig {
     /// The features.
     #[serde(default)]
     pub features: Vec<FeatureSpec>,
+    /// A model scoring every feature record (optional).
+    #[serde(default)]
+    pub model: Option<ModelConfig>,
     /// The sinks: one per output stream at most; streams without one are counted only.
     #[serde(default)]
     pub sinks: Vec<FileSinkConfig>,
@@ -179,6 +182,12 @@ impl PipelineConfig {
         for s in &mut self.sinks {
             fix(&mut s.path);
         }
+        if let Some(m) = &mut self.model {
+            fix(&mut m.path);
+            if let Some(l) = m.library.as_mut() {
+                fix(l);
+            }
+        }
     }
 
     /// Total source partitions.
@@ -229,7 +238,23 @@ impl PipelineConfig {
             }
         }
         self.durations()?;
-        FeatureSet::new(&self.features, &self.event.number_names()).map_err(|e| bad("features", e.to_string()))?;
+        let set = FeatureSet::new(&self.features, &self.event.number_names()).map_err(|e| bad("features", e.to_string()))?;
+        if let Some(m) = &self.model {
+            for (i, input) in m.inputs.iter().enumerate() {
+                if !set.names.contains(input) {
+                    return Err(bad(format!("model.inputs[{i}]"), format!("`{input}` is not one of the [[features]]: {:?}", set.names)));
+                }
+            }
+            if m.inputs.is_empty() {
+                return Err(bad("model.inputs", "list the features the model takes, in its column order"));
+            }
+            if m.batch_rows_max == 0 {
+                return Err(bad("model.batch_rows_max", "must be at least 1"));
+            }
+            if !m.path.is_file() {
+                return Err(bad("model.path", format!("{} is not a readable file", m.path.display())));
+            }
+        }
         for (i, s) in self.sinks.iter().enumerate() {
             if !STREAMS.contains(&s.stream.as_str()) {
                 return Err(bad(format!("sinks[{i}].stream"), format!("`{}` is not one of {STREAMS:?}", s.stream)));
@@ -282,7 +307,7 @@ name = "g"
     fn errors_name_the_key() {
         let e = parse(&format!("{MINIMAL}\n[order]\nlateness = \"5 minutes\"")).unwrap_err();
         assert_eq!(e.key, "order.lateness");
-        let e = parse(&format!("{MINIMAL}\n[[sinks]]\nstream = \"scores\"\npath = \"x\"")).unwrap_err();
+        let e = parse(&format!("{MINIMAL}\n[[sinks]]\nstream = \"predictions\"\npath = \"x\"")).unwrap_err();
         assert_eq!(e.key, "sinks[0].stream");
         let e = parse(&format!("{MINIMAL}\n[[features]]\nname = \"s\"\nop = \"sum\"\nfield = \"fee\"")).unwrap_err();
         assert!(e.problem.contains("features[0] (s).field: `fee` is not one of [event.numbers]"), "{e}");

@@ -25,6 +25,8 @@ pub struct DemoOptions {
     pub workers: usize,
     /// Events in all when `rate` is 0.
     pub events: u64,
+    /// The model scoring every feature record, if any.
+    pub model: Option<std::path::PathBuf>,
 }
 
 /// The event schema of the generator's records.
@@ -90,7 +92,11 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         dedup: DedupSection::default(),
         order: OrderSection::default(),
         features: standard_features(),
-        sinks: ["features", "dead_letters", "late", "conflicts"].iter().map(|s| sink(s)).collect(),
+        model: options.model.as_ref().map(|path| {
+            let names = standard_features().into_iter().map(|f| f.name).collect::<Vec<_>>();
+            sluice_operators::ModelConfig::new(path, &names.iter().map(String::as_str).collect::<Vec<_>>())
+        }),
+        sinks: ["features", "scores", "unscored", "dead_letters", "late", "conflicts"].iter().map(|s| sink(s)).collect(),
     }
 }
 
@@ -98,11 +104,12 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
 pub fn progress_line(metrics: &Metrics, events_per_s: f64, elapsed: Duration) -> String {
     let lag = metrics.watermark_lag_ms().map_or("-".to_string(), |l| format!("{:.1}s", l as f64 / 1000.0));
     format!(
-        "{:>6.1}s  in {:>9}  {:>9.0} ev/s  features {:>9}  dupes {:>6}  conflicts {:>5}  late {:>5}  dead {:>5}  watermark lag {:>6}  commits {}",
+        "{:>6.1}s  in {:>9}  {:>9.0} ev/s  features {:>9}  scored {:>9}  dupes {:>6}  conflicts {:>5}  late {:>5}  dead {:>5}  watermark lag {:>6}  commits {}",
         elapsed.as_secs_f64(),
         Metrics::get(&metrics.records_in),
         events_per_s,
         Metrics::get(&metrics.features_out),
+        Metrics::get(&metrics.scored),
         Metrics::get(&metrics.duplicates),
         Metrics::get(&metrics.conflicts),
         Metrics::get(&metrics.late),
@@ -147,8 +154,13 @@ pub fn summary_text(summary: &RunSummary, dir: &Path) -> String {
         "  decoded {}  dead letters {}  duplicates {}  conflicts {}  late {}\n",
         summary.decoded, summary.dead_letters, summary.duplicates, summary.conflicts, summary.late
     ));
-    s.push_str(&format!("  feature records {}  committed through epoch {}\n", summary.features_out, summary.resume_epoch.saturating_sub(1)));
-    for stream in ["features", "dead_letters", "late", "conflicts"] {
+    s.push_str(&format!(
+        "  feature records {}  scored {}  committed through epoch {}\n",
+        summary.features_out,
+        summary.scored,
+        summary.resume_epoch.saturating_sub(1)
+    ));
+    for stream in ["features", "scores", "unscored", "dead_letters", "late", "conflicts"] {
         s.push_str(&format!("  {}\n", dir.join(format!("{stream}.jsonl")).display()));
     }
     s

@@ -61,6 +61,12 @@ enum Command {
         /// Output directory (emptied first).
         #[arg(long, default_value = "sluice-demo")]
         out: PathBuf,
+        /// The model that scores every event (committed in the repository).
+        #[arg(long, default_value = "models/fraud_lr.onnx")]
+        model: PathBuf,
+        /// Run without a model.
+        #[arg(long)]
+        no_model: bool,
     },
     /// List the connectors.
     Connectors,
@@ -116,12 +122,18 @@ fn main() -> Result<()> {
                 println!("  {} -> {}", s.stream, s.path.display());
             }
         }
-        Command::Demo { duration, rate, events, workers, out } => {
+        Command::Demo { duration, rate, events, workers, out, model, no_model } => {
+            if !no_model && !model.is_file() {
+                anyhow::bail!(
+                    "the demo's model {} is not here: run the demo from the repository (make demo), or pass --model PATH or --no-model",
+                    model.display()
+                );
+            }
             let ms = sluice_operators::parse_duration_ms(&duration).map_err(anyhow::Error::msg).context("--duration")?;
             if out.exists() {
                 std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
             }
-            let options = DemoOptions { duration: Duration::from_millis(ms as u64), rate, workers, events };
+            let options = DemoOptions { duration: Duration::from_millis(ms as u64), rate, workers, events, model: (!no_model).then_some(model) };
             let config = demo_config(&out, &options);
             config.validate()?;
             eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());

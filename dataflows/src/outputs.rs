@@ -3,6 +3,8 @@
 //! | stream | fields | sorted within an epoch by |
 //! |---|---|---|
 //! | `features` | `entity`, `id`, `kind`, `time_ms`, `features` (name → number or null), `late` (only when true) | time, id, origin |
+//! | `scores` | `entity`, `id`, `time_ms`, `score`, `model`, `version`, `batch_latency_us` | time, id, origin |
+//! | `unscored` | `entity`, `id`, `time_ms`, `reason` | time, id, origin |
 //! | `dead_letters` | `reason`, `source`, `partition`, `offset`, `raw` (or `raw_base64` when not UTF-8) | origin |
 //! | `late` | `id`, `entity`, `kind`, `time_ms`, `watermark_ms`, `source`, `partition`, `offset` | origin |
 //! | `conflicts` | `id`, `entity`, `kind`, `time_ms`, `first_time_ms`, `source`, `partition`, `offset` | origin |
@@ -14,7 +16,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use sluice_connectors::file::OutputLine;
-use sluice_operators::{Conflict, DeadLetter, FeatureRecord, LateEvent, Origin};
+use sluice_operators::{Conflict, DeadLetter, FeatureRecord, LateEvent, Origin, ScoreRecord, Unscored};
 
 /// Source name and partition-within-source of each global partition.
 #[derive(Debug, Clone)]
@@ -64,6 +66,36 @@ pub fn feature_line(record: &FeatureRecord, names: &[String]) -> OutputLine {
     }
     out.push(b'}');
     OutputLine { key: (record.time_ms, record.id.clone(), record.origin), bytes: out }
+}
+
+/// A score as a line. `batch_latency_us` is wall time: the one field that differs between runs.
+pub fn score_line(score: &ScoreRecord) -> OutputLine {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(b"{\"entity\":");
+    json_str(&mut out, &score.entity);
+    out.extend_from_slice(b",\"id\":");
+    json_str(&mut out, &score.id);
+    let _ = write!(out, ",\"time_ms\":{},\"score\":", score.time_ms);
+    json_f64(&mut out, Some(score.score));
+    out.extend_from_slice(b",\"model\":");
+    json_str(&mut out, &score.model);
+    out.extend_from_slice(b",\"version\":");
+    json_str(&mut out, &score.version);
+    let _ = write!(out, ",\"batch_latency_us\":{}}}", score.batch_latency_us);
+    OutputLine { key: (score.time_ms, score.id.clone(), score.origin), bytes: out }
+}
+
+/// An unscored record as a line.
+pub fn unscored_line(u: &Unscored) -> OutputLine {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"entity\":");
+    json_str(&mut out, &u.entity);
+    out.extend_from_slice(b",\"id\":");
+    json_str(&mut out, &u.id);
+    let _ = write!(out, ",\"time_ms\":{},\"reason\":", u.time_ms);
+    json_str(&mut out, &u.reason);
+    out.push(b'}');
+    OutputLine { key: (u.time_ms, u.id.clone(), u.origin), bytes: out }
 }
 
 /// A dead letter as a line.

@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 
 use sluice_connectors::file::{file_sink, OutputLine, TimeOfFactory};
 use sluice_connectors::{source, SourceSettings};
-use sluice_operators::{Decode, Decoder, Dedup, DedupConfig, Epoch, FeatureSet, Features, Metrics, Order, OrderConfig, RawRecord};
+use sluice_operators::{Decode, Decoder, Dedup, DedupConfig, Epoch, FeatureSet, Features, Metrics, Order, OrderConfig, RawRecord, Score};
 use sluice_state::{StateOptions, StateStore, TableSpec};
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Probe;
 use timely::dataflow::{ProbeHandle, Stream};
 
 use crate::config::PipelineConfig;
-use crate::outputs::{conflict_line, dead_letter_line, feature_line, late_line, PartitionNames};
+use crate::outputs::{conflict_line, dead_letter_line, feature_line, late_line, score_line, unscored_line, PartitionNames};
 
 /// How a run is driven from outside.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +60,8 @@ pub struct RunSummary {
     pub late: u64,
     /// Feature records out.
     pub features_out: u64,
+    /// Records scored.
+    pub scored: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -83,6 +85,9 @@ pub enum RunError {
     /// The state directory cannot be used.
     #[error("state: {0}")]
     State(#[from] sluice_state::StateError),
+    /// The model cannot be loaded or does not fit the pipeline.
+    #[error("{0}")]
+    Model(String),
     /// A worker failed.
     #[error("worker {worker}: {message}")]
     Worker {
@@ -101,6 +106,12 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     config.validate()?;
     let started = Instant::now();
     let durations = config.durations()?;
+    if let Some(model) = &config.model {
+        // Load once before starting workers, so that a missing library or a model that does
+        // not fit fails here, with one clear message.
+        let loaded = sluice_operators::score::Model::load(model).map_err(|e| RunError::Model(e.to_string()))?;
+        tracing::info!(model = %model.model_name(), version = loaded.version(), "model loaded");
+    }
     let options = StateOptions { cache_bytes: config.state_cache_mb << 20, ..StateOptions::default() };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;
     let resumed_at_epoch = store.resume_epoch();
@@ -176,6 +187,11 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 }
                 Ok(())
             };
+            if let Some(model) = &config.model {
+                let (scores, unscored) = features.clone().score(model, &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+                sink(scores.map(|s| score_line(&s)), "scores")?;
+                sink(unscored.map(|u| unscored_line(&u)), "unscored")?;
+            }
             sink(features.map(move |r| feature_line(&r, &feature_names)), "features")?;
             let n = names.clone();
             sink(dead.map(move |d| dead_letter_line(&d, &n)), "dead_letters")?;
@@ -226,6 +242,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         conflicts: Metrics::get(&m.conflicts),
         late: Metrics::get(&m.late),
         features_out: Metrics::get(&m.features_out),
+        scored: Metrics::get(&m.scored),
         elapsed: started.elapsed(),
     })
 }

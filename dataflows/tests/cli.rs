@@ -12,6 +12,31 @@ fn golden() -> std::path::PathBuf {
 }
 
 #[test]
+fn demo_without_its_model_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sluice().current_dir(dir.path()).args(["demo", "--duration", "1s"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("pass --model PATH or --no-model"), "{err}");
+}
+
+#[test]
+fn a_missing_onnx_runtime_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud_lr.onnx");
+    let out = sluice()
+        .current_dir(dir.path())
+        .env("ORT_DYLIB_PATH", dir.path().join("nowhere/libonnxruntime.so"))
+        .args(["demo", "--duration", "1s", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("ONNX Runtime 1.31.1 not found") && err.contains("install it with `scripts/setup.sh`"), "{err}");
+}
+
+#[test]
 fn validate_accepts_the_golden_pipeline() {
     let out = sluice().arg("validate").arg(golden()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -40,14 +65,20 @@ fn validate_names_the_bad_key() {
 fn demo_shows_progress_and_writes_every_output() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("demo");
-    let out = sluice().args(["demo", "--duration", "3s", "--rate", "4000", "--out"]).arg(&out_dir).output().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud_lr.onnx");
+    let out = sluice().args(["demo", "--duration", "3s", "--rate", "4000", "--out"]).arg(&out_dir).arg("--model").arg(&model).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("ev/s") && stderr.contains("watermark lag"), "no progress line: {stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     // 3 s at 4000 events/s.
     assert!(stdout.starts_with("sluice: 12000 records in"), "{stdout}");
-    for stream in ["features", "dead_letters", "late", "conflicts"] {
+    // Every feature record is scored (the standard features are all defined once an event has
+    // an amount) or unscored with a reason.
+    let count = |stream: &str| std::fs::read_to_string(out_dir.join(format!("{stream}.jsonl"))).unwrap().lines().count();
+    assert_eq!(count("scores") + count("unscored"), count("features"));
+    assert!(count("scores") > 0);
+    for stream in ["features", "scores", "dead_letters", "late", "conflicts"] {
         let text = std::fs::read_to_string(out_dir.join(format!("{stream}.jsonl"))).unwrap();
         assert!(!text.is_empty(), "{stream} is empty");
         for line in text.lines() {
