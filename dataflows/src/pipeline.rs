@@ -106,12 +106,16 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     config.validate()?;
     let started = Instant::now();
     let durations = config.durations()?;
-    if let Some(model) = &config.model {
-        // Load once before starting workers, so that a missing library or a model that does
-        // not fit fails here, with one clear message.
-        let loaded = sluice_operators::score::Model::load(model).map_err(|e| RunError::Model(e.to_string()))?;
-        tracing::info!(model = %model.model_name(), version = loaded.version(), "model loaded");
-    }
+    // Loaded once before starting workers, so that a missing library or a model that does not
+    // fit fails here, with one clear message; then watched for new versions.
+    let model_source = match &config.model {
+        Some(model) => {
+            let source = sluice_operators::ModelSource::start(model).map_err(|e| RunError::Model(e.to_string()))?;
+            tracing::info!(model = %model.model_name(), "model loaded");
+            Some(source)
+        }
+        None => None,
+    };
     let options = StateOptions { cache_bytes: config.state_cache_mb << 20, ..StateOptions::default() };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;
     let resumed_at_epoch = store.resume_epoch();
@@ -187,8 +191,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 }
                 Ok(())
             };
-            if let Some(model) = &config.model {
-                let (scores, unscored) = features.clone().score(model, &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            if let Some(source) = &model_source {
+                let (scores, unscored) = features.clone().score(Arc::clone(source), &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
                 sink(scores.map(|s| score_line(&s)), "scores")?;
                 sink(unscored.map(|u| unscored_line(&u)), "unscored")?;
             }

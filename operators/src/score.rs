@@ -17,7 +17,9 @@
 //! the batch's records the same way, with ONNX Runtime's message; the pipeline goes on.
 //!
 //! The model's version is the first 12 hex digits of a hash of the model file: two files with
-//! the same bytes are the same version.
+//! the same bytes are the same version. With `reload_ms` set (default 1 s), the file is watched;
+//! a new version is loaded in the background and takes effect, on every worker, at one epoch
+//! boundary (see [`ModelSource`]); every score names the version that made it.
 //!
 //! Example: `inputs = ["txn_count_1m", "amount_last"]` builds, for 3 records, a `[3, 2]` float
 //! tensor and emits 3 scores.
@@ -66,6 +68,9 @@ pub struct ModelConfig {
     /// Rows per batch at most.
     #[serde(default = "default_batch_rows_max")]
     pub batch_rows_max: usize,
+    /// Check the model file for a new version this often (ms); 0 = never.
+    #[serde(default = "default_reload_ms")]
+    pub reload_ms: u64,
     /// The ONNX Runtime shared library (default: `ORT_DYLIB_PATH`, then
     /// `.tools/onnxruntime/libonnxruntime.so.1.31.1` in the current directory or above).
     #[serde(default)]
@@ -84,6 +89,9 @@ fn one() -> usize {
 fn default_batch_rows_max() -> usize {
     4096
 }
+fn default_reload_ms() -> u64 {
+    1000
+}
 
 impl ModelConfig {
     /// A config with every default for `path` and `inputs`.
@@ -96,6 +104,7 @@ impl ModelConfig {
             output_column: default_output_column(),
             threads: one(),
             batch_rows_max: default_batch_rows_max(),
+            reload_ms: default_reload_ms(),
             library: None,
         }
     }
@@ -198,6 +207,124 @@ pub fn runtime(configured: Option<&Path>) -> Result<&'static ort::environment::E
     result.as_ref().map_err(|problem| OperatorError::Config { key: "model.library".into(), problem: problem.clone() })
 }
 
+fn version_of(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))[..12].to_string()
+}
+
+/// A version of a model file, and the first epoch it scores.
+#[derive(Debug)]
+struct Version {
+    bytes: Arc<Vec<u8>>,
+    version: String,
+    /// `None` until a worker fixes it (the epoch after the latest any worker has started).
+    from_epoch: Option<Epoch>,
+}
+
+#[derive(Debug)]
+struct SourceState {
+    /// Newest last; at most two kept.
+    versions: Vec<Version>,
+    /// The latest epoch any worker has started scoring.
+    latest_epoch: Epoch,
+}
+
+/// Where the workers get their model: the file as loaded at start-up and, when `reload_ms`
+/// is set, every new version of it, picked up by a background thread that checks the file and
+/// loads the new version before offering it. A new version takes effect for every worker at the
+/// same epoch: the one after the latest epoch any worker had started when the first worker saw
+/// it. A version that does not load is reported and the old one keeps scoring.
+#[derive(Debug)]
+pub struct ModelSource {
+    config: ModelConfig,
+    state: std::sync::Mutex<SourceState>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl ModelSource {
+    /// Loads the model once (to check it) and, if `config.reload_ms > 0`, starts watching it.
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn start(config: &ModelConfig) -> Result<Arc<Self>, OperatorError> {
+        let bytes = std::fs::read(&config.path)
+            .map_err(|e| OperatorError::Config { key: "model.path".into(), problem: format!("cannot read {}: {e}", config.path.display()) })?;
+        let model = Model::from_bytes(config, &bytes)?;
+        let source = Arc::new(ModelSource {
+            config: config.clone(),
+            state: std::sync::Mutex::new(SourceState {
+                versions: vec![Version { bytes: Arc::new(bytes), version: model.version.to_string(), from_epoch: Some(0) }],
+                latest_epoch: 0,
+            }),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        if config.reload_ms > 0 {
+            let weak = Arc::downgrade(&source);
+            let interval = std::time::Duration::from_millis(config.reload_ms);
+            std::thread::Builder::new()
+                .name("sluice-model-watch".into())
+                .spawn(move || {
+                    let mut seen = None;
+                    loop {
+                        std::thread::sleep(interval);
+                        let Some(source) = weak.upgrade() else { return };
+                        if source.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        source.check(&mut seen);
+                    }
+                })
+                .map_err(|e| OperatorError::Config { key: "model.reload_ms".into(), problem: format!("cannot start the model watcher: {e}") })?;
+        }
+        Ok(source)
+    }
+
+    /// Looks at the file once: a new, loadable version is offered to the workers.
+    fn check(&self, seen: &mut Option<(std::time::SystemTime, u64)>) {
+        let Ok(meta) = std::fs::metadata(&self.config.path) else { return };
+        let stamp = (meta.modified().unwrap_or(std::time::UNIX_EPOCH), meta.len());
+        if *seen == Some(stamp) {
+            return;
+        }
+        *seen = Some(stamp);
+        let Ok(bytes) = std::fs::read(&self.config.path) else { return };
+        let version = version_of(&bytes);
+        if self.state.lock().expect("invariant: model source lock not poisoned").versions.iter().any(|v| v.version == version) {
+            return;
+        }
+        match Model::from_bytes(&self.config, &bytes) {
+            Ok(_) => {
+                tracing::info!(model = %self.config.model_name(), version, "new model version loaded; it takes effect at the next epoch");
+                let mut state = self.state.lock().expect("invariant: model source lock not poisoned");
+                state.versions.push(Version { bytes: Arc::new(bytes), version, from_epoch: None });
+                if state.versions.len() > 2 {
+                    state.versions.remove(0);
+                }
+            }
+            Err(e) => tracing::error!(model = %self.config.model_name(), error = %e, "the new model file does not load; the current version keeps scoring"),
+        }
+    }
+
+    /// The version a worker must use for `epoch`, as (version, bytes).
+    fn for_epoch(&self, epoch: Epoch) -> (String, Arc<Vec<u8>>) {
+        let mut state = self.state.lock().expect("invariant: model source lock not poisoned");
+        state.latest_epoch = state.latest_epoch.max(epoch);
+        let latest = state.latest_epoch;
+        for v in &mut state.versions {
+            if v.from_epoch.is_none() {
+                v.from_epoch = Some(latest + 1);
+            }
+        }
+        let chosen = state.versions.iter().rev().find(|v| v.from_epoch.is_some_and(|f| f <= epoch)).unwrap_or(&state.versions[0]);
+        (chosen.version.clone(), Arc::clone(&chosen.bytes))
+    }
+}
+
+impl Drop for ModelSource {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A loaded model: its session and what it was checked to take.
 pub struct Model {
     session: Session,
@@ -223,14 +350,23 @@ impl Model {
     /// The library or the file cannot be loaded, or the model does not fit the config; the
     /// message names the key.
     pub fn load(config: &ModelConfig) -> Result<Self, OperatorError> {
+        let bytes = std::fs::read(&config.path)
+            .map_err(|e| OperatorError::Config { key: "model.path".into(), problem: format!("cannot read {}: {e}", config.path.display()) })?;
+        Model::from_bytes(config, &bytes)
+    }
+
+    /// Builds and checks a model from the bytes of its file (see [`Model::load`]).
+    ///
+    /// # Errors
+    /// As [`Model::load`].
+    pub fn from_bytes(config: &ModelConfig, bytes: &[u8]) -> Result<Self, OperatorError> {
         let env = runtime(config.library.as_deref())?;
         let err = |key: &str, problem: String| OperatorError::Config { key: format!("model.{key}"), problem };
-        let bytes = std::fs::read(&config.path).map_err(|e| err("path", format!("cannot read {}: {e}", config.path.display())))?;
-        let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))[..12].to_string();
+        let version = version_of(bytes);
         let cannot = |e: String| err("path", format!("{} is not a model ONNX Runtime can load: {e}", config.path.display()));
         let builder = Session::builder(env).map_err(|e| cannot(e.to_string()))?;
         let mut builder = builder.with_intra_threads(config.threads.max(1)).map_err(|e| cannot(e.to_string()))?;
-        let session = builder.commit_from_memory(&bytes).map_err(|e| cannot(e.to_string()))?;
+        let session = builder.commit_from_memory(bytes).map_err(|e| cannot(e.to_string()))?;
         let [input] = session.inputs() else {
             return Err(err("path", format!("the model has {} inputs; sluice feeds exactly one [rows, features] tensor", session.inputs().len())));
         };
@@ -291,7 +427,7 @@ impl Model {
 
 /// The score operator.
 pub trait Score<'scope> {
-    /// Scores every record of `self` with a model loaded from `config`; `feature_names` are the
+    /// Scores every record of `self` with the model of `source`; `feature_names` are the
     /// names of [`FeatureRecord::values`]. Returns `(scores, unscored)`.
     ///
     /// # Errors
@@ -299,7 +435,7 @@ pub trait Score<'scope> {
     #[allow(clippy::type_complexity)]
     fn score(
         self,
-        config: &ModelConfig,
+        source: Arc<ModelSource>,
         feature_names: &[String],
         metrics: Arc<Metrics>,
     ) -> Result<(Stream<'scope, Epoch, Vec<ScoreRecord>>, Stream<'scope, Epoch, Vec<Unscored>>), OperatorError>;
@@ -308,10 +444,11 @@ pub trait Score<'scope> {
 impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
     fn score(
         self,
-        config: &ModelConfig,
+        source: Arc<ModelSource>,
         feature_names: &[String],
         metrics: Arc<Metrics>,
     ) -> Result<(Stream<'scope, Epoch, Vec<ScoreRecord>>, Stream<'scope, Epoch, Vec<Unscored>>), OperatorError> {
+        let config = &source.config;
         let mut columns = Vec::new();
         for (i, name) in config.inputs.iter().enumerate() {
             let index = feature_names.iter().position(|f| f == name).ok_or_else(|| OperatorError::Config {
@@ -323,7 +460,8 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
         if config.batch_rows_max == 0 {
             return Err(OperatorError::Config { key: "model.batch_rows_max".into(), problem: "must be at least 1".into() });
         }
-        let mut model = Model::load(config)?;
+        let (_, bytes) = source.for_epoch(0);
+        let mut model = Model::from_bytes(config, &bytes)?;
         let batch_rows_max = config.batch_rows_max;
 
         let mut builder = OperatorBuilder::new("Score".to_owned(), self.scope());
@@ -342,6 +480,13 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                 let mut unscored_h = unscored_out.activate();
                 input.for_each_stamp(|cap, data| {
                     let epoch = *cap.least().expect("invariant: an input stamp has a time");
+                    let (version, bytes) = source.for_epoch(epoch);
+                    if version != *model.version {
+                        match Model::from_bytes(&source.config, &bytes) {
+                            Ok(next) => model = next,
+                            Err(e) => tracing::error!(error = %e, "cannot switch to model version {version}; the current one keeps scoring"),
+                        }
+                    }
                     let scores_cap = held.at(0, epoch);
                     let unscored_cap = held.at(1, epoch);
                     let mut scores_s = scores_h.session(&scores_cap);
@@ -433,7 +578,8 @@ mod tests {
             let mut input = InputHandleVec::<Epoch, FeatureRecord>::new();
             let probe = ProbeHandle::new();
             worker.dataflow::<Epoch, _, _>(|scope| {
-                let (s, u) = scope.input_from(&mut input).score(&config, &feature_names, Arc::new(Metrics::default())).unwrap();
+                let source = ModelSource::start(&config).unwrap();
+                let (s, u) = scope.input_from(&mut input).score(source, &feature_names, Arc::new(Metrics::default())).unwrap();
                 let sink = Rc::clone(&scores);
                 s.inspect(move |r| sink.borrow_mut().push(r.clone())).probe_with(&probe);
                 let sink = Rc::clone(&unscored);
