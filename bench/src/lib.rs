@@ -18,11 +18,20 @@ use sluice_connectors::SourceConfig;
 
 /// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
 /// → 6 features → file sink, with `events` events over 4 partitions and the given allowed
-/// lateness (the standard is `5s`) and records per partition per epoch (the standard is 20000).
+/// lateness (the standard is `5s`) and records per partition per epoch (the standard is 20000),
+/// scored by `model` when given.
 ///
 /// # Panics
 /// Never for valid arguments: the built config is validated.
-pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64, lateness: &str, epoch_records: usize) -> PipelineConfig {
+pub fn standard_pipeline(
+    work: &Path,
+    workers: usize,
+    events: u64,
+    customers: u64,
+    lateness: &str,
+    epoch_records: usize,
+    model: Option<&Path>,
+) -> PipelineConfig {
     let mut g = GeneratorConfig::named("bench");
     g.partitions = 4;
     g.events = events;
@@ -44,6 +53,12 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
     config.sources = vec![SourceConfig::Generator(g)];
     config.order.lateness = lateness.to_string();
     config.features = standard_features();
+    if let Some(path) = model {
+        let names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
+        let mut m = sluice_operators::ModelConfig::new(path, &names.iter().map(String::as_str).collect::<Vec<_>>());
+        m.reload_ms = 0;
+        config.model = Some(m);
+    }
     config.sinks = vec![FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") }];
     config.validate().expect("the standard pipeline is valid");
     config

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub max_event_time_ms: AtomicI64,
     /// Epochs committed.
     pub commits: AtomicU64,
+    /// Model batch latencies, in microseconds (1 µs to 60 s, 3 significant digits).
+    pub batch_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
 
 impl Default for Metrics {
@@ -43,6 +45,7 @@ impl Default for Metrics {
             watermark_ms: AtomicI64::new(i64::MIN),
             max_event_time_ms: AtomicI64::new(i64::MIN),
             commits: AtomicU64::new(0),
+            batch_latency_us: std::sync::Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("invariant: valid histogram bounds")),
         }
     }
 }
@@ -51,6 +54,19 @@ impl Metrics {
     pub(crate) fn add_decoded(&self, decoded: u64, rejected: u64) {
         self.decoded.fetch_add(decoded, Ordering::Relaxed);
         self.dead_letters.fetch_add(rejected, Ordering::Relaxed);
+    }
+
+    /// Records one model batch's latency.
+    pub fn record_batch_latency(&self, micros: u64) {
+        if let Ok(mut h) = self.batch_latency_us.lock() {
+            h.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Batch latency at quantile `q` (0..=1), in microseconds; `None` before any batch.
+    pub fn batch_latency_quantile_us(&self, q: f64) -> Option<u64> {
+        let h = self.batch_latency_us.lock().ok()?;
+        (!h.is_empty()).then(|| h.value_at_quantile(q))
     }
 
     /// Reads a counter.

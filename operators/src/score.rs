@@ -514,6 +514,7 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                         let rows = batch.len();
                         let result = model.score(std::mem::take(&mut values), rows);
                         let latency_us = started.elapsed().as_micros() as u64;
+                        metrics.record_batch_latency(latency_us);
                         match result {
                             Ok(scores) => {
                                 metrics.scored.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);

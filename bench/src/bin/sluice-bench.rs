@@ -41,6 +41,9 @@ enum Cmd {
         /// Records per partition per epoch (commit interval: larger trades latency for throughput).
         #[arg(long, default_value_t = 20_000)]
         epoch_records: usize,
+        /// Score every event with this model (e.g. models/fraud_lr.onnx).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
     },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
@@ -54,32 +57,40 @@ enum Cmd {
         lateness: String,
         #[arg(long)]
         epoch_records: usize,
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::One { events, customers, workers, lateness, epoch_records } => {
+        Cmd::One { events, customers, workers, lateness, epoch_records, model } => {
             let work = tempfile::tempdir()?;
-            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers, &lateness, epoch_records);
+            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers, &lateness, epoch_records, model.as_deref());
             let started = Instant::now();
-            let summary = sluice::run(&config, &sluice::RunControl::default())?;
+            let control = sluice::RunControl::default();
+            let summary = sluice::run(&config, &control)?;
             let secs = started.elapsed().as_secs_f64();
+            let q = |x: f64| control.metrics.batch_latency_quantile_us(x).map_or(f64::NAN, |v| v as f64);
             println!(
-                "workers={workers} events={} seconds={secs:.3} events_per_s={:.0} peak_rss_mib={:.1} features={} duplicates={} late={} dead={}",
+                "workers={workers} events={} seconds={secs:.3} events_per_s={:.0} peak_rss_mib={:.1} features={} duplicates={} late={} dead={} scored={} batch_p50_us={} batch_p99_us={}",
                 summary.records_in,
                 summary.records_in as f64 / secs,
                 sluice_bench::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
                 summary.features_out,
                 summary.duplicates,
                 summary.late,
-                summary.dead_letters
+                summary.dead_letters,
+                summary.scored,
+                q(0.5),
+                q(0.99)
             );
         }
-        Cmd::Pipeline { events, customers, workers, lateness, epoch_records } => {
+        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model } => {
             let me = std::env::current_exe()?;
-            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch");
-            println!("{:>7}  {:>12}  {:>10}  {:>13}", "workers", "events/s", "seconds", "peak RSS MiB");
+            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch{}",
+                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())));
+            println!("{:>7}  {:>12}  {:>10}  {:>13}  {:>15}  {:>15}", "workers", "events/s", "seconds", "peak RSS MiB", "batch p50 µs", "batch p99 µs");
             let mut first = None;
             for w in workers.split(',') {
                 let w: usize = w.trim().parse().context("--workers takes numbers, e.g. 1,2")?;
@@ -97,6 +108,7 @@ fn main() -> Result<()> {
                         "--epoch-records",
                         &epoch_records.to_string(),
                     ])
+                    .args(model.iter().flat_map(|m| [std::ffi::OsStr::new("--model"), m.as_os_str()]))
                     .output()?;
                 if !out.status.success() {
                     bail!("run with {w} workers failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -106,7 +118,15 @@ fn main() -> Result<()> {
                     text.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
                 };
                 let rate = field("events_per_s");
-                println!("{:>7}  {:>12.0}  {:>10.2}  {:>13.1}", w, rate, field("seconds"), field("peak_rss_mib"));
+                println!(
+                    "{:>7}  {:>12.0}  {:>10.2}  {:>13.1}  {:>15}  {:>15}",
+                    w,
+                    rate,
+                    field("seconds"),
+                    field("peak_rss_mib"),
+                    field("batch_p50_us"),
+                    field("batch_p99_us")
+                );
                 match first {
                     None => first = Some(rate),
                     Some(base) => println!("         scaling vs the first: {:.2}x", rate / base),
