@@ -13,7 +13,6 @@
 //! every worker has handed it in.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -249,9 +248,4 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         scored: Metrics::get(&m.scored),
         elapsed: started.elapsed(),
     })
-}
-
-/// The state directory of a config (for tools).
-pub fn state_dir(config: &PipelineConfig) -> PathBuf {
-    config.state_dir.clone()
 }

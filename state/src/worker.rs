@@ -246,9 +246,4 @@ impl WorkerState {
         self.prune();
         Ok(info)
     }
-
-    /// Epochs handed in but not yet committed by all workers.
-    pub fn uncommitted_epochs(&self) -> usize {
-        self.in_flight.len() + self.open.len()
-    }
 }
