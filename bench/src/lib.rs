@@ -16,22 +16,23 @@ use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
 use sluice_connectors::SourceConfig;
 
+/// The models a benchmark run scores with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Models<'a> {
+    /// The model scoring every event, if any.
+    pub model: Option<&'a Path>,
+    /// Its shadow, if any.
+    pub shadow: Option<&'a Path>,
+}
+
 /// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
 /// → 6 features → file sink, with `events` events over 4 partitions and the given allowed
 /// lateness (the standard is `5s`) and records per partition per epoch (the standard is 20000),
-/// scored by `model` when given.
+/// scored by `model` when given, and by `shadow` as its shadow.
 ///
 /// # Panics
 /// Never for valid arguments: the built config is validated.
-pub fn standard_pipeline(
-    work: &Path,
-    workers: usize,
-    events: u64,
-    customers: u64,
-    lateness: &str,
-    epoch_records: usize,
-    model: Option<&Path>,
-) -> PipelineConfig {
+pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64, lateness: &str, epoch_records: usize, models: Models<'_>) -> PipelineConfig {
     let mut g = GeneratorConfig::named("bench");
     g.partitions = 4;
     g.events = events;
@@ -53,12 +54,14 @@ pub fn standard_pipeline(
     config.sources = vec![SourceConfig::Generator(g)];
     config.order.lateness = lateness.to_string();
     config.features = standard_features();
-    if let Some(path) = model {
-        let names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
+    let names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
+    let model_config = |path: &Path| {
         let mut m = sluice_operators::ModelConfig::new(path, &names.iter().map(String::as_str).collect::<Vec<_>>());
         m.reload_ms = 0;
-        config.model = Some(m);
-    }
+        m
+    };
+    config.model = models.model.map(model_config);
+    config.shadow = models.shadow.map(model_config);
     config.sinks = vec![FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") }];
     config.validate().expect("the standard pipeline is valid");
     config

@@ -9,7 +9,7 @@ use sluice_connectors::SourceConfig;
 use sluice_operators::{parse_duration_ms, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
 
 /// The output streams a sink can take.
-pub const STREAMS: [&str; 6] = ["features", "scores", "unscored", "dead_letters", "late", "conflicts"];
+pub const STREAMS: [&str; 7] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts"];
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +112,10 @@ pub struct PipelineConfig {
     /// A model scoring every feature record (optional).
     #[serde(default)]
     pub model: Option<ModelConfig>,
+    /// A shadow model scored on the same batches as `model`, into `shadow_scores` (optional;
+    /// the same keys as `[model]`, `inputs` and `library` default to the model's).
+    #[serde(default)]
+    pub shadow: Option<ModelConfig>,
     /// The sinks: one per output stream at most; streams without one are counted only.
     #[serde(default)]
     pub sinks: Vec<FileSinkConfig>,
@@ -182,12 +186,28 @@ impl PipelineConfig {
         for s in &mut self.sinks {
             fix(&mut s.path);
         }
-        if let Some(m) = &mut self.model {
+        for m in self.model.iter_mut().chain(self.shadow.iter_mut()) {
             fix(&mut m.path);
             if let Some(l) = m.library.as_mut() {
                 fix(l);
             }
         }
+    }
+
+    /// The shadow model's config as it runs: `inputs` and `library` filled in from `[model]`
+    /// where left out, errors naming `shadow.*`.
+    pub fn shadow_model(&self) -> Option<ModelConfig> {
+        let mut shadow = self.shadow.clone()?;
+        shadow.section = "shadow".into();
+        if let Some(model) = &self.model {
+            if shadow.inputs.is_empty() {
+                shadow.inputs = model.inputs.clone();
+            }
+            if shadow.library.is_none() {
+                shadow.library = model.library.clone();
+            }
+        }
+        Some(shadow)
     }
 
     /// Total source partitions.
@@ -239,20 +259,24 @@ impl PipelineConfig {
         }
         self.durations()?;
         let set = FeatureSet::new(&self.features, &self.event.number_names()).map_err(|e| bad("features", e.to_string()))?;
-        if let Some(m) = &self.model {
+        if self.shadow.is_some() && self.model.is_none() {
+            return Err(bad("shadow", "a shadow model needs a [model] to shadow"));
+        }
+        for m in self.model.iter().cloned().chain(self.shadow_model()) {
+            let section = &m.section;
             for (i, input) in m.inputs.iter().enumerate() {
                 if !set.names.contains(input) {
-                    return Err(bad(format!("model.inputs[{i}]"), format!("`{input}` is not one of the [[features]]: {:?}", set.names)));
+                    return Err(bad(format!("{section}.inputs[{i}]"), format!("`{input}` is not one of the [[features]]: {:?}", set.names)));
                 }
             }
             if m.inputs.is_empty() {
-                return Err(bad("model.inputs", "list the features the model takes, in its column order"));
+                return Err(bad(format!("{section}.inputs"), "list the features the model takes, in its column order"));
             }
             if m.batch_rows_max == 0 {
-                return Err(bad("model.batch_rows_max", "must be at least 1"));
+                return Err(bad(format!("{section}.batch_rows_max"), "must be at least 1"));
             }
             if !m.path.is_file() {
-                return Err(bad("model.path", format!("{} is not a readable file", m.path.display())));
+                return Err(bad(format!("{section}.path"), format!("{} is not a readable file", m.path.display())));
             }
         }
         for (i, s) in self.sinks.iter().enumerate() {
@@ -315,5 +339,23 @@ name = "g"
         assert_eq!(e.key, "workers");
         let e = parse(&MINIMAL.replace("[event]", "colour = 1\n[event]")).unwrap_err();
         assert!(e.problem.contains("unknown field `colour`"), "{e}");
+    }
+
+    #[test]
+    fn a_shadow_takes_the_models_inputs_and_names_its_own_keys() {
+        let lr = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud_lr.onnx");
+        let gbt = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud_gbt.onnx");
+        let features = "[[features]]\nname = \"n\"\nop = \"count\"\n[[features]]\nname = \"s\"\nop = \"sum\"\nfield = \"amount\"\n";
+        let model = format!("[model]\npath = \"{lr}\"\ninputs = [\"s\", \"n\"]\nlibrary = \"/opt/ort.so\"\n");
+        let c = parse(&format!("{MINIMAL}{features}{model}[shadow]\npath = \"{gbt}\"\nthreads = 2\n")).unwrap();
+        let shadow = c.shadow_model().unwrap();
+        assert_eq!((shadow.section.as_str(), shadow.inputs.clone(), shadow.threads), ("shadow", vec!["s".to_string(), "n".to_string()], 2));
+        assert_eq!(shadow.library.as_deref(), Some(Path::new("/opt/ort.so")));
+        assert_eq!(c.model.as_ref().unwrap().section, "model");
+
+        let e = parse(&format!("{MINIMAL}{features}{model}[shadow]\npath = \"{gbt}\"\ninputs = [\"n\", \"fee\"]\n")).unwrap_err();
+        assert_eq!(e.key, "shadow.inputs[1]");
+        let e = parse(&format!("{MINIMAL}{features}[shadow]\npath = \"{gbt}\"\n")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("shadow", "a shadow model needs a [model] to shadow"));
     }
 }

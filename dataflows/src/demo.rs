@@ -27,6 +27,8 @@ pub struct DemoOptions {
     pub events: u64,
     /// The model scoring every feature record, if any.
     pub model: Option<std::path::PathBuf>,
+    /// A shadow model scored on the same batches, if any.
+    pub shadow: Option<std::path::PathBuf>,
 }
 
 /// The event schema of the generator's records.
@@ -62,6 +64,15 @@ pub fn standard_features() -> Vec<FeatureSpec> {
     ]
 }
 
+/// The streams the demo writes, each to `<stream>.jsonl`.
+pub const DEMO_STREAMS: [&str; 7] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts"];
+
+/// A model taking the standard features, with every default.
+fn model(path: &Path) -> sluice_operators::ModelConfig {
+    let names = standard_features().into_iter().map(|f| f.name).collect::<Vec<_>>();
+    sluice_operators::ModelConfig::new(path, &names.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// The demo pipeline writing under `dir`.
 pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
     let mut generator = GeneratorConfig::named("payments");
@@ -92,11 +103,9 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         dedup: DedupSection::default(),
         order: OrderSection::default(),
         features: standard_features(),
-        model: options.model.as_ref().map(|path| {
-            let names = standard_features().into_iter().map(|f| f.name).collect::<Vec<_>>();
-            sluice_operators::ModelConfig::new(path, &names.iter().map(String::as_str).collect::<Vec<_>>())
-        }),
-        sinks: ["features", "scores", "unscored", "dead_letters", "late", "conflicts"].iter().map(|s| sink(s)).collect(),
+        model: options.model.as_ref().map(|path| model(path)),
+        shadow: options.shadow.as_ref().map(|path| model(path)),
+        sinks: DEMO_STREAMS.iter().map(|s| sink(s)).collect(),
     }
 }
 
@@ -160,7 +169,11 @@ pub fn summary_text(summary: &RunSummary, dir: &Path) -> String {
         summary.scored,
         summary.resume_epoch.saturating_sub(1)
     ));
-    for stream in ["features", "scores", "unscored", "dead_letters", "late", "conflicts"] {
+    if summary.shadow_scored > 0 {
+        let diff = summary.shadow_mean_abs_diff.map_or("-".into(), |d| format!("{d:.4}"));
+        s.push_str(&format!("  shadow scored {}  mean |shadow - primary| {diff}\n", summary.shadow_scored));
+    }
+    for stream in DEMO_STREAMS {
         s.push_str(&format!("  {}\n", dir.join(format!("{stream}.jsonl")).display()));
     }
     s

@@ -67,6 +67,10 @@ enum Command {
         /// Run without a model.
         #[arg(long)]
         no_model: bool,
+        /// A shadow model scored on the same batches, into shadow_scores.jsonl (e.g.
+        /// models/fraud_gbt.onnx).
+        #[arg(long)]
+        shadow: Option<PathBuf>,
     },
     /// List the connectors.
     Connectors,
@@ -122,7 +126,10 @@ fn main() -> Result<()> {
                 println!("  {} -> {}", s.stream, s.path.display());
             }
         }
-        Command::Demo { duration, rate, events, workers, out, model, no_model } => {
+        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow } => {
+            if no_model && shadow.is_some() {
+                anyhow::bail!("--shadow needs a model to shadow: drop --no-model");
+            }
             if !no_model && !model.is_file() {
                 anyhow::bail!(
                     "the demo's model {} is not here: run the demo from the repository (make demo), or pass --model PATH or --no-model",
@@ -133,7 +140,7 @@ fn main() -> Result<()> {
             if out.exists() {
                 std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
             }
-            let options = DemoOptions { duration: Duration::from_millis(ms as u64), rate, workers, events, model: (!no_model).then_some(model) };
+            let options = DemoOptions { duration: Duration::from_millis(ms as u64), rate, workers, events, model: (!no_model).then_some(model), shadow };
             let config = demo_config(&out, &options);
             config.validate()?;
             eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());

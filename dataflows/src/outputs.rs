@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | `features` | `entity`, `id`, `kind`, `time_ms`, `features` (name → number or null), `late` (only when true) | time, id, origin |
 //! | `scores` | `entity`, `id`, `time_ms`, `score`, `model`, `version`, `batch_latency_us` | time, id, origin |
-//! | `unscored` | `entity`, `id`, `time_ms`, `reason` | time, id, origin |
+//! | `unscored` | `entity`, `id`, `time_ms`, `reason`, `model` | time, id, origin |
+//! | `shadow_scores` | as `scores`, for the shadow model, plus `primary_score` (the primary's score of the event, absent when the primary failed on the batch) | time, id, origin |
 //! | `dead_letters` | `reason`, `source`, `partition`, `offset`, `raw` (or `raw_base64` when not UTF-8) | origin |
 //! | `late` | `id`, `entity`, `kind`, `time_ms`, `watermark_ms`, `source`, `partition`, `offset` | origin |
 //! | `conflicts` | `id`, `entity`, `kind`, `time_ms`, `first_time_ms`, `source`, `partition`, `offset` | origin |
@@ -81,7 +82,12 @@ pub fn score_line(score: &ScoreRecord) -> OutputLine {
     json_str(&mut out, &score.model);
     out.extend_from_slice(b",\"version\":");
     json_str(&mut out, &score.version);
-    let _ = write!(out, ",\"batch_latency_us\":{}}}", score.batch_latency_us);
+    let _ = write!(out, ",\"batch_latency_us\":{}", score.batch_latency_us);
+    if let Some(p) = score.primary_score {
+        out.extend_from_slice(b",\"primary_score\":");
+        json_f64(&mut out, Some(p));
+    }
+    out.push(b'}');
     OutputLine { key: (score.time_ms, score.id.clone(), score.origin), bytes: out }
 }
 
@@ -94,6 +100,8 @@ pub fn unscored_line(u: &Unscored) -> OutputLine {
     json_str(&mut out, &u.id);
     let _ = write!(out, ",\"time_ms\":{},\"reason\":", u.time_ms);
     json_str(&mut out, &u.reason);
+    out.extend_from_slice(b",\"model\":");
+    json_str(&mut out, &u.model);
     out.push(b'}');
     OutputLine { key: (u.time_ms, u.id.clone(), u.origin), bytes: out }
 }

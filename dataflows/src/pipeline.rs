@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use sluice_connectors::file::{file_sink, OutputLine, TimeOfFactory};
 use sluice_connectors::{source, SourceSettings};
-use sluice_operators::{Decode, Decoder, Dedup, DedupConfig, Epoch, FeatureSet, Features, Metrics, Order, OrderConfig, RawRecord, Score};
+use sluice_operators::{Decode, Decoder, Dedup, DedupConfig, Epoch, FeatureSet, Features, Metrics, Models, Order, OrderConfig, RawRecord, Score};
 use sluice_state::{StateOptions, StateStore, TableSpec};
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Probe;
@@ -61,6 +61,10 @@ pub struct RunSummary {
     pub features_out: u64,
     /// Records scored.
     pub scored: u64,
+    /// Records scored by the shadow model.
+    pub shadow_scored: u64,
+    /// Mean |shadow score − primary score| over the records both scored.
+    pub shadow_mean_abs_diff: Option<f64>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -107,12 +111,13 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let durations = config.durations()?;
     // Loaded once before starting workers, so that a missing library or a model that does not
     // fit fails here, with one clear message; then watched for new versions.
-    let model_source = match &config.model {
-        Some(model) => {
-            let source = sluice_operators::ModelSource::start(model).map_err(|e| RunError::Model(e.to_string()))?;
-            tracing::info!(model = %model.model_name(), "model loaded");
-            Some(source)
-        }
+    let start_model = |m: &sluice_operators::ModelConfig| {
+        let source = sluice_operators::ModelSource::start(m, Arc::clone(&control.metrics)).map_err(|e| RunError::Model(e.to_string()))?;
+        tracing::info!(section = %m.section, model = %m.model_name(), "model loaded");
+        Ok::<_, RunError>(source)
+    };
+    let models = match &config.model {
+        Some(model) => Some(Models { primary: start_model(model)?, shadow: config.shadow_model().as_ref().map(start_model).transpose()? }),
         None => None,
     };
     let options = StateOptions { cache_bytes: config.state_cache_mb << 20, ..StateOptions::default() };
@@ -190,10 +195,11 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 }
                 Ok(())
             };
-            if let Some(source) = &model_source {
-                let (scores, unscored) = features.clone().score(Arc::clone(source), &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
-                sink(scores.map(|s| score_line(&s)), "scores")?;
-                sink(unscored.map(|u| unscored_line(&u)), "unscored")?;
+            if let Some(models) = &models {
+                let scored = features.clone().score(models.clone(), &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+                sink(scored.scores.map(|s| score_line(&s)), "scores")?;
+                sink(scored.unscored.map(|u| unscored_line(&u)), "unscored")?;
+                sink(scored.shadow_scores.map(|s| score_line(&s)), "shadow_scores")?;
             }
             sink(features.map(move |r| feature_line(&r, &feature_names)), "features")?;
             let n = names.clone();
@@ -246,6 +252,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         late: Metrics::get(&m.late),
         features_out: Metrics::get(&m.features_out),
         scored: Metrics::get(&m.scored),
+        shadow_scored: Metrics::get(&m.shadow_scored),
+        shadow_mean_abs_diff: m.shadow_mean_abs_diff(),
         elapsed: started.elapsed(),
     })
 }

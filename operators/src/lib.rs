@@ -39,7 +39,7 @@ pub use event::{Conflict, DeadLetter, Epoch, Event, FeatureRecord, LateEvent, Or
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};
 pub use metrics::Metrics;
 pub use order::{LatePolicy, Order, OrderConfig};
-pub use score::{ModelConfig, ModelSource, Score, ScoreRecord, Unscored};
+pub use score::{ModelConfig, ModelSource, Models, Score, ScoreRecord, Scored, Unscored};
 pub use watermark::WatermarkTracker;
 
 /// Parses a duration such as `250ms`, `5s`, `1m`, `1h`, `7d` (or a bare number of ms).

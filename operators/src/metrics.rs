@@ -21,6 +21,16 @@ pub struct Metrics {
     pub features_out: AtomicU64,
     /// Records scored by a model.
     pub scored: AtomicU64,
+    /// Records scored by a shadow model.
+    pub shadow_scored: AtomicU64,
+    /// Shadow scores with a primary score to compare with.
+    pub shadow_compared: AtomicU64,
+    /// Sum of |shadow − primary| over those, in units of 1e-9.
+    pub shadow_abs_diff_nano: AtomicU64,
+    /// New model versions loaded while running (primary and shadow).
+    pub model_reloads: AtomicU64,
+    /// New model files that did not load (the old version kept scoring).
+    pub model_reload_failures: AtomicU64,
     /// The latest watermark (ms), `i64::MIN` before the first.
     pub watermark_ms: AtomicI64,
     /// The largest event time seen (ms).
@@ -42,6 +52,11 @@ impl Default for Metrics {
             late: AtomicU64::new(0),
             features_out: AtomicU64::new(0),
             scored: AtomicU64::new(0),
+            shadow_scored: AtomicU64::new(0),
+            model_reloads: AtomicU64::new(0),
+            model_reload_failures: AtomicU64::new(0),
+            shadow_compared: AtomicU64::new(0),
+            shadow_abs_diff_nano: AtomicU64::new(0),
             watermark_ms: AtomicI64::new(i64::MIN),
             max_event_time_ms: AtomicI64::new(i64::MIN),
             commits: AtomicU64::new(0),
@@ -61,6 +76,20 @@ impl Metrics {
         if let Ok(mut h) = self.batch_latency_us.lock() {
             h.saturating_record(micros.max(1));
         }
+    }
+
+    /// Records one shadow batch: `rows` scored, `compared` of them with a primary score, whose
+    /// absolute differences sum to `abs_diff`.
+    pub fn record_shadow_batch(&self, rows: u64, compared: u64, abs_diff: f64) {
+        self.shadow_scored.fetch_add(rows, Ordering::Relaxed);
+        self.shadow_compared.fetch_add(compared, Ordering::Relaxed);
+        self.shadow_abs_diff_nano.fetch_add((abs_diff * 1e9).round() as u64, Ordering::Relaxed);
+    }
+
+    /// Mean |shadow score − primary score| so far; `None` before the first comparison.
+    pub fn shadow_mean_abs_diff(&self) -> Option<f64> {
+        let n = self.shadow_compared.load(Ordering::Relaxed);
+        (n > 0).then(|| self.shadow_abs_diff_nano.load(Ordering::Relaxed) as f64 * 1e-9 / n as f64)
     }
 
     /// Batch latency at quantile `q` (0..=1), in microseconds; `None` before any batch.

@@ -25,6 +25,7 @@
 //! tensor and emits 3 scores.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -54,7 +55,9 @@ pub struct ModelConfig {
     /// The model's name in score records (default: the file's stem).
     #[serde(default)]
     pub name: Option<String>,
-    /// Feature names, in the order of the model's input columns.
+    /// Feature names, in the order of the model's input columns (for a shadow model: default
+    /// the primary's).
+    #[serde(default)]
     pub inputs: Vec<String>,
     /// The output holding the score.
     #[serde(default = "default_output")]
@@ -75,6 +78,14 @@ pub struct ModelConfig {
     /// `.tools/onnxruntime/libonnxruntime.so.1.31.1` in the current directory or above).
     #[serde(default)]
     pub library: Option<PathBuf>,
+    /// The config section this model comes from (`model`, or `shadow` for a shadow model):
+    /// errors name keys in it.
+    #[serde(skip, default = "default_section")]
+    pub section: String,
+}
+
+fn default_section() -> String {
+    "model".into()
 }
 
 fn default_output() -> String {
@@ -106,6 +117,7 @@ impl ModelConfig {
             batch_rows_max: default_batch_rows_max(),
             reload_ms: default_reload_ms(),
             library: None,
+            section: default_section(),
         }
     }
 
@@ -132,6 +144,9 @@ pub struct ScoreRecord {
     pub version: Arc<str>,
     /// Time to run the batch this record was in, in microseconds.
     pub batch_latency_us: u64,
+    /// For a shadow model's score: the primary model's score of the same event (`None` when
+    /// the primary failed on the batch, and for the primary's own scores).
+    pub primary_score: Option<f64>,
     /// Where the event came from.
     pub origin: Origin,
 }
@@ -147,6 +162,8 @@ pub struct Unscored {
     pub time_ms: i64,
     /// Why.
     pub reason: String,
+    /// The model that could not score it.
+    pub model: Arc<str>,
     /// Where the event came from.
     pub origin: Origin,
 }
@@ -236,6 +253,7 @@ struct SourceState {
 #[derive(Debug)]
 pub struct ModelSource {
     config: ModelConfig,
+    metrics: Arc<Metrics>,
     state: std::sync::Mutex<SourceState>,
     stop: std::sync::atomic::AtomicBool,
 }
@@ -245,12 +263,13 @@ impl ModelSource {
     ///
     /// # Errors
     /// As [`Model::load`].
-    pub fn start(config: &ModelConfig) -> Result<Arc<Self>, OperatorError> {
+    pub fn start(config: &ModelConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, OperatorError> {
         let bytes = std::fs::read(&config.path)
-            .map_err(|e| OperatorError::Config { key: "model.path".into(), problem: format!("cannot read {}: {e}", config.path.display()) })?;
+            .map_err(|e| OperatorError::Config { key: format!("{}.path", config.section), problem: format!("cannot read {}: {e}", config.path.display()) })?;
         let model = Model::from_bytes(config, &bytes)?;
         let source = Arc::new(ModelSource {
             config: config.clone(),
+            metrics,
             state: std::sync::Mutex::new(SourceState {
                 versions: vec![Version { bytes: Arc::new(bytes), version: model.version.to_string(), from_epoch: Some(0) }],
                 latest_epoch: 0,
@@ -273,7 +292,7 @@ impl ModelSource {
                         source.check(&mut seen);
                     }
                 })
-                .map_err(|e| OperatorError::Config { key: "model.reload_ms".into(), problem: format!("cannot start the model watcher: {e}") })?;
+                .map_err(|e| OperatorError::Config { key: format!("{}.reload_ms", config.section), problem: format!("cannot start the model watcher: {e}") })?;
         }
         Ok(source)
     }
@@ -293,6 +312,7 @@ impl ModelSource {
         }
         match Model::from_bytes(&self.config, &bytes) {
             Ok(_) => {
+                self.metrics.model_reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(model = %self.config.model_name(), version, "new model version loaded; it takes effect at the next epoch");
                 let mut state = self.state.lock().expect("invariant: model source lock not poisoned");
                 state.versions.push(Version { bytes: Arc::new(bytes), version, from_epoch: None });
@@ -300,7 +320,10 @@ impl ModelSource {
                     state.versions.remove(0);
                 }
             }
-            Err(e) => tracing::error!(model = %self.config.model_name(), error = %e, "the new model file does not load; the current version keeps scoring"),
+            Err(e) => {
+                self.metrics.model_reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.config.model_name(), error = %e, "the new model file does not load; the current version keeps scoring");
+            }
         }
     }
 
@@ -351,7 +374,7 @@ impl Model {
     /// message names the key.
     pub fn load(config: &ModelConfig) -> Result<Self, OperatorError> {
         let bytes = std::fs::read(&config.path)
-            .map_err(|e| OperatorError::Config { key: "model.path".into(), problem: format!("cannot read {}: {e}", config.path.display()) })?;
+            .map_err(|e| OperatorError::Config { key: format!("{}.path", config.section), problem: format!("cannot read {}: {e}", config.path.display()) })?;
         Model::from_bytes(config, &bytes)
     }
 
@@ -361,7 +384,7 @@ impl Model {
     /// As [`Model::load`].
     pub fn from_bytes(config: &ModelConfig, bytes: &[u8]) -> Result<Self, OperatorError> {
         let env = runtime(config.library.as_deref())?;
-        let err = |key: &str, problem: String| OperatorError::Config { key: format!("model.{key}"), problem };
+        let err = |key: &str, problem: String| OperatorError::Config { key: format!("{}.{key}", config.section), problem };
         let version = version_of(bytes);
         let cannot = |e: String| err("path", format!("{} is not a model ONNX Runtime can load: {e}", config.path.display()));
         let builder = Session::builder(env).map_err(|e| cannot(e.to_string()))?;
@@ -425,84 +448,169 @@ impl Model {
     }
 }
 
-/// The score operator.
-pub trait Score<'scope> {
-    /// Scores every record of `self` with the model of `source`; `feature_names` are the
-    /// names of [`FeatureRecord::values`]. Returns `(scores, unscored)`.
-    ///
-    /// # Errors
-    /// The model cannot be loaded or does not fit: an input name is not a feature.
-    #[allow(clippy::type_complexity)]
-    fn score(
-        self,
-        source: Arc<ModelSource>,
-        feature_names: &[String],
-        metrics: Arc<Metrics>,
-    ) -> Result<(Stream<'scope, Epoch, Vec<ScoreRecord>>, Stream<'scope, Epoch, Vec<Unscored>>), OperatorError>;
+/// The models the score operator runs: a primary, and optionally a shadow scored on the same
+/// batches, whose scores go to their own output so that two versions can be compared live.
+#[derive(Debug, Clone)]
+pub struct Models {
+    /// The model whose scores are the pipeline's scores.
+    pub primary: Arc<ModelSource>,
+    /// A second model, scored on the primary's batches; it never affects the primary's output.
+    pub shadow: Option<Arc<ModelSource>>,
 }
 
-impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
-    fn score(
-        self,
-        source: Arc<ModelSource>,
-        feature_names: &[String],
-        metrics: Arc<Metrics>,
-    ) -> Result<(Stream<'scope, Epoch, Vec<ScoreRecord>>, Stream<'scope, Epoch, Vec<Unscored>>), OperatorError> {
+/// The outputs of the score operator.
+#[derive(Debug)]
+pub struct Scored<'scope> {
+    /// The primary model's scores.
+    pub scores: Stream<'scope, Epoch, Vec<ScoreRecord>>,
+    /// Records a model could not score (`model` says which), with the reason.
+    pub unscored: Stream<'scope, Epoch, Vec<Unscored>>,
+    /// The shadow model's scores, each with the primary's score of the same event (empty
+    /// without a shadow).
+    pub shadow_scores: Stream<'scope, Epoch, Vec<ScoreRecord>>,
+}
+
+/// One model as a worker runs it: its source, its loaded version, and its feature columns.
+struct Scorer {
+    source: Arc<ModelSource>,
+    model: Model,
+    /// Indexes into [`FeatureRecord::values`], in the model's column order.
+    columns: Vec<usize>,
+}
+
+impl Scorer {
+    fn new(source: Arc<ModelSource>, feature_names: &[String]) -> Result<Self, OperatorError> {
         let config = &source.config;
         let mut columns = Vec::new();
         for (i, name) in config.inputs.iter().enumerate() {
             let index = feature_names.iter().position(|f| f == name).ok_or_else(|| OperatorError::Config {
-                key: format!("model.inputs[{i}]"),
+                key: format!("{}.inputs[{i}]", config.section),
                 problem: format!("`{name}` is not a feature of this pipeline: {feature_names:?}"),
             })?;
             columns.push(index);
         }
         if config.batch_rows_max == 0 {
-            return Err(OperatorError::Config { key: "model.batch_rows_max".into(), problem: "must be at least 1".into() });
+            return Err(OperatorError::Config { key: format!("{}.batch_rows_max", config.section), problem: "must be at least 1".into() });
         }
         let (_, bytes) = source.for_epoch(0);
-        let mut model = Model::from_bytes(config, &bytes)?;
-        let batch_rows_max = config.batch_rows_max;
+        let model = Model::from_bytes(config, &bytes)?;
+        Ok(Scorer { source, model, columns })
+    }
+
+    /// Switches to the version `epoch` must be scored with, if it is not the loaded one.
+    fn switch_for(&mut self, epoch: Epoch) {
+        let (version, bytes) = self.source.for_epoch(epoch);
+        if version != *self.model.version {
+            match Model::from_bytes(&self.source.config, &bytes) {
+                Ok(next) => self.model = next,
+                Err(e) => tracing::error!(error = %e, "cannot switch to model version {version}; the current one keeps scoring"),
+            }
+        }
+    }
+
+    /// The first of this model's features that `record` lacks, by position in its inputs.
+    fn missing(&self, record: &FeatureRecord) -> Option<usize> {
+        self.columns.iter().position(|c| !record.values[*c].is_some_and(f64::is_finite))
+    }
+
+    fn unscored(&self, record: &FeatureRecord, reason: String) -> Unscored {
+        Unscored {
+            entity: record.entity.clone(),
+            id: record.id.clone(),
+            time_ms: record.time_ms,
+            reason,
+            model: Arc::clone(&self.model.name),
+            origin: record.origin,
+        }
+    }
+
+    fn undefined(&self, record: &FeatureRecord, j: usize) -> Unscored {
+        self.unscored(record, format!("feature `{}` is undefined or not finite", self.source.config.inputs[j]))
+    }
+
+    /// Scores `rows` (all with this model's features defined): the scores and the batch's
+    /// latency in microseconds, or ONNX Runtime's message.
+    fn run(&mut self, rows: &[&FeatureRecord]) -> (Result<Vec<f64>, String>, u64) {
+        let mut values = Vec::with_capacity(rows.len() * self.columns.len());
+        for record in rows {
+            values.extend(self.columns.iter().map(|c| record.values[*c].expect("invariant: rows have the model's features") as f32));
+        }
+        let started = Instant::now();
+        let result = self.model.score(values, rows.len());
+        (result, started.elapsed().as_micros() as u64)
+    }
+
+    fn record(&self, record: &FeatureRecord, score: f64, latency_us: u64, primary_score: Option<f64>) -> ScoreRecord {
+        ScoreRecord {
+            entity: record.entity.clone(),
+            id: record.id.clone(),
+            time_ms: record.time_ms,
+            score,
+            model: Arc::clone(&self.model.name),
+            version: Arc::clone(&self.model.version),
+            batch_latency_us: latency_us,
+            primary_score,
+            origin: record.origin,
+        }
+    }
+}
+
+/// The score operator.
+pub trait Score<'scope> {
+    /// Scores every record of `self` with the primary model of `models`, and the shadow's on the
+    /// same batches; `feature_names` are the names of [`FeatureRecord::values`].
+    ///
+    /// # Errors
+    /// A model cannot be loaded or does not fit: an input name is not a feature.
+    fn score(self, models: Models, feature_names: &[String], metrics: Arc<Metrics>) -> Result<Scored<'scope>, OperatorError>;
+}
+
+impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
+    fn score(self, models: Models, feature_names: &[String], metrics: Arc<Metrics>) -> Result<Scored<'scope>, OperatorError> {
+        let mut primary = Scorer::new(models.primary, feature_names)?;
+        let mut shadow = models.shadow.map(|s| Scorer::new(s, feature_names)).transpose()?;
+        let batch_rows_max = primary.source.config.batch_rows_max;
 
         let mut builder = OperatorBuilder::new("Score".to_owned(), self.scope());
         let mut input = builder.new_input(self, Pipeline);
         let (scores_out, scores) = builder.new_output::<Vec<ScoreRecord>>();
         let (unscored_out, unscored) = builder.new_output::<Vec<Unscored>>();
+        let (shadow_out, shadow_scores) = builder.new_output::<Vec<ScoreRecord>>();
         let mut scores_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ScoreRecord>>>::from(scores_out);
         let mut unscored_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Unscored>>>::from(unscored_out);
-        let input_names = config.inputs.clone();
+        let mut shadow_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<ScoreRecord>>>::from(shadow_out);
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
-            let mut batch: Vec<FeatureRecord> = Vec::new();
-            let mut values: Vec<f32> = Vec::new();
+            let mut records: Vec<FeatureRecord> = Vec::new();
             move |frontiers| {
                 let mut scores_h = scores_out.activate();
                 let mut unscored_h = unscored_out.activate();
+                let mut shadow_h = shadow_out.activate();
                 input.for_each_stamp(|cap, data| {
                     let epoch = *cap.least().expect("invariant: an input stamp has a time");
-                    let (version, bytes) = source.for_epoch(epoch);
-                    if version != *model.version {
-                        match Model::from_bytes(&source.config, &bytes) {
-                            Ok(next) => model = next,
-                            Err(e) => tracing::error!(error = %e, "cannot switch to model version {version}; the current one keeps scoring"),
-                        }
+                    primary.switch_for(epoch);
+                    if let Some(s) = shadow.as_mut() {
+                        s.switch_for(epoch);
                     }
-                    let scores_cap = held.at(0, epoch);
-                    let unscored_cap = held.at(1, epoch);
+                    let (scores_cap, unscored_cap, shadow_cap) = (held.at(0, epoch), held.at(1, epoch), held.at(2, epoch));
                     let mut scores_s = scores_h.session(&scores_cap);
                     let mut unscored_s = unscored_h.session(&unscored_cap);
-                    let mut records = data.flat_map(|d| d.drain(..)).peekable();
-                    while records.peek().is_some() {
-                        // Fill one batch: at most `batch_rows_max` rows, or what this epoch has.
-                        for record in records.by_ref() {
-                            let missing = columns.iter().position(|c| !record.values[*c].is_some_and(f64::is_finite));
-                            if let Some(j) = missing {
-                                let reason = format!("feature `{}` is undefined or not finite", input_names[j]);
-                                unscored_s.give(Unscored { entity: record.entity, id: record.id, time_ms: record.time_ms, reason, origin: record.origin });
-                                continue;
+                    let mut shadow_s = shadow_h.session(&shadow_cap);
+                    records.clear();
+                    for d in data {
+                        records.append(d);
+                    }
+                    // Batches are cut from the records the primary can score; the shadow scores
+                    // those of each batch it can, and never changes what the primary emits.
+                    let mut batch: Vec<&FeatureRecord> = Vec::with_capacity(batch_rows_max.min(records.len()));
+                    let mut rest = records.iter().peekable();
+                    while rest.peek().is_some() {
+                        batch.clear();
+                        for record in rest.by_ref() {
+                            match primary.missing(record) {
+                                Some(j) => unscored_s.give(primary.undefined(record, j)),
+                                None => batch.push(record),
                             }
-                            values.extend(columns.iter().map(|c| record.values[*c].expect("checked above") as f32));
-                            batch.push(record);
                             if batch.len() == batch_rows_max {
                                 break;
                             }
@@ -510,32 +618,55 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                         if batch.is_empty() {
                             continue;
                         }
-                        let started = Instant::now();
-                        let rows = batch.len();
-                        let result = model.score(std::mem::take(&mut values), rows);
-                        let latency_us = started.elapsed().as_micros() as u64;
+                        let (result, latency_us) = primary.run(&batch);
                         metrics.record_batch_latency(latency_us);
-                        match result {
+                        let primary_scores = match result {
                             Ok(scores) => {
-                                metrics.scored.fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
-                                for (record, score) in batch.drain(..).zip(scores) {
-                                    scores_s.give(ScoreRecord {
-                                        entity: record.entity,
-                                        id: record.id,
-                                        time_ms: record.time_ms,
-                                        score,
-                                        model: Arc::clone(&model.name),
-                                        version: Arc::clone(&model.version),
-                                        batch_latency_us: latency_us,
-                                        origin: record.origin,
-                                    });
+                                metrics.scored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                for (record, score) in batch.iter().zip(&scores) {
+                                    scores_s.give(primary.record(record, *score, latency_us, None));
                                 }
+                                Some(scores)
                             }
                             Err(e) => {
-                                tracing::warn!(model = %model.name, error = %e, rows, "a batch failed to score");
-                                for record in batch.drain(..) {
-                                    let reason = format!("the model failed on this batch: {e}");
-                                    unscored_s.give(Unscored { entity: record.entity, id: record.id, time_ms: record.time_ms, reason, origin: record.origin });
+                                tracing::warn!(model = %primary.model.name, error = %e, rows = batch.len(), "a batch failed to score");
+                                for record in &batch {
+                                    unscored_s.give(primary.unscored(record, format!("the model failed on this batch: {e}")));
+                                }
+                                None
+                            }
+                        };
+                        let Some(shadow) = shadow.as_mut() else { continue };
+                        let mut rows = Vec::with_capacity(batch.len());
+                        let mut primary_of = Vec::with_capacity(batch.len());
+                        for (i, record) in batch.iter().enumerate() {
+                            match shadow.missing(record) {
+                                Some(j) => unscored_s.give(shadow.undefined(record, j)),
+                                None => {
+                                    rows.push(*record);
+                                    primary_of.push(primary_scores.as_ref().map(|s| s[i]));
+                                }
+                            }
+                        }
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        match shadow.run(&rows) {
+                            (Ok(scores), latency_us) => {
+                                let (mut compared, mut abs_diff) = (0u64, 0f64);
+                                for ((record, score), primary_score) in rows.iter().zip(scores).zip(primary_of) {
+                                    if let Some(p) = primary_score {
+                                        compared += 1;
+                                        abs_diff += (score - p).abs();
+                                    }
+                                    shadow_s.give(shadow.record(record, score, latency_us, primary_score));
+                                }
+                                metrics.record_shadow_batch(rows.len() as u64, compared, abs_diff);
+                            }
+                            (Err(e), _) => {
+                                tracing::warn!(model = %shadow.model.name, error = %e, rows = rows.len(), "a shadow batch failed to score");
+                                for record in rows {
+                                    unscored_s.give(shadow.unscored(record, format!("the shadow model failed on this batch: {e}")));
                                 }
                             }
                         }
@@ -544,7 +675,7 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                 held.downgrade(input_frontier(frontiers));
             }
         });
-        Ok((scores, unscored))
+        Ok(Scored { scores, unscored, shadow_scores })
     }
 }
 
@@ -571,20 +702,25 @@ mod tests {
         g["features"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
     }
 
-    /// Runs records through the score operator in a one-worker dataflow, in epochs of 64.
-    fn run(config: ModelConfig, feature_names: Vec<String>, records: Vec<FeatureRecord>) -> (Vec<ScoreRecord>, Vec<Unscored>) {
+    /// Runs records through the score operator in a one-worker dataflow, in epochs of 64:
+    /// (scores, unscored, shadow scores).
+    fn run_with(config: ModelConfig, shadow: Option<ModelConfig>, feature_names: Vec<String>, records: Vec<FeatureRecord>) -> Outputs {
         timely::execute_directly(move |worker| {
-            let scores = Rc::new(RefCell::new(Vec::new()));
-            let unscored = Rc::new(RefCell::new(Vec::new()));
+            let out = Rc::new(RefCell::new((Vec::new(), Vec::new(), Vec::new())));
             let mut input = InputHandleVec::<Epoch, FeatureRecord>::new();
             let probe = ProbeHandle::new();
             worker.dataflow::<Epoch, _, _>(|scope| {
-                let source = ModelSource::start(&config).unwrap();
-                let (s, u) = scope.input_from(&mut input).score(source, &feature_names, Arc::new(Metrics::default())).unwrap();
-                let sink = Rc::clone(&scores);
-                s.inspect(move |r| sink.borrow_mut().push(r.clone())).probe_with(&probe);
-                let sink = Rc::clone(&unscored);
-                u.inspect(move |r| sink.borrow_mut().push(r.clone())).probe_with(&probe);
+                let models = Models {
+                    primary: ModelSource::start(&config, Arc::default()).unwrap(),
+                    shadow: shadow.as_ref().map(|s| ModelSource::start(s, Arc::default()).unwrap()),
+                };
+                let scored = scope.input_from(&mut input).score(models, &feature_names, Arc::new(Metrics::default())).unwrap();
+                let sink = Rc::clone(&out);
+                scored.scores.inspect(move |r| sink.borrow_mut().0.push(r.clone())).probe_with(&probe);
+                let sink = Rc::clone(&out);
+                scored.unscored.inspect(move |r| sink.borrow_mut().1.push(r.clone())).probe_with(&probe);
+                let sink = Rc::clone(&out);
+                scored.shadow_scores.inspect(move |r| sink.borrow_mut().2.push(r.clone())).probe_with(&probe);
             });
             for (epoch, chunk) in records.chunks(64).enumerate() {
                 for r in chunk {
@@ -596,10 +732,17 @@ mod tests {
             while !probe.done() {
                 worker.step();
             }
-            let s = scores.borrow().clone();
-            let u = unscored.borrow().clone();
-            (s, u)
+            let result = out.borrow().clone();
+            result
         })
+    }
+
+    type Outputs = (Vec<ScoreRecord>, Vec<Unscored>, Vec<ScoreRecord>);
+
+    fn run(config: ModelConfig, feature_names: Vec<String>, records: Vec<FeatureRecord>) -> (Vec<ScoreRecord>, Vec<Unscored>) {
+        let (scores, unscored, shadow) = run_with(config, None, feature_names, records);
+        assert!(shadow.is_empty());
+        (scores, unscored)
     }
 
     fn records(g: &serde_json::Value) -> Vec<FeatureRecord> {
@@ -675,6 +818,45 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let err = Model::load(&ModelConfig::new(&path, &["a"; 6])).unwrap_err().to_string();
         assert!(err.contains("is not a model ONNX Runtime can load"), "{err}");
+    }
+
+    #[test]
+    fn a_shadow_model_scores_the_same_batches_into_its_own_output() {
+        let g = golden();
+        let names = names(&g);
+        let inputs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut records = records(&g);
+        records[7].values[0] = None;
+        let mut primary = ModelConfig::new(&models_dir().join("fraud_lr.onnx"), &inputs);
+        primary.batch_rows_max = 50;
+        let mut shadow = ModelConfig::new(&models_dir().join("fraud_gbt.onnx"), &inputs);
+        shadow.section = "shadow".into();
+        let (scores, unscored, shadow_scores) = run_with(primary, Some(shadow), names, records);
+        let (lr, gbt) = (g["scores"]["fraud_lr"].as_array().unwrap(), g["scores"]["fraud_gbt"].as_array().unwrap());
+        assert_eq!(scores.len(), 199);
+        assert_eq!(shadow_scores.len(), 199);
+        for (s, p) in shadow_scores.iter().zip(&scores) {
+            let i: usize = s.id[1..].parse().unwrap();
+            assert_eq!(s.id, p.id);
+            assert_eq!((&*s.model, &*p.model), ("fraud_gbt", "fraud_lr"));
+            assert!((s.score - gbt[i].as_f64().unwrap()).abs() <= 1e-6, "shadow row {i}");
+            assert_eq!(s.primary_score, Some(p.score));
+            assert!((p.score - lr[i].as_f64().unwrap()).abs() <= 1e-6, "primary row {i}");
+            assert_eq!(p.primary_score, None);
+        }
+        // The record without a feature is unscored once, by the primary: the shadow only sees
+        // the primary's batches.
+        let u: Vec<(&str, &str)> = unscored.iter().map(|u| (u.id.as_str(), &*u.model)).collect();
+        assert_eq!(u, vec![("e7", "fraud_lr")]);
+    }
+
+    #[test]
+    fn a_shadow_that_does_not_fit_names_its_own_section() {
+        let lr = models_dir().join("fraud_lr.onnx");
+        let mut config = ModelConfig::new(&lr, &["a", "b"]);
+        config.section = "shadow".into();
+        let err = Model::load(&config).unwrap_err().to_string();
+        assert!(err.starts_with("shadow.inputs: the model takes 6 feature columns, but 2 are listed"), "{err}");
     }
 
     #[test]

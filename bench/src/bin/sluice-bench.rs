@@ -44,6 +44,9 @@ enum Cmd {
         /// Score every event with this model (e.g. models/fraud_lr.onnx).
         #[arg(long)]
         model: Option<std::path::PathBuf>,
+        /// And with this one as its shadow (e.g. models/fraud_gbt.onnx).
+        #[arg(long, requires = "model")]
+        shadow: Option<std::path::PathBuf>,
     },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
@@ -59,14 +62,24 @@ enum Cmd {
         epoch_records: usize,
         #[arg(long)]
         model: Option<std::path::PathBuf>,
+        #[arg(long)]
+        shadow: Option<std::path::PathBuf>,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::One { events, customers, workers, lateness, epoch_records, model } => {
+        Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow } => {
             let work = tempfile::tempdir()?;
-            let config = sluice_bench::standard_pipeline(work.path(), workers, events, customers, &lateness, epoch_records, model.as_deref());
+            let config = sluice_bench::standard_pipeline(
+                work.path(),
+                workers,
+                events,
+                customers,
+                &lateness,
+                epoch_records,
+                sluice_bench::Models { model: model.as_deref(), shadow: shadow.as_deref() },
+            );
             let started = Instant::now();
             let control = sluice::RunControl::default();
             let summary = sluice::run(&config, &control)?;
@@ -86,10 +99,10 @@ fn main() -> Result<()> {
                 q(0.99)
             );
         }
-        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model } => {
+        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model, shadow } => {
             let me = std::env::current_exe()?;
             println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch{}",
-                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())));
+                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())) + &shadow.as_ref().map_or(String::new(), |m| format!(" with {} as shadow", m.display())));
             println!("{:>7}  {:>12}  {:>10}  {:>13}  {:>15}  {:>15}", "workers", "events/s", "seconds", "peak RSS MiB", "batch p50 µs", "batch p99 µs");
             let mut first = None;
             for w in workers.split(',') {
@@ -109,6 +122,7 @@ fn main() -> Result<()> {
                         &epoch_records.to_string(),
                     ])
                     .args(model.iter().flat_map(|m| [std::ffi::OsStr::new("--model"), m.as_os_str()]))
+                    .args(shadow.iter().flat_map(|m| [std::ffi::OsStr::new("--shadow"), m.as_os_str()]))
                     .output()?;
                 if !out.status.success() {
                     bail!("run with {w} workers failed: {}", String::from_utf8_lossy(&out.stderr));
