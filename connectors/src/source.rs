@@ -93,11 +93,51 @@ struct Partition {
 /// Records read per activation, so that downstream operators run between reads.
 const RECORDS_PER_ACTIVATION: usize = 4096;
 
+/// Where the sources of all workers stop when asked to: at the end of one epoch, the same on
+/// every worker, so that a stopped run ends on an epoch boundary that an uninterrupted run also
+/// has (epochs end at `epoch_records` per partition, not where the stop happened to come), and
+/// its output is a prefix of that run's.
+///
+/// When the flag is first seen, the stop epoch is the latest epoch any worker's source has
+/// started; every source finishes its epochs up to it and stops. Each source asks
+/// [`StopLine::finished`] at each epoch end, under one lock, so none can start an epoch past the
+/// stop epoch once it is fixed.
+#[derive(Debug)]
+pub struct StopLine {
+    flag: Arc<AtomicBool>,
+    /// (the stop epoch once fixed, the epoch each worker's source is in)
+    state: std::sync::Mutex<(Option<Epoch>, Vec<Epoch>)>,
+}
+
+impl StopLine {
+    /// A stop line for `workers` sources starting at `first_epoch`, watching `flag`.
+    pub fn new(flag: Arc<AtomicBool>, workers: usize, first_epoch: Epoch) -> Arc<Self> {
+        Arc::new(StopLine { flag, state: std::sync::Mutex::new((None, vec![first_epoch; workers])) })
+    }
+
+    /// A worker's source has ended `epoch`: whether it stops now (else it starts `epoch + 1`).
+    pub fn finished(&self, worker: usize, epoch: Epoch) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state.0.is_none() && self.flag.load(Ordering::Relaxed) {
+            let at = state.1.iter().copied().max().unwrap_or(epoch).max(epoch);
+            tracing::info!(epoch = at, "stopping at the end of epoch {at}");
+            state.0 = Some(at);
+        }
+        match state.0 {
+            Some(at) if epoch >= at => true,
+            _ => {
+                state.1[worker] = epoch + 1;
+                false
+            }
+        }
+    }
+}
+
 /// Builds the source operator over `readers` (`(global partition index, reader)`, only those
 /// this worker owns).
 ///
-/// `probe` watches the end of the dataflow (for backpressure); `stop` asks the source to end
-/// its current epoch and stop without finishing its partitions.
+/// `probe` watches the end of the dataflow (for backpressure); `stop` says where to stop
+/// without finishing the partitions (see [`StopLine`]).
 ///
 /// # Errors
 /// The committed positions cannot be read, or a reader cannot seek to its position.
@@ -108,9 +148,10 @@ pub fn build<'scope>(
     settings: SourceSettings,
     state: Rc<RefCell<WorkerState>>,
     probe: ProbeHandle<Epoch>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopLine>,
     metrics: Arc<Metrics>,
 ) -> Result<Stream<'scope, Epoch, Vec<SourceItem>>, ConnectorError> {
+    let worker = scope.index();
     let table: Table<U64Codec> = state.borrow().store().table(POSITIONS_TABLE)?;
     let mut partitions = Vec::new();
     for (index, mut reader) in readers {
@@ -134,11 +175,10 @@ pub fn build<'scope>(
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
-            let stopping = stop.load(Ordering::Relaxed);
             let mut session = output.session(held);
             let mut budget = RECORDS_PER_ACTIVATION;
             let mut read_total = 0u64;
-            if !stopping {
+            {
                 for p in partitions.iter_mut() {
                     if matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.in_epoch >= settings.epoch_records || budget == 0 {
                         continue;
@@ -168,7 +208,7 @@ pub fn build<'scope>(
             let all_settled = partitions.iter().all(settled);
             let timed_out =
                 epoch_started.elapsed() >= Duration::from_millis(settings.epoch_ms) && partitions.iter().all(|p| settled(p) || p.status == ReadStatus::Waiting);
-            if all_settled || timed_out || stopping {
+            if all_settled || timed_out {
                 let now = Instant::now();
                 let mut state = state.borrow_mut();
                 for p in partitions.iter_mut() {
@@ -178,7 +218,7 @@ pub fn build<'scope>(
                     p.in_epoch = 0;
                 }
                 drop(session);
-                let done = stopping || partitions.iter().all(|p| matches!(p.status, ReadStatus::End | ReadStatus::Stop));
+                let done = stop.finished(worker, epoch) || partitions.iter().all(|p| matches!(p.status, ReadStatus::End | ReadStatus::Stop));
                 if done {
                     cap = None;
                     return;

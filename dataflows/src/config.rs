@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::SourceConfig;
-use sluice_operators::{parse_duration_ms, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
+use sluice_operators::{parse_duration_ms, DriftConfig, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
 
 /// The output streams a sink can take.
-pub const STREAMS: [&str; 7] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts"];
+pub const STREAMS: [&str; 8] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift"];
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +116,9 @@ pub struct PipelineConfig {
     /// the same keys as `[model]`, `inputs` and `library` default to the model's).
     #[serde(default)]
     pub shadow: Option<ModelConfig>,
+    /// Drift monitoring (optional).
+    #[serde(default)]
+    pub drift: Option<DriftConfig>,
     /// The sinks: one per output stream at most; streams without one are counted only.
     #[serde(default)]
     pub sinks: Vec<FileSinkConfig>,
@@ -185,6 +188,9 @@ impl PipelineConfig {
         }
         for s in &mut self.sinks {
             fix(&mut s.path);
+        }
+        if let Some(f) = self.drift.as_mut().and_then(|d| d.reference.file.as_mut()) {
+            fix(f);
         }
         for m in self.model.iter_mut().chain(self.shadow.iter_mut()) {
             fix(&mut m.path);
@@ -278,6 +284,12 @@ impl PipelineConfig {
             if !m.path.is_file() {
                 return Err(bad(format!("{section}.path"), format!("{} is not a readable file", m.path.display())));
             }
+        }
+        if let Some(d) = &self.drift {
+            d.validate(&set.names, &self.event.string_names(), self.model.is_some()).map_err(|e| match e {
+                sluice_operators::OperatorError::Config { key, problem } => bad(key, problem),
+                other => bad("drift", other.to_string()),
+            })?;
         }
         for (i, s) in self.sinks.iter().enumerate() {
             if !STREAMS.contains(&s.stream.as_str()) {

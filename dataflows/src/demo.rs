@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
 use sluice_connectors::SourceConfig;
-use sluice_operators::{EventSchema, FeatureOp, FeatureSpec, Metrics, TimeFormat};
+use sluice_operators::drift::{ReferenceConfig, Thresholds};
+use sluice_operators::{DriftConfig, EventSchema, FeatureOp, FeatureSpec, Metrics, TimeFormat};
 
 use crate::config::{DedupSection, OrderSection, PipelineConfig};
 use crate::pipeline::{RunControl, RunSummary};
@@ -65,7 +66,7 @@ pub fn standard_features() -> Vec<FeatureSpec> {
 }
 
 /// The streams the demo writes, each to `<stream>.jsonl`.
-pub const DEMO_STREAMS: [&str; 7] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts"];
+pub const DEMO_STREAMS: [&str; 8] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift"];
 
 /// A model taking the standard features, with every default.
 fn model(path: &Path) -> sluice_operators::ModelConfig {
@@ -85,10 +86,17 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
     generator.out_of_order_pct = 5.0;
     generator.late_pct = 0.3;
     generator.malformed_pct = 0.5;
-    // Event time runs with the wall clock: each partition makes rate/4 events per second.
-    let per_partition = (options.rate.max(1) as f64 / 4.0).max(1.0);
+    // Event time runs with the wall clock: each partition makes rate/4 events per second (unpaced:
+    // event time as if at 20,000 events/s).
+    let per_partition = if options.rate > 0 { (options.rate as f64 / 4.0).max(1.0) } else { 5_000.0 };
     generator.step_us = ((1_000_000.0 / per_partition) as u64).max(1);
+    // Halfway through, amounts triple: the drift monitor should notice.
+    let per_partition_events = generator.events / 4;
+    generator.shift_after = Some(per_partition_events / 2);
+    let span_ms = (per_partition_events * generator.step_us / 1000) as i64;
+    let slide_ms = ((span_ms / 20).max(100) / 100) * 100;
     generator.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let generator_events = generator.events;
     let sink = |stream: &str| FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) };
     PipelineConfig {
         workers: options.workers,
@@ -105,6 +113,17 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         features: standard_features(),
         model: options.model.as_ref().map(|path| model(path)),
         shadow: options.shadow.as_ref().map(|path| model(path)),
+        drift: Some(DriftConfig {
+            features: vec!["amount_last".into()],
+            score: false,
+            categories: vec!["currency".into()],
+            window: format!("{}ms", 2 * slide_ms),
+            slide: format!("{slide_ms}ms"),
+            reference: ReferenceConfig { first: Some((generator_events / 10).max(1)), ..ReferenceConfig::default() },
+            bins: 10,
+            min_samples: 100,
+            thresholds: Thresholds::default(),
+        }),
         sinks: DEMO_STREAMS.iter().map(|s| sink(s)).collect(),
     }
 }
@@ -172,6 +191,11 @@ pub fn summary_text(summary: &RunSummary, dir: &Path) -> String {
     if summary.shadow_scored > 0 {
         let diff = summary.shadow_mean_abs_diff.map_or("-".into(), |d| format!("{d:.4}"));
         s.push_str(&format!("  shadow scored {}  mean |shadow - primary| {diff}\n", summary.shadow_scored));
+    }
+    if summary.drift_windows > 0 {
+        let alerts: Vec<String> = summary.drift_alerts.iter().map(|(c, s, n)| format!("{c} {s} ×{n}")).collect();
+        let alerts = if alerts.is_empty() { "none".to_string() } else { alerts.join(", ") };
+        s.push_str(&format!("  drift windows {}  alerts: {alerts}\n", summary.drift_windows));
     }
     for stream in DEMO_STREAMS {
         s.push_str(&format!("  {}\n", dir.join(format!("{stream}.jsonl")).display()));

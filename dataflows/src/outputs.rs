@@ -5,6 +5,7 @@
 //! | `features` | `entity`, `id`, `kind`, `time_ms`, `features` (name → number or null), `late` (only when true) | time, id, origin |
 //! | `scores` | `entity`, `id`, `time_ms`, `score`, `model`, `version`, `batch_latency_us` | time, id, origin |
 //! | `unscored` | `entity`, `id`, `time_ms`, `reason`, `model` | time, id, origin |
+//! | `drift` | `window_start_ms`, `window_end_ms`, `column`, `statistic`, `value`, `p_value`, `error_bound`, `warn`, `alert`, `status`, `reference_n`, `current_n` | window end, column/statistic |
 //! | `shadow_scores` | as `scores`, for the shadow model, plus `primary_score` (the primary's score of the event, absent when the primary failed on the batch) | time, id, origin |
 //! | `dead_letters` | `reason`, `source`, `partition`, `offset`, `raw` (or `raw_base64` when not UTF-8) | origin |
 //! | `late` | `id`, `entity`, `kind`, `time_ms`, `watermark_ms`, `source`, `partition`, `offset` | origin |
@@ -17,7 +18,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use sluice_connectors::file::OutputLine;
-use sluice_operators::{Conflict, DeadLetter, FeatureRecord, LateEvent, Origin, ScoreRecord, Unscored};
+use sluice_operators::{Conflict, DeadLetter, DriftRecord, FeatureRecord, LateEvent, Origin, ScoreRecord, Unscored};
 
 /// Source name and partition-within-source of each global partition.
 #[derive(Debug, Clone)]
@@ -89,6 +90,30 @@ pub fn score_line(score: &ScoreRecord) -> OutputLine {
     }
     out.push(b'}');
     OutputLine { key: (score.time_ms, score.id.clone(), score.origin), bytes: out }
+}
+
+/// A drift record as a line. Sorted by window end, column, statistic.
+pub fn drift_line(r: &DriftRecord) -> OutputLine {
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(out, "{{\"window_start_ms\":{},\"window_end_ms\":{},\"column\":", r.window_start_ms, r.window_end_ms);
+    json_str(&mut out, &r.column);
+    out.extend_from_slice(b",\"statistic\":");
+    json_str(&mut out, &r.statistic);
+    out.extend_from_slice(b",\"value\":");
+    json_f64(&mut out, r.value);
+    out.extend_from_slice(b",\"p_value\":");
+    json_f64(&mut out, r.p_value);
+    out.extend_from_slice(b",\"error_bound\":");
+    json_f64(&mut out, r.error_bound);
+    out.extend_from_slice(b",\"warn\":");
+    json_f64(&mut out, Some(r.warn));
+    out.extend_from_slice(b",\"alert\":");
+    json_f64(&mut out, Some(r.alert));
+    out.extend_from_slice(b",\"status\":");
+    json_str(&mut out, &r.status);
+    let _ = write!(out, ",\"reference_n\":{},\"current_n\":{}}}", r.reference_n, r.current_n);
+    // The key orders lines: by window end, then column and statistic.
+    OutputLine { key: (r.window_end_ms, format!("{}/{}", r.column, r.statistic), Origin { partition: 0, offset: 0 }), bytes: out }
 }
 
 /// An unscored record as a line.

@@ -20,14 +20,17 @@ use std::time::{Duration, Instant};
 
 use sluice_connectors::file::{file_sink, OutputLine, TimeOfFactory};
 use sluice_connectors::{source, SourceSettings};
-use sluice_operators::{Decode, Decoder, Dedup, DedupConfig, Epoch, FeatureSet, Features, Metrics, Models, Order, OrderConfig, RawRecord, Score};
+use sluice_operators::{
+    Decode, Decoder, Dedup, DedupConfig, Drift, DriftConfig, DriftSample, Epoch, Event, FeatureRecord, FeatureSet, Features, Metrics, Models, Order,
+    OrderConfig, RawRecord, Score, ScoreRecord,
+};
 use sluice_state::{StateOptions, StateStore, TableSpec};
 use timely::dataflow::operators::vec::{Broadcast, Map};
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{ProbeHandle, Stream};
 
 use crate::config::PipelineConfig;
-use crate::outputs::{conflict_line, dead_letter_line, feature_line, late_line, score_line, unscored_line, PartitionNames};
+use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, late_line, score_line, unscored_line, PartitionNames};
 
 /// How a run is driven from outside.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +68,10 @@ pub struct RunSummary {
     pub shadow_scored: u64,
     /// Mean |shadow score − primary score| over the records both scored.
     pub shadow_mean_abs_diff: Option<f64>,
+    /// Drift windows emitted.
+    pub drift_windows: u64,
+    /// Drift records with status `alert`, per (column, statistic).
+    pub drift_alerts: Vec<(String, String, u64)>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -75,6 +82,7 @@ pub fn tables() -> Vec<TableSpec> {
     t.extend(sluice_operators::dedup::tables());
     t.extend(sluice_operators::order::tables());
     t.extend(sluice_operators::features::tables());
+    t.extend(sluice_operators::drift::tables());
     t.extend(sluice_connectors::tables());
     t
 }
@@ -99,6 +107,45 @@ pub enum RunError {
         /// What failed.
         message: String,
     },
+}
+
+/// The drift samples of a pipeline: the monitored features of each feature record, the score
+/// of each score, the monitored strings of each ordered event.
+fn drift_samples<'scope>(
+    drift: &DriftConfig,
+    string_names: &[String],
+    feature_names: &[String],
+    features: Stream<'scope, Epoch, Vec<FeatureRecord>>,
+    scores: Option<Stream<'scope, Epoch, Vec<ScoreRecord>>>,
+    events: Option<Stream<'scope, Epoch, Vec<Event>>>,
+) -> Stream<'scope, Epoch, Vec<DriftSample>> {
+    let columns = drift.columns();
+    let n = columns.numbers.len();
+    let picks: Vec<usize> =
+        drift.features.iter().map(|f| feature_names.iter().position(|n| n == f).expect("invariant: drift features were validated")).collect();
+    let k = columns.categories.len();
+    let mut samples = features.map(move |r| {
+        let mut numbers: Vec<Option<f64>> = picks.iter().map(|i| r.values[*i]).collect();
+        numbers.resize(n, None);
+        DriftSample { time_ms: r.time_ms, numbers, categories: vec![None; k] }
+    });
+    if let Some(scores) = scores {
+        samples = samples.concat(scores.map(move |s| {
+            let mut numbers = vec![None; n];
+            numbers[n - 1] = Some(s.score);
+            DriftSample { time_ms: s.time_ms, numbers, categories: vec![None; k] }
+        }));
+    }
+    if let Some(events) = events {
+        let picks: Vec<usize> =
+            columns.categories.iter().map(|c| string_names.iter().position(|s| s == c).expect("invariant: drift categories were validated")).collect();
+        samples = samples.concat(events.map(move |e| DriftSample {
+            time_ms: e.time_ms,
+            numbers: vec![None; n],
+            categories: picks.iter().map(|i| e.strings[*i].clone()).collect(),
+        }));
+    }
+    samples
 }
 
 /// Runs a pipeline to the end of its inputs (or until `control.stop` is set).
@@ -153,7 +200,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
 
     let worker_store = Arc::clone(&store);
     let metrics = Arc::clone(&control.metrics);
-    let stop = Arc::clone(&control.stop);
+    let stop = sluice_connectors::source::StopLine::new(Arc::clone(&control.stop), config.workers, resumed_at_epoch);
     let guards = timely::execute(timely::Config::process(config.workers), move |worker| -> Result<(), String> {
         let index = worker.index();
         let peers = worker.peers();
@@ -179,7 +226,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             let dedup = DedupConfig { ttl_ms: durations.ttl_ms, lateness_ms: durations.lateness_ms, partitions };
             let (firsts, conflicts) = events.dedup(progress.clone(), dedup, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
             let order = OrderConfig { lateness_ms: durations.lateness_ms, late: config.order.late, partitions };
-            let (ordered, late) = firsts.order(progress, order, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let (ordered, late) = firsts.order(progress.clone(), order, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let events_for_drift = config.drift.as_ref().filter(|d| !d.categories.is_empty()).map(|_| ordered.clone());
             let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| e.to_string())?;
             let feature_names = set.names.clone();
             let features = ordered.features(set, config.feature_cache_entities, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
@@ -195,11 +243,22 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 }
                 Ok(())
             };
+            let mut scores_for_drift = None;
             if let Some(models) = &models {
                 let scored = features.clone().score(models.clone(), &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+                if config.drift.as_ref().is_some_and(|d| d.score) {
+                    scores_for_drift = Some(scored.scores.clone());
+                }
                 sink(scored.scores.map(|s| score_line(&s)), "scores")?;
                 sink(scored.unscored.map(|u| unscored_line(&u)), "unscored")?;
                 sink(scored.shadow_scores.map(|s| score_line(&s)), "shadow_scores")?;
+            }
+            if let Some(drift) = &config.drift {
+                let samples = drift_samples(drift, &config.event.string_names(), &feature_names, features.clone(), scores_for_drift, events_for_drift);
+                let records = samples
+                    .drift(progress, drift.clone(), (partitions, durations.lateness_ms), Rc::clone(&state), Arc::clone(&metrics))
+                    .map_err(|e| e.to_string())?;
+                sink(records.map(|r| drift_line(&r)), "drift")?;
             }
             sink(features.map(move |r| feature_line(&r, &feature_names)), "features")?;
             let n = names.clone();
@@ -254,6 +313,12 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         scored: Metrics::get(&m.scored),
         shadow_scored: Metrics::get(&m.shadow_scored),
         shadow_mean_abs_diff: m.shadow_mean_abs_diff(),
+        drift_windows: Metrics::get(&m.drift_windows),
+        drift_alerts: m
+            .drift_latest
+            .lock()
+            .map(|l| l.iter().filter(|(_, g)| g.alerts > 0).map(|((c, s), g)| (c.clone(), s.clone(), g.alerts)).collect())
+            .unwrap_or_default(),
         elapsed: started.elapsed(),
     })
 }

@@ -15,6 +15,8 @@
 //! | `order.rs` | [`Order`]: event-time order behind the watermark, late events |
 //! | `features.rs` | [`Features`]: windowed per-entity aggregates as of each event |
 //! | `score.rs` | [`Score`]: ONNX models scored in batches through ONNX Runtime (`ort`) |
+//! | `drift.rs` | [`Drift`]: reference vs sliding windows per feature, score and category |
+//! | `stats.rs` | drift statistics (PSI, KS, JS, Wasserstein, chi-square) and the mergeable [`stats::Sketch`] |
 //! | `epoch.rs` | helpers for operators that work epoch by epoch |
 //! | `metrics.rs` | [`Metrics`]: counters for the progress display |
 //! | `error.rs` | [`OperatorError`] |
@@ -23,6 +25,7 @@
 
 pub mod decode;
 pub mod dedup;
+pub mod drift;
 pub mod epoch;
 mod error;
 pub mod event;
@@ -30,10 +33,12 @@ pub mod features;
 pub mod metrics;
 pub mod order;
 pub mod score;
+pub mod stats;
 pub mod watermark;
 
 pub use decode::{Decode, Decoder, EventSchema, TimeFormat};
 pub use dedup::{Dedup, DedupConfig};
+pub use drift::{Drift, DriftConfig, DriftRecord, DriftSample};
 pub use error::OperatorError;
 pub use event::{Conflict, DeadLetter, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, SourceItem};
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};

@@ -31,6 +31,12 @@ pub struct Metrics {
     pub model_reloads: AtomicU64,
     /// New model files that did not load (the old version kept scoring).
     pub model_reload_failures: AtomicU64,
+    /// Drift samples of panes already out of every open window (flagged late events).
+    pub drift_late_samples: AtomicU64,
+    /// Drift windows emitted.
+    pub drift_windows: AtomicU64,
+    /// The latest drift record per (column, statistic): value and status.
+    pub drift_latest: std::sync::Mutex<std::collections::BTreeMap<(String, String), DriftGauge>>,
     /// The latest watermark (ms), `i64::MIN` before the first.
     pub watermark_ms: AtomicI64,
     /// The largest event time seen (ms).
@@ -53,6 +59,9 @@ impl Default for Metrics {
             features_out: AtomicU64::new(0),
             scored: AtomicU64::new(0),
             shadow_scored: AtomicU64::new(0),
+            drift_late_samples: AtomicU64::new(0),
+            drift_windows: AtomicU64::new(0),
+            drift_latest: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             model_reloads: AtomicU64::new(0),
             model_reload_failures: AtomicU64::new(0),
             shadow_compared: AtomicU64::new(0),
@@ -65,7 +74,39 @@ impl Default for Metrics {
     }
 }
 
+/// The latest value of one drift statistic, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftGauge {
+    /// The value (`None`: too few samples).
+    pub value: Option<f64>,
+    /// 0 ok, 1 warn, 2 alert, -1 insufficient.
+    pub level: i8,
+    /// Alerts raised so far.
+    pub alerts: u64,
+    /// The window end (ms).
+    pub window_end_ms: i64,
+}
+
 impl Metrics {
+    /// Records one window's drift records.
+    pub fn record_drift(&self, records: &[crate::drift::DriftRecord]) {
+        self.drift_windows.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut latest) = self.drift_latest.lock() else { return };
+        for r in records {
+            let level = match r.status.as_str() {
+                "ok" => 0,
+                "warn" => 1,
+                "alert" => 2,
+                _ => -1,
+            };
+            let entry = latest.entry((r.column.clone(), r.statistic.clone())).or_insert(DriftGauge { value: None, level, alerts: 0, window_end_ms: 0 });
+            entry.value = r.value;
+            entry.level = level;
+            entry.window_end_ms = r.window_end_ms;
+            entry.alerts += u64::from(level == 2);
+        }
+    }
+
     pub(crate) fn add_decoded(&self, decoded: u64, rejected: u64) {
         self.decoded.fetch_add(decoded, Ordering::Relaxed);
         self.dead_letters.fetch_add(rejected, Ordering::Relaxed);
