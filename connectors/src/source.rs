@@ -167,13 +167,21 @@ pub fn build<'scope>(
         let mut epoch = first_epoch;
         let mut epoch_started = Instant::now();
         let mut buffer = Vec::new();
+        let mut blocked_since: Option<Instant> = None;
         move |output| {
             let Some(held) = cap.as_ref() else { return };
             // Backpressure: wait for the dataflow to complete older epochs.
             let complete = probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
+            if worker == 0 {
+                metrics.inflight_epochs.store(epoch.saturating_sub(complete.min(epoch)), Ordering::Relaxed);
+            }
             if epoch >= complete.saturating_add(settings.max_inflight_epochs) {
+                blocked_since.get_or_insert_with(Instant::now);
                 activator.activate_after(Duration::from_millis(1));
                 return;
+            }
+            if let Some(since) = blocked_since.take() {
+                metrics.backpressure_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
             let mut session = output.session(held);
             let mut budget = RECORDS_PER_ACTIVATION;
@@ -196,6 +204,7 @@ pub fn build<'scope>(
                         p.last_record = Instant::now();
                     }
                     p.in_epoch += buffer.len();
+                    metrics.add_partition_records(p.index, buffer.len() as u64);
                     budget -= buffer.len().min(budget);
                     read_total += buffer.len() as u64;
                     for (offset, bytes) in buffer.drain(..) {

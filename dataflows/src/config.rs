@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::SourceConfig;
+use sluice_operators::slo::{Objective, SloConfig};
 use sluice_operators::{parse_duration_ms, DriftConfig, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
 
 /// The output streams a sink can take.
-pub const STREAMS: [&str; 8] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift"];
+pub const STREAMS: [&str; 9] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift", "slo"];
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,18 @@ pub struct ConfigError {
 
 fn bad(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), problem: problem.into() }
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Address to listen on, e.g. `127.0.0.1:8787` (port 0: any free port).
+    pub listen: String,
+}
+
+fn default_slo_interval() -> String {
+    "10s".into()
 }
 
 /// `[dedup]`.
@@ -119,6 +132,15 @@ pub struct PipelineConfig {
     /// Drift monitoring (optional).
     #[serde(default)]
     pub drift: Option<DriftConfig>,
+    /// Service level objectives (optional).
+    #[serde(default)]
+    pub slo: Vec<SloConfig>,
+    /// How often SLO records are made (wall clock).
+    #[serde(default = "default_slo_interval")]
+    pub slo_interval: String,
+    /// The HTTP server (`/metrics`); none without this section.
+    #[serde(default)]
+    pub server: Option<ServerSection>,
     /// The sinks: one per output stream at most; streams without one are counted only.
     #[serde(default)]
     pub sinks: Vec<FileSinkConfig>,
@@ -216,6 +238,25 @@ impl PipelineConfig {
         Some(shadow)
     }
 
+    /// The SLO objectives, checked.
+    ///
+    /// # Errors
+    /// The first bad one, with its key.
+    pub fn objectives(&self) -> Result<Vec<Objective>, ConfigError> {
+        let mut out: Vec<Objective> = Vec::new();
+        for (i, s) in self.slo.iter().enumerate() {
+            let o = s.objective(&format!("slo[{i}]")).map_err(|e| match e {
+                sluice_operators::OperatorError::Config { key, problem } => bad(key, problem),
+                other => bad(format!("slo[{i}]"), other.to_string()),
+            })?;
+            if out.iter().any(|x| x.name == o.name) {
+                return Err(bad(format!("slo[{i}].name"), format!("`{}` is used by another objective", o.name)));
+            }
+            out.push(o);
+        }
+        Ok(out)
+    }
+
     /// Total source partitions.
     pub fn partitions(&self) -> usize {
         self.sources.iter().map(SourceConfig::partitions).sum()
@@ -290,6 +331,11 @@ impl PipelineConfig {
                 sluice_operators::OperatorError::Config { key, problem } => bad(key, problem),
                 other => bad("drift", other.to_string()),
             })?;
+        }
+        self.objectives()?;
+        let interval = parse_duration_ms(&self.slo_interval).map_err(|p| bad("slo_interval", p))?;
+        if interval < 100 {
+            return Err(bad("slo_interval", "must be at least 100ms"));
         }
         for (i, s) in self.sinks.iter().enumerate() {
             if !STREAMS.contains(&s.stream.as_str()) {

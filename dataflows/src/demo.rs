@@ -10,9 +10,10 @@ use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
 use sluice_connectors::SourceConfig;
 use sluice_operators::drift::{ReferenceConfig, Thresholds};
+use sluice_operators::slo::{Indicator, SloConfig};
 use sluice_operators::{DriftConfig, EventSchema, FeatureOp, FeatureSpec, Metrics, TimeFormat};
 
-use crate::config::{DedupSection, OrderSection, PipelineConfig};
+use crate::config::{DedupSection, OrderSection, PipelineConfig, ServerSection};
 use crate::pipeline::{RunControl, RunSummary};
 
 /// The demo's knobs.
@@ -30,6 +31,8 @@ pub struct DemoOptions {
     pub model: Option<std::path::PathBuf>,
     /// A shadow model scored on the same batches, if any.
     pub shadow: Option<std::path::PathBuf>,
+    /// Serve `/metrics` here (e.g. `127.0.0.1:8787`).
+    pub http: Option<String>,
 }
 
 /// The event schema of the generator's records.
@@ -66,7 +69,38 @@ pub fn standard_features() -> Vec<FeatureSpec> {
 }
 
 /// The streams the demo writes, each to `<stream>.jsonl`.
-pub const DEMO_STREAMS: [&str; 8] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift"];
+pub const DEMO_STREAMS: [&str; 9] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift", "slo"];
+
+/// The demo's objectives: end-to-end latency (ingest to committed output, which includes the
+/// 5 s the order operator waits for late events) and freshness.
+pub fn demo_objectives() -> Vec<SloConfig> {
+    vec![
+        SloConfig {
+            name: "committed_within_10s".into(),
+            indicator: Indicator::Latency,
+            stage: "committed".into(),
+            threshold: "10s".into(),
+            objective: 0.999,
+            period: "30d".into(),
+        },
+        SloConfig {
+            name: "scored_within_7s".into(),
+            indicator: Indicator::Latency,
+            stage: "scored".into(),
+            threshold: "7s".into(),
+            objective: 0.99,
+            period: "30d".into(),
+        },
+        SloConfig {
+            name: "fresh_within_10s".into(),
+            indicator: Indicator::Freshness,
+            stage: "committed".into(),
+            threshold: "10s".into(),
+            objective: 0.99,
+            period: "30d".into(),
+        },
+    ]
+}
 
 /// A model taking the standard features, with every default.
 fn model(path: &Path) -> sluice_operators::ModelConfig {
@@ -124,6 +158,9 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
             min_samples: 100,
             thresholds: Thresholds::default(),
         }),
+        slo: demo_objectives(),
+        slo_interval: "2s".into(),
+        server: options.http.as_ref().map(|listen| ServerSection { listen: listen.clone() }),
         sinks: DEMO_STREAMS.iter().map(|s| sink(s)).collect(),
     }
 }

@@ -9,13 +9,19 @@
 //! | `config.rs` | [`PipelineConfig`]: the TOML pipeline file and its validation |
 //! | `pipeline.rs` | [`run`]: workers, the dataflow, the commit loop |
 //! | `outputs.rs` | the JSONL formats of the output streams |
+//! | `monitor.rs` | the monitor thread: freshness samples, SLO intervals, `slo` records |
+//! | `prometheus.rs` | `/metrics` in the Prometheus text format |
+//! | `server.rs` | the HTTP server (axum): `/metrics`, `/healthz` |
 //! | `demo.rs` | `sluice demo`: the embedded default pipeline and its progress display |
 //! | `main.rs` | the command line |
 
 pub mod config;
 pub mod demo;
+pub mod monitor;
 pub mod outputs;
 pub mod pipeline;
+pub mod prometheus;
+pub mod server;
 
 pub use config::{ConfigError, PipelineConfig};
 pub use pipeline::{run, RunControl, RunError, RunSummary};

@@ -71,6 +71,9 @@ enum Command {
         /// models/fraud_gbt.onnx).
         #[arg(long)]
         shadow: Option<PathBuf>,
+        /// Serve /metrics (Prometheus) on this address; `none` to not serve.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        http: String,
     },
     /// List the connectors.
     Connectors,
@@ -126,7 +129,7 @@ fn main() -> Result<()> {
                 println!("  {} -> {}", s.stream, s.path.display());
             }
         }
-        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow } => {
+        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http } => {
             if no_model && shadow.is_some() {
                 anyhow::bail!("--shadow needs a model to shadow: drop --no-model");
             }
@@ -140,7 +143,15 @@ fn main() -> Result<()> {
             if out.exists() {
                 std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
             }
-            let options = DemoOptions { duration: Duration::from_millis(ms as u64), rate, workers, events, model: (!no_model).then_some(model), shadow };
+            let options = DemoOptions {
+                duration: Duration::from_millis(ms as u64),
+                rate,
+                workers,
+                events,
+                model: (!no_model).then_some(model),
+                shadow,
+                http: (http != "none").then_some(http),
+            };
             let config = demo_config(&out, &options);
             config.validate()?;
             eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());

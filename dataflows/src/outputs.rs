@@ -221,6 +221,7 @@ mod tests {
             time_ms: 5,
             values: vec![Some(2.5), None, Some(3.0)],
             late: false,
+            ingest_us: 0,
             origin: Origin { partition: 0, offset: 0 },
         };
         let line = feature_line(&r, &["a".into(), "b".into(), "c".into()]);

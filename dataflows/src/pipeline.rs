@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use sluice_connectors::file::{file_sink, OutputLine, TimeOfFactory};
 use sluice_connectors::{source, SourceSettings};
 use sluice_operators::{
-    Decode, Decoder, Dedup, DedupConfig, Drift, DriftConfig, DriftSample, Epoch, Event, FeatureRecord, FeatureSet, Features, Metrics, Models, Order,
-    OrderConfig, RawRecord, Score, ScoreRecord,
+    parse_duration_ms, Decode, Decoder, Dedup, DedupConfig, Drift, DriftConfig, DriftSample, Epoch, Event, FeatureRecord, FeatureSet, Features, Metrics,
+    Models, Order, OrderConfig, RawRecord, Score, ScoreRecord,
 };
 use sluice_state::{StateOptions, StateStore, TableSpec};
 use timely::dataflow::operators::vec::{Broadcast, Map};
@@ -39,6 +39,8 @@ pub struct RunControl {
     pub stop: Arc<AtomicBool>,
     /// Counters, shared with a progress display.
     pub metrics: Arc<Metrics>,
+    /// The HTTP server's address, once it listens.
+    pub http_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 /// What a run did.
@@ -99,6 +101,9 @@ pub enum RunError {
     /// The model cannot be loaded or does not fit the pipeline.
     #[error("{0}")]
     Model(String),
+    /// The HTTP server or the monitor cannot start.
+    #[error("{0}")]
+    Server(String),
     /// A worker failed.
     #[error("worker {worker}: {message}")]
     Worker {
@@ -180,6 +185,21 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             names.push((s.name().to_string(), p as u32));
         }
     }
+    let server = match &config.server {
+        Some(s) => {
+            let info = crate::prometheus::ExportInfo { partition_sources: names.iter().map(|(s, _)| s.clone()).collect() };
+            let server = crate::server::Server::start(&s.listen, Arc::clone(&control.metrics), info).map_err(RunError::Server)?;
+            let _ = control.http_addr.set(server.addr());
+            Some(server)
+        }
+        None => None,
+    };
+    let slo_path = config.sinks.iter().find(|s| s.stream == "slo").map(|s| s.path.clone());
+    let interval = Duration::from_millis(
+        parse_duration_ms(&config.slo_interval).map_err(|p| RunError::Config(crate::config::ConfigError { key: "slo_interval".into(), problem: p }))? as u64,
+    );
+    let monitor = crate::monitor::Monitor::start(config.objectives()?, interval, slo_path, Arc::clone(&control.metrics))
+        .map_err(|e| RunError::Server(format!("cannot start the SLO monitor: {e}")))?;
     let names = PartitionNames(Arc::new(names));
     let config = Arc::new(config.clone());
     let settings = SourceSettings {
@@ -272,6 +292,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         built?;
 
         let mut handed: Option<Epoch> = None;
+        let mut seen_resume = worker_store.resume_epoch();
         loop {
             worker.step_or_park(Some(Duration::from_millis(1)));
             let frontier = probe.with_frontier(|f| f.first().copied());
@@ -280,6 +301,16 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 let committed = state.borrow_mut().hand_in(frontier).map_err(|e| format!("commit failed: {e}"))?;
                 if committed.is_some() {
                     metrics.commits.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if index == 0 {
+                let resume = worker_store.resume_epoch();
+                if resume != seen_resume {
+                    seen_resume = resume;
+                    metrics.committed_before(resume, sluice_operators::event::now_us());
+                    if let (Some(info), Ok(mut h)) = (worker_store.last_commit(), metrics.commit_us.lock()) {
+                        h.saturating_record(info.duration.as_micros() as u64);
+                    }
                 }
             }
             if frontier.is_none() {
@@ -299,6 +330,9 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     }
     // The last batches may still be on their way to disk.
     store.sync()?;
+    control.metrics.committed_before(store.resume_epoch(), sluice_operators::event::now_us());
+    monitor.finish();
+    drop(server);
     let m = &control.metrics;
     Ok(RunSummary {
         resumed_at_epoch,

@@ -245,6 +245,7 @@ impl Decoder {
             payload_hash: xxhash_rust::xxh3::xxh3_64(bytes),
             origin: record.origin,
             late: false,
+            ingest_us: 0,
         })
     }
 }
@@ -503,10 +504,12 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                     let mut progress_s = progress_h.session(&progress_cap);
                     let (mut decoded, mut rejected) = (0u64, 0u64);
                     let mut latest = i64::MIN;
+                    let now = crate::event::now_us();
                     for item in data.flat_map(|d| d.drain(..)) {
                         match item {
                             SourceItem::Record(record) => match decoder.decode(&record) {
-                                Ok(event) => {
+                                Ok(mut event) => {
+                                    event.ingest_us = now;
                                     let slot = max_time.entry(event.origin.partition).or_insert(None);
                                     *slot = Some(slot.map_or(event.time_ms, |m| m.max(event.time_ms)));
                                     decoded += 1;
@@ -515,6 +518,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                                 }
                                 Err(reason) => {
                                     rejected += 1;
+                                    metrics.add_dead_letter_reasons(std::iter::once(reason.as_str()));
                                     dead_s.give(DeadLetter { reason, origin: record.origin, raw: record.bytes });
                                 }
                             },

@@ -80,6 +80,9 @@ pub struct Event {
     pub origin: Origin,
     /// Set when the event is behind the watermark and the order policy passes it on flagged.
     pub late: bool,
+    /// Wall-clock time it was decoded (µs since the Unix epoch): where latency is measured
+    /// from. Not part of any output.
+    pub ingest_us: i64,
 }
 
 /// A record that could not be decoded, with why and from where.
@@ -128,6 +131,13 @@ pub struct FeatureRecord {
     pub late: bool,
     /// Where the event came from.
     pub origin: Origin,
+    /// When its event was decoded (µs since the Unix epoch).
+    pub ingest_us: i64,
+}
+
+/// Wall-clock microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// A stable 64-bit hash, for routing keys to workers. Stable across runs and platforms, so a
@@ -173,7 +183,7 @@ impl<'a> Reader<'a> {
 impl sluice_state::Codec for EventCodec {
     type Value = Event;
     fn encode(e: &Event, out: &mut Vec<u8>) {
-        out.push(1); // version
+        out.push(2); // version
         put_str(out, &e.id);
         put_str(out, &e.entity);
         put_str(out, &e.kind);
@@ -202,11 +212,13 @@ impl sluice_state::Codec for EventCodec {
         out.extend_from_slice(&e.origin.partition.to_le_bytes());
         out.extend_from_slice(&e.origin.offset.to_le_bytes());
         out.push(u8::from(e.late));
+        out.extend_from_slice(&e.ingest_us.to_le_bytes());
     }
     fn decode(bytes: &[u8]) -> Result<Event, String> {
         let mut r = Reader(bytes);
-        if r.u8()? != 1 {
-            return Err("unknown event encoding version".into());
+        let version = r.u8()?;
+        if version != 1 && version != 2 {
+            return Err(format!("unknown event encoding version {version}"));
         }
         let id = r.str()?;
         let entity = r.str()?;
@@ -226,7 +238,8 @@ impl sluice_state::Codec for EventCodec {
         let partition = r.u32()?;
         let offset = r.u64()?;
         let late = r.u8()? == 1;
-        Ok(Event { id, entity, kind, time_ms, numbers, strings, payload_hash, origin: Origin { partition, offset }, late })
+        let ingest_us = if version >= 2 { r.u64()? as i64 } else { 0 };
+        Ok(Event { id, entity, kind, time_ms, numbers, strings, payload_hash, origin: Origin { partition, offset }, late, ingest_us })
     }
 }
 
@@ -247,6 +260,7 @@ mod tests {
             payload_hash: 99,
             origin: Origin { partition: 3, offset: 77 },
             late: true,
+            ingest_us: 1_795_000_000_000_123,
         };
         let mut buf = Vec::new();
         EventCodec::encode(&e, &mut buf);

@@ -380,7 +380,9 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let mut session = output.session(&out_cap);
                     let mut state = state.borrow_mut();
                     let produced = chunks.iter().map(Vec::len).sum::<usize>() as u64;
+                    let mut ingest = Vec::with_capacity(produced as usize);
                     for event in chunks.into_iter().flatten() {
+                        ingest.push(event.ingest_us);
                         let aggs = match cache.get_mut(&event.entity) {
                             Some(entry) => entry,
                             None => {
@@ -421,6 +423,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             values,
                             late: event.late,
                             origin: event.origin,
+                            ingest_us: event.ingest_us,
                         });
                     }
                     for entity in dirty.drain(..) {
@@ -434,6 +437,8 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         cache.clear();
                     }
                     metrics.features_out.fetch_add(produced, Ordering::Relaxed);
+                    metrics.record_stage(crate::metrics::Stage::Features, crate::event::now_us(), ingest.iter().copied());
+                    metrics.hold_for_commit(epoch, ingest.into_iter());
                 }
                 held.downgrade(frontier);
             }

@@ -16,6 +16,7 @@
 //! | `features.rs` | [`Features`]: windowed per-entity aggregates as of each event |
 //! | `score.rs` | [`Score`]: ONNX models scored in batches through ONNX Runtime (`ort`) |
 //! | `drift.rs` | [`Drift`]: reference vs sliding windows per feature, score and category |
+//! | `slo.rs` | [`slo::SloTracker`]: objectives, error budget, multi-window burn-rate alerts |
 //! | `stats.rs` | drift statistics (PSI, KS, JS, Wasserstein, chi-square) and the mergeable [`stats::Sketch`] |
 //! | `epoch.rs` | helpers for operators that work epoch by epoch |
 //! | `metrics.rs` | [`Metrics`]: counters for the progress display |
@@ -33,6 +34,7 @@ pub mod features;
 pub mod metrics;
 pub mod order;
 pub mod score;
+pub mod slo;
 pub mod stats;
 pub mod watermark;
 
@@ -42,7 +44,7 @@ pub use drift::{Drift, DriftConfig, DriftRecord, DriftSample};
 pub use error::OperatorError;
 pub use event::{Conflict, DeadLetter, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, SourceItem};
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};
-pub use metrics::Metrics;
+pub use metrics::{Metrics, Stage};
 pub use order::{LatePolicy, Order, OrderConfig};
 pub use score::{ModelConfig, ModelSource, Models, Score, ScoreRecord, Scored, Unscored};
 pub use watermark::WatermarkTracker;

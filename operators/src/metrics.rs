@@ -43,6 +43,22 @@ pub struct Metrics {
     pub max_event_time_ms: AtomicI64,
     /// Epochs committed.
     pub commits: AtomicU64,
+    /// Records read per source partition (global partition index).
+    pub records_by_partition: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// Dead letters per reason class (the reason up to its first detail).
+    pub dead_letter_reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Time sources spent waiting for the dataflow (more than `max_inflight_epochs` open), µs.
+    pub backpressure_us: AtomicU64,
+    /// Epochs open in the dataflow (worker 0's source).
+    pub inflight_epochs: AtomicU64,
+    /// Commit (write batch + WAL sync) durations, µs.
+    pub commit_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// The latest SLO records, one per objective.
+    pub slo_latest: std::sync::Mutex<Vec<crate::slo::SloRecord>>,
+    /// Latency from ingest (decode) per stage, in microseconds (see [`Stage`]).
+    pub latency_us: [std::sync::Mutex<hdrhistogram::Histogram<u64>>; 3],
+    /// Ingest times of the records output per epoch, until the epoch is committed.
+    pending_commit: std::sync::Mutex<std::collections::BTreeMap<u64, Vec<i64>>>,
     /// Model batch latencies, in microseconds (1 µs to 60 s, 3 significant digits).
     pub batch_latency_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -69,9 +85,52 @@ impl Default for Metrics {
             watermark_ms: AtomicI64::new(i64::MIN),
             max_event_time_ms: AtomicI64::new(i64::MIN),
             commits: AtomicU64::new(0),
+            records_by_partition: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            dead_letter_reasons: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            backpressure_us: AtomicU64::new(0),
+            inflight_epochs: AtomicU64::new(0),
+            commit_us: std::sync::Mutex::new(latency_histogram()),
+            slo_latest: std::sync::Mutex::new(Vec::new()),
+            latency_us: std::array::from_fn(|_| std::sync::Mutex::new(latency_histogram())),
+            pending_commit: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             batch_latency_us: std::sync::Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("invariant: valid histogram bounds")),
         }
     }
+}
+
+/// Where latency is measured to, from the event's decode (its ingest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Its feature record is emitted.
+    Features = 0,
+    /// Its score is emitted.
+    Scored = 1,
+    /// The epoch holding its output is committed (output durable): end to end.
+    Committed = 2,
+}
+
+impl Stage {
+    /// All stages.
+    pub const ALL: [Stage; 3] = [Stage::Features, Stage::Scored, Stage::Committed];
+
+    /// The stage's name in config and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Features => "features",
+            Stage::Scored => "scored",
+            Stage::Committed => "committed",
+        }
+    }
+
+    /// The stage called `name`.
+    pub fn from_name(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// A latency histogram: 1 µs to 1 day, 3 significant digits.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 86_400_000_000, 3).expect("invariant: valid histogram bounds")
 }
 
 /// The latest value of one drift statistic, for `/metrics`.
@@ -87,7 +146,80 @@ pub struct DriftGauge {
     pub window_end_ms: i64,
 }
 
+/// The class of a dead letter's reason, for counting: the reason up to its first detail
+/// (`invalid JSON: expected value at line 1` → `invalid JSON`, `missing id at /id` → `missing id`).
+pub fn reason_class(reason: &str) -> &str {
+    let end = reason.find([':', '(']).unwrap_or(reason.len());
+    let head = &reason[..end];
+    let head = head.find(" at ").map_or(head, |i| &head[..i]);
+    let head = head.trim();
+    let mut cut = head.len().min(48);
+    while !head.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &head[..cut]
+}
+
 impl Metrics {
+    /// Counts records read from source partition `partition`.
+    pub fn add_partition_records(&self, partition: u32, n: u64) {
+        if n > 0 {
+            if let Ok(mut m) = self.records_by_partition.lock() {
+                *m.entry(partition).or_default() += n;
+            }
+        }
+    }
+
+    /// Counts dead letters by reason class.
+    pub fn add_dead_letter_reasons<'a>(&self, reasons: impl Iterator<Item = &'a str>) {
+        if let Ok(mut m) = self.dead_letter_reasons.lock() {
+            for r in reasons {
+                let class = reason_class(r);
+                match m.get_mut(class) {
+                    Some(c) => *c += 1,
+                    None => {
+                        m.insert(class.to_string(), 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the latency to `stage` of records decoded at `ingest_us` (0: unknown, skipped).
+    pub fn record_stage(&self, stage: Stage, now_us: i64, ingest_us: impl Iterator<Item = i64>) {
+        if let Ok(mut h) = self.latency_us[stage as usize].lock() {
+            for i in ingest_us.filter(|i| *i > 0) {
+                h.saturating_record((now_us - i).max(0) as u64);
+            }
+        }
+    }
+
+    /// Holds the ingest times of `epoch`'s output until the epoch is committed.
+    pub fn hold_for_commit(&self, epoch: u64, ingest_us: impl Iterator<Item = i64>) {
+        if let Ok(mut p) = self.pending_commit.lock() {
+            p.entry(epoch).or_default().extend(ingest_us.filter(|i| *i > 0));
+        }
+    }
+
+    /// Every epoch below `resume` is committed (at `now_us`): records their end-to-end latency.
+    pub fn committed_before(&self, resume: u64, now_us: i64) {
+        let done: Vec<Vec<i64>> = match self.pending_commit.lock() {
+            Ok(mut p) => {
+                let keep = p.split_off(&resume);
+                std::mem::replace(&mut *p, keep).into_values().collect()
+            }
+            Err(_) => return,
+        };
+        if !done.is_empty() {
+            self.record_stage(Stage::Committed, now_us, done.into_iter().flatten());
+        }
+    }
+
+    /// A copy of the latency histogram of `stage`.
+    pub fn latency_snapshot(&self, stage: Stage) -> hdrhistogram::Histogram<u64> {
+        self.latency_us[stage as usize].lock().map(|h| h.clone()).unwrap_or_else(|_| latency_histogram())
+    }
+
     /// Records one window's drift records.
     pub fn record_drift(&self, records: &[crate::drift::DriftRecord]) {
         self.drift_windows.fetch_add(1, Ordering::Relaxed);

@@ -40,7 +40,7 @@ use timely::dataflow::Stream;
 
 use crate::epoch::{input_frontier, HeldCapabilities};
 use crate::event::{Epoch, FeatureRecord, Origin};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Stage};
 use crate::OperatorError;
 
 /// The ONNX Runtime release sluice is built and tested against.
@@ -626,6 +626,7 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                                 for (record, score) in batch.iter().zip(&scores) {
                                     scores_s.give(primary.record(record, *score, latency_us, None));
                                 }
+                                metrics.record_stage(Stage::Scored, crate::event::now_us(), batch.iter().map(|r| r.ingest_us));
                                 Some(scores)
                             }
                             Err(e) => {
@@ -758,6 +759,7 @@ mod tests {
                 time_ms: i as i64,
                 values: row.as_array().unwrap().iter().map(|v| v.as_f64()).collect(),
                 late: false,
+                ingest_us: 0,
                 origin: Origin { partition: 0, offset: i as u64 },
             })
             .collect()

@@ -12,7 +12,7 @@ use sluice_connectors::SourceConfig;
 use sluice_tests::{assert_same_lines, lines};
 
 fn options() -> DemoOptions {
-    DemoOptions { duration: Duration::from_secs(1), rate: 0, workers: 2, events: 200_000, model: None, shadow: None }
+    DemoOptions { duration: Duration::from_secs(1), rate: 0, workers: 2, events: 200_000, model: None, shadow: None, http: None }
 }
 
 /// The demo pipeline, unpaced, with 500 ms windows sliding by 250 ms; (config, shift time ms).

@@ -19,7 +19,7 @@ fn a_new_model_version_takes_effect_at_one_epoch_boundary() {
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("model.onnx");
     std::fs::copy(models().join("fraud_lr.onnx"), &model).unwrap();
-    let options = DemoOptions { duration: Duration::from_secs(3), rate: 4_000, workers: 2, events: 0, model: Some(model.clone()), shadow: None };
+    let options = DemoOptions { duration: Duration::from_secs(3), rate: 4_000, workers: 2, events: 0, model: Some(model.clone()), shadow: None, http: None };
     let mut config = demo_config(&work.path().join("out"), &options);
     config.model.as_mut().unwrap().reload_ms = 50;
     // Release events while the run goes on, so that both versions score some.
@@ -61,7 +61,7 @@ fn a_new_version_that_does_not_load_is_reported_and_the_old_one_keeps_scoring() 
     let work = tempfile::tempdir().unwrap();
     let model = work.path().join("model.onnx");
     std::fs::copy(models().join("fraud_lr.onnx"), &model).unwrap();
-    let options = DemoOptions { duration: Duration::from_secs(2), rate: 4_000, workers: 2, events: 0, model: Some(model.clone()), shadow: None };
+    let options = DemoOptions { duration: Duration::from_secs(2), rate: 4_000, workers: 2, events: 0, model: Some(model.clone()), shadow: None, http: None };
     let mut config = demo_config(&work.path().join("out"), &options);
     config.model.as_mut().unwrap().reload_ms = 50;
     config.order.lateness = "200ms".into();
@@ -101,6 +101,7 @@ fn a_shadow_model_scores_every_scored_event_next_to_the_primary() {
         events: 20_000,
         model: Some(models().join("fraud_lr.onnx")),
         shadow: Some(models().join("fraud_gbt.onnx")),
+        http: None,
     };
     let config = demo_config(&work.path().join("out"), &options);
     let summary = sluice::run(&config, &RunControl::default()).unwrap();

@@ -1,0 +1,168 @@
+//! `/metrics`: the pipeline's counters, gauges and histograms in the Prometheus text format
+//! (version 0.0.4). Names and labels are listed in the README; `dashboards/sluice.json` is a
+//! Grafana dashboard built on them.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use sluice_operators::{Metrics, Stage};
+
+/// Latency buckets, seconds.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// What `/metrics` needs besides the counters: the source name of each global partition.
+#[derive(Debug, Clone, Default)]
+pub struct ExportInfo {
+    /// Source name per global partition index.
+    pub partition_sources: Vec<String>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, h: &hdrhistogram::Histogram<u64>) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for le in BUCKETS {
+        let count = if h.is_empty() { 0 } else { h.count_between(0, (le * 1e6) as u64) };
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.len());
+    let sum = if h.is_empty() { 0.0 } else { h.mean() * h.len() as f64 / 1e6 };
+    let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let _ = writeln!(out, "{name}_sum{braces} {}", value(sum));
+    let _ = writeln!(out, "{name}_count{braces} {}", h.len());
+}
+
+/// Renders every metric.
+pub fn render(m: &Metrics, info: &ExportInfo) -> String {
+    let mut out = String::with_capacity(8192);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+
+    header(&mut out, "sluice_records_in_total", "counter", "Records read, per source.");
+    let mut per_source: std::collections::BTreeMap<&str, u64> = info.partition_sources.iter().map(|s| (s.as_str(), 0)).collect();
+    if let Ok(p) = m.records_by_partition.lock() {
+        for (index, n) in p.iter() {
+            let source = info.partition_sources.get(*index as usize).map_or("unknown", String::as_str);
+            *per_source.entry(source).or_default() += n;
+        }
+    }
+    for (source, n) in per_source {
+        let _ = writeln!(out, "sluice_records_in_total{{source=\"{}\"}} {n}", escape(source));
+    }
+    header(&mut out, "sluice_events_decoded_total", "counter", "Records decoded into events.");
+    let _ = writeln!(out, "sluice_events_decoded_total {}", get(&m.decoded));
+    header(&mut out, "sluice_records_out_total", "counter", "Records out, per output stream.");
+    for (stream, n) in [
+        ("features", get(&m.features_out)),
+        ("scores", get(&m.scored)),
+        ("shadow_scores", get(&m.shadow_scored)),
+        ("dead_letters", get(&m.dead_letters)),
+        ("late", get(&m.late)),
+        ("conflicts", get(&m.conflicts)),
+    ] {
+        let _ = writeln!(out, "sluice_records_out_total{{stream=\"{stream}\"}} {n}");
+    }
+    header(&mut out, "sluice_dead_letters_total", "counter", "Dead letters, per reason.");
+    if let Ok(r) = m.dead_letter_reasons.lock() {
+        for (reason, n) in r.iter() {
+            let _ = writeln!(out, "sluice_dead_letters_total{{reason=\"{}\"}} {n}", escape(reason));
+        }
+    }
+    header(&mut out, "sluice_dedup_duplicates_total", "counter", "Exact repeats dropped by dedup (dedup hits).");
+    let _ = writeln!(out, "sluice_dedup_duplicates_total {}", get(&m.duplicates));
+    header(&mut out, "sluice_dedup_conflicts_total", "counter", "Repeats of an id with a different payload.");
+    let _ = writeln!(out, "sluice_dedup_conflicts_total {}", get(&m.conflicts));
+    header(&mut out, "sluice_late_events_total", "counter", "Events behind the watermark.");
+    let _ = writeln!(out, "sluice_late_events_total {}", get(&m.late));
+
+    header(&mut out, "sluice_watermark_lag_seconds", "gauge", "Largest event time seen minus the watermark.");
+    let _ = writeln!(out, "sluice_watermark_lag_seconds {}", value(m.watermark_lag_ms().map_or(f64::NAN, |l| l as f64 / 1000.0)));
+    header(&mut out, "sluice_freshness_seconds", "gauge", "Wall clock minus the watermark.");
+    let _ = writeln!(out, "sluice_freshness_seconds {}", value(crate::monitor::freshness_ms(m).map_or(f64::NAN, |f| f as f64 / 1000.0)));
+
+    header(&mut out, "sluice_epochs_committed_total", "counter", "Epoch commits handed to the state store.");
+    let _ = writeln!(out, "sluice_epochs_committed_total {}", get(&m.commits));
+    header(&mut out, "sluice_commit_duration_seconds", "histogram", "Time to write and sync one commit batch.");
+    if let Ok(h) = m.commit_us.lock() {
+        histogram(&mut out, "sluice_commit_duration_seconds", "", &h);
+    }
+    header(&mut out, "sluice_inflight_epochs", "gauge", "Epochs open in the dataflow (the queue behind the sources).");
+    let _ = writeln!(out, "sluice_inflight_epochs {}", get(&m.inflight_epochs));
+    header(&mut out, "sluice_backpressure_seconds_total", "counter", "Time sources waited for the dataflow (max_inflight_epochs reached).");
+    let _ = writeln!(out, "sluice_backpressure_seconds_total {}", value(get(&m.backpressure_us) as f64 / 1e6));
+
+    header(&mut out, "sluice_latency_seconds", "histogram", "Latency from ingest (decode) to a stage: features, scored, committed (end to end).");
+    for stage in Stage::ALL {
+        histogram(&mut out, "sluice_latency_seconds", &format!("stage=\"{}\"", stage.name()), &m.latency_snapshot(stage));
+    }
+    header(&mut out, "sluice_model_batch_seconds", "histogram", "Time of one ONNX Runtime run of the primary model.");
+    if let Ok(h) = m.batch_latency_us.lock() {
+        histogram(&mut out, "sluice_model_batch_seconds", "", &h);
+    }
+    header(&mut out, "sluice_model_reloads_total", "counter", "New model versions loaded.");
+    let _ = writeln!(out, "sluice_model_reloads_total {}", get(&m.model_reloads));
+    header(&mut out, "sluice_model_reload_failures_total", "counter", "New model files that did not load.");
+    let _ = writeln!(out, "sluice_model_reload_failures_total {}", get(&m.model_reload_failures));
+
+    header(&mut out, "sluice_drift_windows_total", "counter", "Drift windows evaluated.");
+    let _ = writeln!(out, "sluice_drift_windows_total {}", get(&m.drift_windows));
+    if let Ok(d) = m.drift_latest.lock() {
+        header(&mut out, "sluice_drift_value", "gauge", "The latest window's drift statistic.");
+        for ((column, statistic), g) in d.iter() {
+            let _ = writeln!(out, "sluice_drift_value{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), value(g.value.unwrap_or(f64::NAN)));
+        }
+        header(&mut out, "sluice_drift_status", "gauge", "The latest window's status: 0 ok, 1 warn, 2 alert, -1 too few samples.");
+        for ((column, statistic), g) in d.iter() {
+            let _ = writeln!(out, "sluice_drift_status{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), g.level);
+        }
+        header(&mut out, "sluice_drift_alerts_total", "counter", "Windows in alert.");
+        for ((column, statistic), g) in d.iter() {
+            let _ = writeln!(out, "sluice_drift_alerts_total{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), g.alerts);
+        }
+    }
+    if let Ok(slo) = m.slo_latest.lock() {
+        header(&mut out, "sluice_slo_good_ratio", "gauge", "Good / total in the latest SLO interval.");
+        for r in slo.iter() {
+            let _ = writeln!(out, "sluice_slo_good_ratio{{objective=\"{}\"}} {}", escape(&r.name), value(r.value.unwrap_or(f64::NAN)));
+        }
+        header(&mut out, "sluice_slo_objective", "gauge", "The objective (fraction that must be good).");
+        for r in slo.iter() {
+            let _ = writeln!(out, "sluice_slo_objective{{objective=\"{}\"}} {}", escape(&r.name), r.objective);
+        }
+        header(&mut out, "sluice_slo_burn_rate", "gauge", "Error budget burn rate over a window.");
+        for r in slo.iter() {
+            for (w, b) in [("5m", r.burn_5m), ("30m", r.burn_30m), ("1h", r.burn_1h), ("6h", r.burn_6h)] {
+                let _ = writeln!(out, "sluice_slo_burn_rate{{objective=\"{}\",window=\"{w}\"}} {}", escape(&r.name), value(b));
+            }
+        }
+        header(&mut out, "sluice_slo_budget_remaining", "gauge", "Error budget remaining over the period (1 untouched, below 0 overspent).");
+        for r in slo.iter() {
+            let _ = writeln!(out, "sluice_slo_budget_remaining{{objective=\"{}\"}} {}", escape(&r.name), value(r.budget_remaining));
+        }
+        header(&mut out, "sluice_slo_status", "gauge", "0 ok, 1 ticket (slow burn), 2 page (fast burn).");
+        for r in slo.iter() {
+            let level = match r.status.as_str() {
+                "page" => 2,
+                "ticket" => 1,
+                _ => 0,
+            };
+            let _ = writeln!(out, "sluice_slo_status{{objective=\"{}\"}} {level}", escape(&r.name));
+        }
+    }
+    out
+}

@@ -1,0 +1,94 @@
+//! The sluice HTTP server (axum on tokio, in its own thread): `GET /metrics` (Prometheus text)
+//! and `GET /healthz`. It never blocks the dataflow: handlers read atomics and short-held locks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sluice_operators::Metrics;
+
+use crate::prometheus::{render, ExportInfo};
+
+/// A running server; dropped or [`Server::stop`]ped, it shuts down.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    info: Arc<ExportInfo>,
+}
+
+async fn metrics_handler(axum::extract::State(s): axum::extract::State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&s.metrics, &s.info))
+}
+
+impl Server {
+    /// Binds `listen` (e.g. `127.0.0.1:8787`; port 0 picks a free one) and serves.
+    ///
+    /// # Errors
+    /// The address does not parse or cannot be bound.
+    pub fn start(listen: &str, metrics: Arc<Metrics>, info: ExportInfo) -> Result<Server, String> {
+        let addr: SocketAddr = listen.parse().map_err(|e| format!("server.listen: `{listen}` is not an address like 127.0.0.1:8787: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-http")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("server.listen: cannot bind {addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let app = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .with_state(AppState { metrics, info: Arc::new(info) });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sluice-http-main".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "the HTTP server failed");
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        Ok(Server { addr, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops serving.
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
