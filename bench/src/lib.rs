@@ -23,6 +23,8 @@ pub struct Models<'a> {
     pub model: Option<&'a Path>,
     /// Its shadow, if any.
     pub shadow: Option<&'a Path>,
+    /// Monitor drift (amount_last, currency, and the score when scored) and the demo's SLOs.
+    pub monitor: bool,
 }
 
 /// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
@@ -62,6 +64,21 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
     };
     config.model = models.model.map(model_config);
     config.shadow = models.shadow.map(model_config);
+    if models.monitor {
+        config.drift = Some(sluice_operators::DriftConfig {
+            features: vec!["amount_last".into()],
+            score: models.model.is_some(),
+            categories: vec!["currency".into()],
+            window: "10s".into(),
+            slide: "2s".into(),
+            reference: sluice_operators::drift::ReferenceConfig { first: Some(100_000), ..Default::default() },
+            bins: 10,
+            min_samples: 100,
+            thresholds: sluice_operators::drift::Thresholds::default(),
+        });
+        config.slo = sluice::demo::demo_objectives();
+        config.slo_interval = "1s".into();
+    }
     config.sinks = vec![FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") }];
     config.validate().expect("the standard pipeline is valid");
     config

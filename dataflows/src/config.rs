@@ -184,11 +184,20 @@ impl PipelineConfig {
     /// The file cannot be read, is not valid TOML for a pipeline, or fails validation; the
     /// error names the key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let config = PipelineConfig::load_unchecked(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a pipeline file and resolves its paths, without [`PipelineConfig::validate`].
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a pipeline file.
+    pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(path.display().to_string(), format!("cannot read: {e}")))?;
         let mut config: PipelineConfig = toml::from_str(&text).map_err(|e| bad(path.display().to_string(), e.to_string().trim().to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
-        config.validate()?;
         Ok(config)
     }
 

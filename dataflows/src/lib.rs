@@ -11,6 +11,7 @@
 //! | `outputs.rs` | the JSONL formats of the output streams |
 //! | `monitor.rs` | the monitor thread: freshness samples, SLO intervals, `slo` records |
 //! | `prometheus.rs` | `/metrics` in the Prometheus text format |
+//! | `reference.rs` | `sluice drift reference`: drift reference files from samples |
 //! | `server.rs` | the HTTP server (axum): `/metrics`, `/healthz` |
 //! | `demo.rs` | `sluice demo`: the embedded default pipeline and its progress display |
 //! | `main.rs` | the command line |
@@ -21,6 +22,7 @@ pub mod monitor;
 pub mod outputs;
 pub mod pipeline;
 pub mod prometheus;
+pub mod reference;
 pub mod server;
 
 pub use config::{ConfigError, PipelineConfig};

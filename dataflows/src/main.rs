@@ -75,8 +75,34 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8787")]
         http: String,
     },
+    /// Drift tools.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
     /// List the connectors.
     Connectors,
+}
+
+#[derive(Debug, Subcommand)]
+enum DriftCommand {
+    /// Write a reference file for the pipeline's [drift] from JSONL samples.
+    Reference {
+        /// The pipeline file (TOML) with a [drift] section.
+        pipeline: PathBuf,
+        /// Feature output lines (features.jsonl), for the monitored features.
+        #[arg(long)]
+        features: Vec<PathBuf>,
+        /// Score output lines (scores.jsonl), for the score.
+        #[arg(long)]
+        scores: Vec<PathBuf>,
+        /// Raw events, for the monitored categories.
+        #[arg(long)]
+        events: Vec<PathBuf>,
+        /// Where to write the reference (JSON).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn ctrl_c(stop: Arc<AtomicBool>) {
@@ -143,6 +169,13 @@ fn main() -> Result<()> {
             if out.exists() {
                 std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
             }
+            // The demo serves /metrics; when the port is taken (another demo), any free port.
+            let http = if http != "none" && std::net::TcpListener::bind(&http).is_err() {
+                eprintln!("sluice demo: {http} is in use; serving /metrics on a free port instead");
+                "127.0.0.1:0".to_string()
+            } else {
+                http
+            };
             let options = DemoOptions {
                 duration: Duration::from_millis(ms as u64),
                 rate,
@@ -159,10 +192,44 @@ fn main() -> Result<()> {
             ctrl_c(Arc::clone(&control.stop));
             let done = Arc::new(AtomicBool::new(false));
             let display = spawn_progress(&control, Arc::clone(&done));
+            let addr = Arc::clone(&control.http_addr);
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    if let Some(a) = addr.get() {
+                        eprintln!("sluice demo: metrics at http://{a}/metrics");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
             let summary = sluice::run(&config, &control);
             done.store(true, Ordering::Relaxed);
             let _ = display.join();
             print!("{}", summary_text(&summary?, &out));
+        }
+        Command::Drift { command: DriftCommand::Reference { pipeline, features, scores, events, out } } => {
+            let mut config = PipelineConfig::load_unchecked(&pipeline).context("invalid pipeline")?;
+            // The reference being written may be the one the pipeline names: do not read it.
+            if let Some(d) = config.drift.as_mut() {
+                d.reference = sluice_operators::drift::ReferenceConfig::default();
+            }
+            config.validate().context("invalid pipeline")?;
+            let inputs = sluice::reference::ReferenceInputs {
+                features: features.iter().map(PathBuf::as_path).collect(),
+                scores: scores.iter().map(PathBuf::as_path).collect(),
+                events: events.iter().map(PathBuf::as_path).collect(),
+            };
+            let (reference, skipped) = sluice::reference::build(&config, &inputs).map_err(anyhow::Error::msg)?;
+            std::fs::write(&out, serde_json::to_string(&reference)?).with_context(|| format!("cannot write {}", out.display()))?;
+            let counts: Vec<String> = reference
+                .columns
+                .numbers
+                .iter()
+                .chain(&reference.columns.categories)
+                .zip(&reference.summaries)
+                .map(|(c, s)| format!("{c}: {}", s.count()))
+                .collect();
+            println!("{}: reference of {} ({skipped} lines skipped)", out.display(), counts.join(", "));
         }
         Command::Connectors => {
             for c in sluice_connectors::registry() {

@@ -86,3 +86,44 @@ fn demo_shows_progress_and_writes_every_output() {
         }
     }
 }
+
+#[test]
+fn drift_reference_files_are_written_from_samples_and_checked_against_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = "state_dir = \"state\"\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created\"\n[event.numbers]\namount = \"/amount\"\n[event.strings]\ncurrency = \"/currency\"\n[[sources]]\ntype = \"file\"\nname = \"p\"\npath = \"in.jsonl\"\n[[features]]\nname = \"amount_last\"\nop = \"last\"\nfield = \"amount\"\n";
+    std::fs::write(d.join("in.jsonl"), "").unwrap();
+    let drift = "[drift]\nfeatures = [\"amount_last\"]\ncategories = [\"currency\"]\n";
+    std::fs::write(d.join("p.toml"), format!("{base}{drift}")).unwrap();
+    let features: String = (1..=100).map(|x| format!("{{\"id\":\"e{x}\",\"features\":{{\"amount_last\":{x}.0}}}}\n")).collect();
+    std::fs::write(d.join("features.jsonl"), features).unwrap();
+    let events: String = (0..10)
+        .map(|i| format!("{{\"id\":\"e{i}\",\"customer\":\"c\",\"created\":{i},\"currency\":\"{}\"}}\n", if i < 7 { "EUR" } else { "USD" }))
+        .chain(std::iter::once("not json\n".to_string()))
+        .collect();
+    std::fs::write(d.join("events.jsonl"), events).unwrap();
+
+    let out = sluice()
+        .current_dir(d)
+        .args(["drift", "reference", "p.toml", "--features", "features.jsonl", "--events", "events.jsonl", "--out", "ref.json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "ref.json: reference of amount_last: 100, currency: 10 (1 lines skipped)\n");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("ref.json")).unwrap()).unwrap();
+    assert_eq!(reference["summaries"][1]["Categories"], serde_json::json!({"EUR": 7, "USD": 3}));
+
+    // A pipeline naming the file validates; one monitoring other columns is told why not.
+    std::fs::write(d.join("q.toml"), format!("{base}{drift}[drift.reference]\nfile = \"ref.json\"\n")).unwrap();
+    let ok = sluice().current_dir(d).args(["validate", "q.toml"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    std::fs::write(d.join("r.toml"), format!("{base}[drift]\nfeatures = [\"amount_last\"]\n[drift.reference]\nfile = \"ref.json\"\n")).unwrap();
+    let bad = sluice().current_dir(d).args(["validate", "r.toml"]).output().unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(err.contains("drift.reference") && err.contains("is for columns"), "{err}");
+    // Without a sample of a column: a clear error.
+    let none = sluice().current_dir(d).args(["drift", "reference", "p.toml", "--features", "features.jsonl", "--out", "x.json"]).output().unwrap();
+    assert!(!none.status.success());
+    assert!(String::from_utf8(none.stderr).unwrap().contains("no sample for `currency`"));
+}

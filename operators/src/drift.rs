@@ -312,7 +312,8 @@ impl Summary {
         }
     }
 
-    fn count(&self) -> u64 {
+    /// How many values it summarises.
+    pub fn count(&self) -> u64 {
         match self {
             Summary::Numbers(s) => s.count(),
             Summary::Categories(c) => c.values().sum(),

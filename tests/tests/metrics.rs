@@ -30,6 +30,8 @@ fn metrics_parse_and_name_everything() {
     let mut config = demo_config(work.path(), &options);
     config.server = Some(ServerSection { listen: "127.0.0.1:0".into() });
     config.slo_interval = "500ms".into();
+    // Release events soon, so that drift windows close while the run goes on.
+    config.order.lateness = "200ms".into();
     let control = RunControl::default();
     let addr_cell = Arc::clone(&control.http_addr);
     let metrics = Arc::clone(&control.metrics);
@@ -43,7 +45,7 @@ fn metrics_parse_and_name_everything() {
             std::thread::sleep(Duration::from_millis(10));
         };
         // Wait for some output and an SLO interval, then scrape while the run goes on.
-        while metrics.features_out.load(std::sync::atomic::Ordering::Relaxed) == 0 || metrics.slo_latest.lock().unwrap().is_empty() {
+        while metrics.drift_windows.load(std::sync::atomic::Ordering::Relaxed) == 0 || metrics.slo_latest.lock().unwrap().is_empty() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (head, body) = get(addr, "/metrics");
@@ -76,6 +78,8 @@ fn metrics_parse_and_name_everything() {
         "sluice_model_batch_seconds",
         "sluice_model_reloads_total",
         "sluice_drift_windows_total",
+        "sluice_drift_value",
+        "sluice_drift_status",
         "sluice_slo_good_ratio",
         "sluice_slo_burn_rate",
         "sluice_slo_budget_remaining",
@@ -93,6 +97,22 @@ fn metrics_parse_and_name_everything() {
     // One SLO burn rate per objective and window.
     let burns = scrape.samples.iter().filter(|s| s.metric == "sluice_slo_burn_rate").count();
     assert_eq!(burns, config.slo.len() * 4);
+    // The Grafana dashboard only uses metrics that exist.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/sluice.json")).unwrap()).unwrap();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("sluice_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(names.contains(base), "the dashboard uses {name}, which /metrics does not have");
+                used += 1;
+            }
+        }
+    }
+    assert!(used >= 16);
     // Dead letters carry their reason class; their sum is the dead letters counted then.
     let dead: Vec<&prometheus_parse::Sample> = scrape.samples.iter().filter(|s| s.metric == "sluice_dead_letters_total").collect();
     assert!(dead.iter().all(|s| !s.labels.get("reason").unwrap_or("").contains(':')));

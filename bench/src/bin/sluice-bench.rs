@@ -47,6 +47,9 @@ enum Cmd {
         /// And with this one as its shadow (e.g. models/fraud_gbt.onnx).
         #[arg(long, requires = "model")]
         shadow: Option<std::path::PathBuf>,
+        /// Monitor drift (amount_last, currency, the score) and SLOs too.
+        #[arg(long)]
+        monitor: bool,
     },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
@@ -64,12 +67,14 @@ enum Cmd {
         model: Option<std::path::PathBuf>,
         #[arg(long)]
         shadow: Option<std::path::PathBuf>,
+        #[arg(long)]
+        monitor: bool,
     },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow } => {
+        Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
             let work = tempfile::tempdir()?;
             let config = sluice_bench::standard_pipeline(
                 work.path(),
@@ -78,7 +83,7 @@ fn main() -> Result<()> {
                 customers,
                 &lateness,
                 epoch_records,
-                sluice_bench::Models { model: model.as_deref(), shadow: shadow.as_deref() },
+                sluice_bench::Models { model: model.as_deref(), shadow: shadow.as_deref(), monitor },
             );
             let started = Instant::now();
             let control = sluice::RunControl::default();
@@ -99,10 +104,10 @@ fn main() -> Result<()> {
                 q(0.99)
             );
         }
-        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model, shadow } => {
+        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
             let me = std::env::current_exe()?;
             println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch{}",
-                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())) + &shadow.as_ref().map_or(String::new(), |m| format!(" with {} as shadow", m.display())));
+                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())) + &shadow.as_ref().map_or(String::new(), |m| format!(" with {} as shadow", m.display())) + if monitor { ", with drift and SLO monitoring" } else { "" });
             println!("{:>7}  {:>12}  {:>10}  {:>13}  {:>15}  {:>15}", "workers", "events/s", "seconds", "peak RSS MiB", "batch p50 µs", "batch p99 µs");
             let mut first = None;
             for w in workers.split(',') {
@@ -123,6 +128,7 @@ fn main() -> Result<()> {
                     ])
                     .args(model.iter().flat_map(|m| [std::ffi::OsStr::new("--model"), m.as_os_str()]))
                     .args(shadow.iter().flat_map(|m| [std::ffi::OsStr::new("--shadow"), m.as_os_str()]))
+                    .args(monitor.then_some("--monitor"))
                     .output()?;
                 if !out.status.success() {
                     bail!("run with {w} workers failed: {}", String::from_utf8_lossy(&out.stderr));
