@@ -32,6 +32,26 @@ fn bad(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
 pub struct ServerSection {
     /// Address to listen on, e.g. `127.0.0.1:8787` (port 0: any free port).
     pub listen: String,
+    /// Entities per `POST /v1/features:batch` at most.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// Feature responses are flagged stale when the last commit is older than this.
+    #[serde(default = "default_stale_after")]
+    pub stale_after: String,
+}
+
+impl ServerSection {
+    /// Listening on `listen`, other settings default.
+    pub fn new(listen: &str) -> Self {
+        ServerSection { listen: listen.into(), batch_max: default_batch_max(), stale_after: default_stale_after() }
+    }
+}
+
+fn default_batch_max() -> usize {
+    1000
+}
+fn default_stale_after() -> String {
+    "5s".into()
 }
 
 fn default_slo_interval() -> String {
@@ -342,6 +362,12 @@ impl PipelineConfig {
             })?;
         }
         self.objectives()?;
+        if let Some(server) = &self.server {
+            parse_duration_ms(&server.stale_after).map_err(|p| bad("server.stale_after", p))?;
+            if server.batch_max == 0 {
+                return Err(bad("server.batch_max", "must be at least 1"));
+            }
+        }
         let interval = parse_duration_ms(&self.slo_interval).map_err(|p| bad("slo_interval", p))?;
         if interval < 100 {
             return Err(bad("slo_interval", "must be at least 100ms"));

@@ -12,6 +12,7 @@
 //! | `monitor.rs` | the monitor thread: freshness samples, SLO intervals, `slo` records |
 //! | `prometheus.rs` | `/metrics` in the Prometheus text format |
 //! | `reference.rs` | `sluice drift reference`: drift reference files from samples |
+//! | `serve.rs` | feature serving: `/v1/features/{entity}`, `/v1/features:batch` from committed snapshots |
 //! | `server.rs` | the HTTP server (axum): `/metrics`, `/healthz` |
 //! | `demo.rs` | `sluice demo`: the embedded default pipeline and its progress display |
 //! | `main.rs` | the command line |
@@ -23,6 +24,7 @@ pub mod outputs;
 pub mod pipeline;
 pub mod prometheus;
 pub mod reference;
+pub mod serve;
 pub mod server;
 
 pub use config::{ConfigError, PipelineConfig};

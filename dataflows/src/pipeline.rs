@@ -188,7 +188,19 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let server = match &config.server {
         Some(s) => {
             let info = crate::prometheus::ExportInfo { partition_sources: names.iter().map(|(s, _)| s.clone()).collect() };
-            let server = crate::server::Server::start(&s.listen, Arc::clone(&control.metrics), info).map_err(RunError::Server)?;
+            let features = if config.features.is_empty() {
+                None
+            } else {
+                Some(crate::serve::FeatureService {
+                    reader: sluice_state::StateReader::new(Arc::clone(&store)),
+                    table: store.table(sluice_operators::features::FEATURES_TABLE)?,
+                    set: Arc::new(FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| RunError::Server(e.to_string()))?),
+                    batch_max: s.batch_max,
+                    stale_after_ms: parse_duration_ms(&s.stale_after).map_err(RunError::Server)?,
+                    metrics: Arc::clone(&control.metrics),
+                })
+            };
+            let server = crate::server::Server::start(&s.listen, Arc::clone(&control.metrics), info, features).map_err(RunError::Server)?;
             let _ = control.http_addr.set(server.addr());
             Some(server)
         }
@@ -307,7 +319,9 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 let resume = worker_store.resume_epoch();
                 if resume != seen_resume {
                     seen_resume = resume;
-                    metrics.committed_before(resume, sluice_operators::event::now_us());
+                    let now = sluice_operators::event::now_us();
+                    metrics.last_commit_ms.store(now / 1000, Ordering::Relaxed);
+                    metrics.committed_before(resume, now);
                     if let (Some(info), Ok(mut h)) = (worker_store.last_commit(), metrics.commit_us.lock()) {
                         h.saturating_record(info.duration.as_micros() as u64);
                     }

@@ -1,5 +1,5 @@
-//! The sluice HTTP server (axum on tokio, in its own thread): `GET /metrics` (Prometheus text)
-//! and `GET /healthz`. It never blocks the dataflow: handlers read atomics and short-held locks.
+//! The sluice HTTP server (axum on tokio, in its own thread): `GET /metrics` (Prometheus text),
+//! `GET /healthz`, and the feature routes of `serve.rs`. It never blocks the dataflow: handlers read atomics and short-held locks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::Router;
 use sluice_operators::Metrics;
 
 use crate::prometheus::{render, ExportInfo};
+use crate::serve::FeatureService;
 
 /// A running server; dropped or [`Server::stop`]ped, it shuts down.
 #[derive(Debug)]
@@ -35,7 +36,7 @@ impl Server {
     ///
     /// # Errors
     /// The address does not parse or cannot be bound.
-    pub fn start(listen: &str, metrics: Arc<Metrics>, info: ExportInfo) -> Result<Server, String> {
+    pub fn start(listen: &str, metrics: Arc<Metrics>, info: ExportInfo, features: Option<FeatureService>) -> Result<Server, String> {
         let addr: SocketAddr = listen.parse().map_err(|e| format!("server.listen: `{listen}` is not an address like 127.0.0.1:8787: {e}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -49,6 +50,15 @@ impl Server {
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
             .with_state(AppState { metrics, info: Arc::new(info) });
+        let app = match features {
+            Some(service) => app.merge(
+                Router::new()
+                    .route("/v1/features/{entity}", get(crate::serve::get_one))
+                    .route("/v1/features:batch", axum::routing::post(crate::serve::get_batch))
+                    .with_state(Arc::new(service)),
+            ),
+            None => app,
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sluice-http-main".into())

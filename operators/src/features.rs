@@ -276,8 +276,9 @@ fn read(state: &AggState, window: Window, time: i64) -> Agg {
     total
 }
 
-fn encode_state(state: &[AggState], out: &mut Vec<u8>) {
-    out.push(1);
+fn encode_state(state: &[AggState], last_time_ms: i64, out: &mut Vec<u8>) {
+    out.push(2);
+    out.extend_from_slice(&last_time_ms.to_le_bytes());
     out.extend_from_slice(&(state.len() as u32).to_le_bytes());
     for buckets in state {
         out.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
@@ -299,17 +300,21 @@ fn encode_state(state: &[AggState], out: &mut Vec<u8>) {
     }
 }
 
-fn decode_state(bytes: &[u8]) -> Result<Vec<AggState>, String> {
+/// An entity's state: its aggregates and the time of its latest event (`i64::MIN` for state
+/// written by version 1).
+fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], String> {
         let s = bytes.get(at..at + n).ok_or("truncated feature state")?;
         at += n;
         Ok(s)
     };
-    if take(1)?[0] != 1 {
-        return Err("unknown feature state version".into());
+    let version = take(1)?[0];
+    if version != 1 && version != 2 {
+        return Err(format!("unknown feature state version {version}"));
     }
     let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let last_time_ms = if version >= 2 { u64_of(take(8)?) as i64 } else { i64::MIN };
     let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
@@ -327,7 +332,48 @@ fn decode_state(bytes: &[u8]) -> Result<Vec<AggState>, String> {
         }
         out.push(buckets);
     }
-    Ok(out)
+    Ok((out, last_time_ms))
+}
+
+/// An entity's features as the features table holds them, for serving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedFeatures {
+    /// Values in [`FeatureSet::names`] order (`None`: undefined).
+    pub values: Vec<Option<f64>>,
+    /// The event time they are as of.
+    pub as_of_ms: i64,
+    /// The time of the entity's latest event.
+    pub last_event_ms: i64,
+}
+
+impl FeatureSet {
+    /// The features of an entity from its stored state `bytes`, as of its latest event, or as of
+    /// `as_of` (ms) — which must not be before its latest event: the state holds the aggregates
+    /// after that event, not the history before it. Windows are read at the as-of time, so a
+    /// later `as_of` sees older buckets expire (a `count` over `1m` an hour after the last event
+    /// is 0).
+    ///
+    /// # Errors
+    /// Corrupt state, or `as_of` before the latest event.
+    pub fn serve(&self, bytes: &[u8], as_of: Option<i64>) -> Result<ServedFeatures, String> {
+        let (aggs, last) = decode_state(bytes)?;
+        let at = match as_of {
+            Some(t) if t < last => {
+                return Err(format!("as_of {t} is before the entity's latest event ({last}); sluice keeps the aggregates after it, not the history before"))
+            }
+            Some(t) => t,
+            None => last,
+        };
+        let values = self
+            .features
+            .iter()
+            .map(|(a, op)| {
+                let (field, window) = self.aggregates[*a];
+                read(&aggs[*a], window, at).value(*op, field.is_some())
+            })
+            .collect();
+        Ok(ServedFeatures { values, as_of_ms: at, last_event_ms: last })
+    }
 }
 
 /// The features operator.
@@ -358,7 +404,9 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             let mut held = HeldCapabilities::new(vec![cap]);
             let mut pending: BTreeMap<Epoch, Vec<Vec<Event>>> = BTreeMap::new();
             // Decoded aggregates by entity, and whether the current epoch changed them.
-            let mut cache: rustc_hash::FxHashMap<String, (Vec<AggState>, bool)> = rustc_hash::FxHashMap::default();
+            // Decoded aggregates by entity, whether the current epoch changed them, the entity's
+            // latest event time.
+            let mut cache: rustc_hash::FxHashMap<String, (Vec<AggState>, bool, i64)> = rustc_hash::FxHashMap::default();
             let mut dirty: Vec<String> = Vec::new();
             let mut encoded = Vec::new();
             move |(input, frontier), output| {
@@ -393,15 +441,16 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                                     Some(bytes) => {
                                         decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity))
                                     }
-                                    None => vec![VecDeque::new(); set.aggregates.len()],
+                                    None => (vec![VecDeque::new(); set.aggregates.len()], i64::MIN),
                                 };
-                                cache.entry(event.entity.clone()).or_insert((loaded, false))
+                                cache.entry(event.entity.clone()).or_insert((loaded.0, false, loaded.1))
                             }
                         };
                         if !aggs.1 {
                             aggs.1 = true;
                             dirty.push(event.entity.clone());
                         }
+                        aggs.2 = aggs.2.max(event.time_ms);
                         let aggs = &mut aggs.0;
                         for (agg, (field, window)) in aggs.iter_mut().zip(&set.aggregates) {
                             let value = field.and_then(|f| event.numbers.get(f).copied().flatten());
@@ -430,7 +479,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         let entry = cache.get_mut(&entity).expect("invariant: dirty entities are cached");
                         entry.1 = false;
                         encoded.clear();
-                        encode_state(&entry.0, &mut encoded);
+                        encode_state(&entry.0, entry.2, &mut encoded);
                         state.put_raw(epoch, table.index(), entity.as_bytes(), encoded.clone());
                     }
                     if cache.len() > cache_entities_max {
@@ -496,8 +545,8 @@ mod tests {
         update(&mut s, Window::Sliding { size: 10, slide: 5 }, 7, None);
         let states = vec![s, AggState::new()];
         let mut buf = Vec::new();
-        encode_state(&states, &mut buf);
-        assert_eq!(decode_state(&buf).unwrap(), states);
+        encode_state(&states, 1_795_000_000_000, &mut buf);
+        assert_eq!(decode_state(&buf).unwrap(), (states, 1_795_000_000_000));
         assert!(decode_state(&buf[..buf.len() - 1]).is_err());
     }
 

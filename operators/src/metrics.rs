@@ -53,6 +53,8 @@ pub struct Metrics {
     pub inflight_epochs: AtomicU64,
     /// Commit (write batch + WAL sync) durations, µs.
     pub commit_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// Wall time of the latest commit (ms since the Unix epoch; 0 before the first).
+    pub last_commit_ms: AtomicI64,
     /// The latest SLO records, one per objective.
     pub slo_latest: std::sync::Mutex<Vec<crate::slo::SloRecord>>,
     /// Latency from ingest (decode) per stage, in microseconds (see [`Stage`]).
@@ -90,6 +92,7 @@ impl Default for Metrics {
             backpressure_us: AtomicU64::new(0),
             inflight_epochs: AtomicU64::new(0),
             commit_us: std::sync::Mutex::new(latency_histogram()),
+            last_commit_ms: AtomicI64::new(0),
             slo_latest: std::sync::Mutex::new(Vec::new()),
             latency_us: std::array::from_fn(|_| std::sync::Mutex::new(latency_histogram())),
             pending_commit: std::sync::Mutex::new(std::collections::BTreeMap::new()),

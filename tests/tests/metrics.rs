@@ -28,7 +28,7 @@ fn metrics_parse_and_name_everything() {
     let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud_lr.onnx");
     let options = DemoOptions { duration: Duration::from_secs(3), rate: 8_000, workers: 2, events: 0, model: Some(model), shadow: None, http: None };
     let mut config = demo_config(work.path(), &options);
-    config.server = Some(ServerSection { listen: "127.0.0.1:0".into() });
+    config.server = Some(ServerSection::new("127.0.0.1:0"));
     config.slo_interval = "500ms".into();
     // Release events soon, so that drift windows close while the run goes on.
     config.order.lateness = "200ms".into();

@@ -1,0 +1,185 @@
+//! Feature serving: `GET /v1/features/{entity}` and `POST /v1/features:batch`, read from a
+//! RocksDB snapshot of the committed state while the dataflow runs.
+//!
+//! A snapshot sees whole committed epochs (state, positions and the resume epoch are one write
+//! batch), so a response never mixes two epochs: every entity of a response is as of the same
+//! committed epoch, which the response names. Reads take a snapshot and point lookups; they
+//! never take a lock the dataflow holds. One RocksDB instance serves all workers of a process,
+//! so any server thread can read any entity's shard directly (with several processes the
+//! request would go to the owning process; not built yet).
+//!
+//! Freshness: `age_ms` is the wall time since the last commit; a response is `stale` when that
+//! exceeds `stale_after` (the dataflow stopped or fell behind). Values stay the last committed
+//! ones either way.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sluice_operators::{FeatureSet, Metrics};
+use sluice_state::{BytesCodec, Snapshot, StateReader, Table};
+
+/// What the feature routes need.
+#[derive(Clone)]
+pub struct FeatureService {
+    /// Reads of the committed state.
+    pub reader: StateReader,
+    /// The features table.
+    pub table: Table<BytesCodec>,
+    /// The pipeline's features.
+    pub set: Arc<FeatureSet>,
+    /// Entities per batch request at most.
+    pub batch_max: usize,
+    /// Responses older than this (ms since the last commit) are flagged stale.
+    pub stale_after_ms: i64,
+    /// For the time of the last commit.
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for FeatureService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureService").field("features", &self.set.names).field("batch_max", &self.batch_max).finish()
+    }
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: String) -> ApiError {
+    ApiError { status, message }
+}
+
+/// `?names=a,b&as_of=ms`.
+#[derive(Debug, Deserialize)]
+pub struct Params {
+    names: Option<String>,
+    as_of: Option<String>,
+}
+
+/// The body of a batch request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    entities: Vec<String>,
+    #[serde(default)]
+    names: Option<Vec<String>>,
+    #[serde(default)]
+    as_of: Option<i64>,
+}
+
+impl FeatureService {
+    /// Indexes of the selected names (all when `None`).
+    fn select(&self, names: Option<Vec<String>>) -> Result<Vec<usize>, ApiError> {
+        match names {
+            None => Ok((0..self.set.names.len()).collect()),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.set
+                        .names
+                        .iter()
+                        .position(|x| x == n)
+                        .ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("unknown feature `{n}`; features are {:?}", self.set.names)))
+                })
+                .collect(),
+        }
+    }
+
+    /// The epoch in view and the freshness fields.
+    fn header(&self, snapshot: &Snapshot<'_>) -> Result<Map<String, Value>, ApiError> {
+        let resume = snapshot.resume_epoch().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let committed_at = self.metrics.last_commit_ms.load(Ordering::Relaxed);
+        let now = sluice_operators::event::now_us() / 1000;
+        let age = (committed_at > 0).then(|| (now - committed_at).max(0));
+        let mut m = Map::new();
+        m.insert("epoch".into(), if resume == 0 { Value::Null } else { json!(resume - 1) });
+        m.insert("age_ms".into(), json!(age));
+        m.insert("stale".into(), json!(age.is_none_or(|a| a > self.stale_after_ms)));
+        Ok(m)
+    }
+
+    /// One entity's features, or `None` if unknown.
+    fn lookup(&self, snapshot: &Snapshot<'_>, entity: &str, selected: &[usize], as_of: Option<i64>) -> Result<Option<Map<String, Value>>, ApiError> {
+        let Some(bytes) = snapshot.get(&self.table, entity.as_bytes()).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))? else {
+            return Ok(None);
+        };
+        let served = self.set.serve(&bytes, as_of).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        let mut features = Map::new();
+        for i in selected {
+            features.insert(self.set.names[*i].clone(), served.values[*i].map_or(Value::Null, |v| json!(v)));
+        }
+        let mut m = Map::new();
+        m.insert("entity".into(), json!(entity));
+        m.insert("features".into(), Value::Object(features));
+        m.insert("as_of_ms".into(), json!(served.as_of_ms));
+        m.insert("last_event_ms".into(), json!(served.last_event_ms));
+        Ok(Some(m))
+    }
+}
+
+fn parse_as_of(text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match text {
+        None => Ok(None),
+        Some(t) => t.parse::<i64>().map(Some).map_err(|_| error(StatusCode::BAD_REQUEST, format!("as_of `{t}` is not a time in ms since the Unix epoch"))),
+    }
+}
+
+/// `GET /v1/features/{entity}`.
+pub async fn get_one(State(s): State<Arc<FeatureService>>, Path(entity): Path<String>, Query(p): Query<Params>) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let as_of = parse_as_of(p.as_of.as_deref())?;
+        let selected = s.select(p.names.map(|n| n.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()))?;
+        let snapshot = s.reader.snapshot();
+        let mut head = s.header(&snapshot)?;
+        match s.lookup(&snapshot, &entity, &selected, as_of)? {
+            Some(found) => {
+                head.extend(found);
+                Ok(Json(Value::Object(head)).into_response())
+            }
+            None => Err(error(StatusCode::NOT_FOUND, format!("unknown entity `{entity}`: no event of it is committed"))),
+        }
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `POST /v1/features:batch`.
+pub async fn get_batch(State(s): State<Arc<FeatureService>>, body: axum::body::Bytes) -> Response {
+    let run = || -> Result<Response, ApiError> {
+        let request: BatchRequest = serde_json::from_slice(&body)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body must be {{\"entities\": [...], \"names\": [...]?, \"as_of\": ms?}}: {e}")))?;
+        if request.entities.len() > s.batch_max {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("{} entities in one batch; at most {}", request.entities.len(), s.batch_max)));
+        }
+        let selected = s.select(request.names)?;
+        let snapshot = s.reader.snapshot();
+        let mut head = s.header(&snapshot)?;
+        let mut results = Vec::with_capacity(request.entities.len());
+        for entity in &request.entities {
+            match s.lookup(&snapshot, entity, &selected, request.as_of)? {
+                Some(mut found) => {
+                    found.insert("found".into(), json!(true));
+                    results.push(Value::Object(found));
+                }
+                None => results.push(json!({ "entity": entity, "found": false })),
+            }
+        }
+        head.insert("results".into(), Value::Array(results));
+        Ok(Json(Value::Object(head)).into_response())
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
+}

@@ -1,0 +1,148 @@
+//! Feature serving while the stream runs: every value served equals the feature record of the
+//! entity's latest event in the committed output; responses go forward in epochs; bad requests
+//! get clear errors.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use sluice::config::ServerSection;
+use sluice::demo::{demo_config, DemoOptions};
+use sluice::RunControl;
+use sluice_tests::lines;
+
+/// `None` when the server is gone (the run ended).
+fn try_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, serde_json::Value)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null)))
+}
+
+fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    try_request(addr, method, path, body).expect("the server answers")
+}
+
+#[test]
+fn served_values_equal_the_committed_feature_output_while_the_stream_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let options = DemoOptions { duration: Duration::from_secs(4), rate: 8_000, workers: 2, events: 0, model: None, shadow: None, http: None };
+    let mut config = demo_config(work.path(), &options);
+    config.server = Some(ServerSection::new("127.0.0.1:0"));
+    config.order.lateness = "200ms".into();
+    config.drift = None;
+    let control = RunControl::default();
+    let addr_cell = Arc::clone(&control.http_addr);
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = Arc::clone(&done);
+    let checker = std::thread::spawn(move || {
+        let started = Instant::now();
+        let addr = loop {
+            if let Some(a) = addr_cell.get() {
+                break *a;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut responses = Vec::new();
+        while !finished.load(Ordering::Relaxed) {
+            let entities: Vec<String> = (0..400).map(|_| format!("cus_{}", rng.gen_range(0..50_000))).collect();
+            let Some((status, body)) = try_request(addr, "POST", "/v1/features:batch", &serde_json::json!({ "entities": entities }).to_string()) else { break };
+            assert_eq!(status, 200, "{body}");
+            responses.push(body);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        responses
+    });
+    sluice::run(&config, &control).unwrap();
+    done.store(true, Ordering::Relaxed);
+    let responses = checker.join().unwrap();
+
+    // The feature record of each (entity, event time), the last in output order.
+    let mut expected: HashMap<(String, i64), serde_json::Value> = HashMap::new();
+    for line in lines(&work.path().join("features.jsonl")) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        expected.insert((v["entity"].as_str().unwrap().to_string(), v["time_ms"].as_i64().unwrap()), v["features"].clone());
+    }
+    let mut checked = 0;
+    let mut last_epoch = -1i64;
+    let mut latest_seen: HashMap<String, i64> = HashMap::new();
+    for r in &responses {
+        let Some(epoch) = r["epoch"].as_i64() else { continue };
+        assert!(epoch >= last_epoch, "epochs go forward: {epoch} after {last_epoch}");
+        last_epoch = epoch;
+        for result in r["results"].as_array().unwrap() {
+            if result["found"] != true {
+                continue;
+            }
+            let entity = result["entity"].as_str().unwrap().to_string();
+            let last = result["last_event_ms"].as_i64().unwrap();
+            assert_eq!(result["as_of_ms"].as_i64(), Some(last));
+            let want = expected.get(&(entity.clone(), last)).unwrap_or_else(|| panic!("{entity} served as of {last}, which no committed feature record has"));
+            for (name, value) in want.as_object().unwrap() {
+                assert_eq!(result["features"][name].as_f64(), value.as_f64(), "{entity} {name} at epoch {epoch}");
+            }
+            let seen = latest_seen.entry(entity).or_insert(i64::MIN);
+            assert!(last >= *seen, "an entity's latest event does not go back");
+            *seen = last;
+            checked += 1;
+        }
+    }
+    assert!(responses.len() >= 20, "{} responses while running", responses.len());
+    assert!(checked >= 1_000, "{checked} entities checked");
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let work = tempfile::tempdir().unwrap();
+    let options = DemoOptions { duration: Duration::from_secs(2), rate: 2_000, workers: 1, events: 0, model: None, shadow: None, http: None };
+    let mut config = demo_config(work.path(), &options);
+    let mut server = ServerSection::new("127.0.0.1:0");
+    server.batch_max = 3;
+    config.server = Some(server);
+    config.drift = None;
+    let control = RunControl::default();
+    let addr_cell = Arc::clone(&control.http_addr);
+    let checker = std::thread::spawn(move || {
+        let addr = loop {
+            if let Some(a) = addr_cell.get() {
+                break *a;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        vec![
+            request(addr, "GET", "/v1/features/nobody", ""),
+            request(addr, "GET", "/v1/features/nobody?as_of=yesterday", ""),
+            request(addr, "GET", "/v1/features/nobody?names=colour", ""),
+            request(addr, "POST", "/v1/features:batch", r#"{"entities": ["a", "b", "c", "d"]}"#),
+            request(addr, "POST", "/v1/features:batch", r#"{"entities": ["a""#),
+            request(addr, "POST", "/v1/features:batch", r#"{"entities": ["a"], "names": ["amount_last"]}"#),
+        ]
+    });
+    sluice::run(&config, &control).unwrap();
+    let out = checker.join().unwrap();
+    assert_eq!(out[0].0, 404);
+    assert_eq!(out[0].1["error"], "unknown entity `nobody`: no event of it is committed");
+    assert_eq!(out[1].0, 400);
+    assert_eq!(out[1].1["error"], "as_of `yesterday` is not a time in ms since the Unix epoch");
+    assert_eq!(out[2].0, 400);
+    assert!(out[2].1["error"].as_str().unwrap().starts_with("unknown feature `colour`"));
+    assert_eq!(out[3].0, 413);
+    assert_eq!(out[3].1["error"], "4 entities in one batch; at most 3");
+    assert_eq!(out[4].0, 400);
+    assert!(out[4].1["error"].as_str().unwrap().starts_with("the body must be"));
+    assert_eq!(out[5].0, 200);
+    assert_eq!(out[5].1["results"][0], serde_json::json!({ "entity": "a", "found": false }));
+}
