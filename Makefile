@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 DEMO_ARGS ?= --duration 20s
 
-.PHONY: demo test setup build lint bench golden clean-demo
+.PHONY: demo test setup build lint bench bench-serve golden clean-demo
 
 setup:
 	@./scripts/setup.sh
@@ -28,6 +28,9 @@ test: lint
 
 bench: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline $(BENCH_ARGS)
+
+bench-serve: setup
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- serve $(BENCH_ARGS)
 
 # Rewrites the golden fixture and its expected outputs (needs only python3).
 golden:

@@ -51,6 +51,24 @@ enum Cmd {
         #[arg(long)]
         monitor: bool,
     },
+    /// Feature lookups over HTTP while the standard pipeline ingests at a fixed rate.
+    Serve {
+        /// Lookups per second, in all.
+        #[arg(long, default_value_t = 20_000)]
+        lookups: u64,
+        /// Events per second the pipeline ingests.
+        #[arg(long, default_value_t = 100_000)]
+        ingest: u64,
+        /// Seconds of lookups (after a warm-up of 3 s).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Client threads (connections).
+        #[arg(long, default_value_t = 4)]
+        clients: u64,
+        /// Pipeline workers.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
         #[arg(long)]
@@ -72,8 +90,76 @@ enum Cmd {
     },
 }
 
+fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let customers = 100_000;
+    let warmup = 3;
+    let mut config =
+        sluice_bench::standard_pipeline(work.path(), workers, ingest * (seconds + warmup + 2), customers, "5s", 20_000, sluice_bench::Models::default());
+    if let sluice_connectors::SourceConfig::Generator(g) = &mut config.sources[0] {
+        g.rate = ingest;
+        g.step_us = 4_000_000 / ingest.max(1);
+        g.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    }
+    config.order.lateness = "1s".into();
+    config.server = Some(sluice::config::ServerSection::new("127.0.0.1:0"));
+    let control = sluice::RunControl::default();
+    let addr_cell = std::sync::Arc::clone(&control.http_addr);
+    let stop = std::sync::Arc::clone(&control.stop);
+    let metrics = std::sync::Arc::clone(&control.metrics);
+    let load = std::thread::spawn(move || -> Result<()> {
+        let addr = loop {
+            if let Some(a) = addr_cell.get() {
+                break *a;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        std::thread::sleep(std::time::Duration::from_secs(warmup));
+        let in_before = metrics.records_in.load(std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let per_client = lookups as f64 / clients as f64;
+        let threads: Vec<_> = (0..clients)
+            .map(|c| std::thread::spawn(move || sluice_bench::lookup::client(addr, per_client, std::time::Duration::from_secs(seconds), customers, c + 1)))
+            .collect();
+        let mut total = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut statuses = (0, 0, 0);
+        for t in threads {
+            let r = t.join().map_err(|_| anyhow::anyhow!("a client panicked"))??;
+            total.add(&r.latency_us)?;
+            statuses = (statuses.0 + r.statuses.0, statuses.1 + r.statuses.1, statuses.2 + r.statuses.2);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let ingested = metrics.records_in.load(std::sync::atomic::Ordering::Relaxed) - in_before;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        println!("feature lookups over HTTP on loopback while the standard pipeline ingests ({workers} worker(s)), {clients} keep-alive clients, open loop");
+        println!(
+            "{:>12}  {:>12}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}",
+            "target/s", "lookups/s", "ingest/s", "p50 µs", "p99 µs", "p999 µs", "found", "404"
+        );
+        println!(
+            "{:>12}  {:>12.0}  {:>10.0}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}",
+            lookups,
+            total.len() as f64 / secs,
+            ingested as f64 / secs,
+            total.value_at_quantile(0.5),
+            total.value_at_quantile(0.99),
+            total.value_at_quantile(0.999),
+            statuses.0,
+            statuses.1
+        );
+        if statuses.2 > 0 {
+            println!("other statuses: {}", statuses.2);
+        }
+        Ok(())
+    });
+    sluice::run(&config, &control)?;
+    load.join().map_err(|_| anyhow::anyhow!("the load thread panicked"))??;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Serve { lookups, ingest, seconds, clients, workers } => serve(lookups, ingest, seconds, clients, workers)?,
         Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
             let work = tempfile::tempdir()?;
             let config = sluice_bench::standard_pipeline(
