@@ -75,6 +75,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8787")]
         http: String,
     },
+    /// Read features from a running pipeline's server.
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCommand,
+    },
     /// Drift tools.
     Drift {
         #[command(subcommand)]
@@ -82,6 +87,24 @@ enum Command {
     },
     /// List the connectors.
     Connectors,
+}
+
+#[derive(Debug, Subcommand)]
+enum FeaturesCommand {
+    /// Print an entity's features (JSON) as the server of a running pipeline has them.
+    Get {
+        /// The entity key.
+        entity: String,
+        /// The pipeline's server (its `[server] listen`).
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        server: String,
+        /// Comma-separated feature names (default all).
+        #[arg(long)]
+        names: Option<String>,
+        /// Read the windows as of this event time (ms).
+        #[arg(long)]
+        as_of: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -103,6 +126,24 @@ enum DriftCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Escapes a path segment.
+fn percent_encode(text: &str) -> String {
+    text.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// One HTTP/1.1 GET: (status, body).
+fn http_get(server: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("not an HTTP response")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("not an HTTP response")?;
+    Ok((status, body.to_string()))
 }
 
 fn ctrl_c(stop: Arc<AtomicBool>) {
@@ -206,6 +247,24 @@ fn main() -> Result<()> {
             done.store(true, Ordering::Relaxed);
             let _ = display.join();
             print!("{}", summary_text(&summary?, &out));
+        }
+        Command::Features { command: FeaturesCommand::Get { entity, server, names, as_of } } => {
+            let mut query = Vec::new();
+            if let Some(n) = names {
+                query.push(format!("names={n}"));
+            }
+            if let Some(t) = as_of {
+                query.push(format!("as_of={t}"));
+            }
+            let path = format!("/v1/features/{}{}{}", percent_encode(&entity), if query.is_empty() { "" } else { "?" }, query.join("&"));
+            let (status, body) =
+                http_get(&server, &path).with_context(|| format!("cannot reach the sluice server at {server} (is the pipeline running with [server]?)"))?;
+            if status == 200 {
+                println!("{body}");
+            } else {
+                let message = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(body);
+                anyhow::bail!("{message} (HTTP {status})");
+            }
         }
         Command::Drift { command: DriftCommand::Reference { pipeline, features, scores, events, out } } => {
             let mut config = PipelineConfig::load_unchecked(&pipeline).context("invalid pipeline")?;

@@ -127,3 +127,46 @@ fn drift_reference_files_are_written_from_samples_and_checked_against_the_pipeli
     assert!(!none.status.success());
     assert!(String::from_utf8(none.stderr).unwrap().contains("no sample for `currency`"));
 }
+
+#[test]
+fn features_get_reads_a_running_pipeline() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let mut child = sluice()
+        .current_dir(dir.path())
+        .args(["demo", "--duration", "5s", "--rate", "4000", "--no-model", "--http", "127.0.0.1:0", "--out"])
+        .arg(&out_dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let addr = loop {
+        let line = lines.next().expect("the demo says where its metrics are").unwrap();
+        if let Some(rest) = line.split("metrics at http://").nth(1) {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    // An entity with committed features.
+    let entity = loop {
+        let text = std::fs::read_to_string(out_dir.join("features.jsonl")).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap()["entity"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let got = sluice().args(["features", "get", &entity, "--server", &addr, "--names", "txn_count_1m,amount_last"]).output().unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(v["entity"], entity.as_str());
+    let names: Vec<&String> = v["features"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["amount_last", "txn_count_1m"]);
+    let missing = sluice().args(["features", "get", "nobody", "--server", &addr]).output().unwrap();
+    assert!(!missing.status.success());
+    let err = String::from_utf8(missing.stderr).unwrap();
+    assert!(err.contains("unknown entity `nobody`") && err.contains("HTTP 404"), "{err}");
+    assert!(child.wait().unwrap().success());
+}
