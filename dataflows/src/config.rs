@@ -38,12 +38,15 @@ pub struct ServerSection {
     /// Feature responses are flagged stale when the last commit is older than this.
     #[serde(default = "default_stale_after")]
     pub stale_after: String,
+    /// Append every served feature vector to this JSONL file (relative to the pipeline file).
+    #[serde(default)]
+    pub feature_log: Option<PathBuf>,
 }
 
 impl ServerSection {
     /// Listening on `listen`, other settings default.
     pub fn new(listen: &str) -> Self {
-        ServerSection { listen: listen.into(), batch_max: default_batch_max(), stale_after: default_stale_after() }
+        ServerSection { listen: listen.into(), batch_max: default_batch_max(), stale_after: default_stale_after(), feature_log: None }
     }
 }
 
@@ -236,6 +239,9 @@ impl PipelineConfig {
                     fix(p);
                 }
             }
+        }
+        if let Some(p) = self.server.as_mut().and_then(|s| s.feature_log.as_mut()) {
+            fix(p);
         }
         for s in &mut self.sinks {
             fix(&mut s.path);

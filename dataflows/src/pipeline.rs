@@ -198,6 +198,13 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                     batch_max: s.batch_max,
                     stale_after_ms: parse_duration_ms(&s.stale_after).map_err(RunError::Server)?,
                     metrics: Arc::clone(&control.metrics),
+                    log: match &s.feature_log {
+                        Some(path) => Some(Arc::new(
+                            crate::serve::FeatureLog::open(path)
+                                .map_err(|e| RunError::Server(format!("server.feature_log: cannot open {}: {e}", path.display())))?,
+                        )),
+                        None => None,
+                    },
                 })
             };
             let server = crate::server::Server::start(&s.listen, Arc::clone(&control.metrics), info, features).map_err(RunError::Server)?;

@@ -39,6 +39,58 @@ pub struct FeatureService {
     pub stale_after_ms: i64,
     /// For the time of the last commit.
     pub metrics: Arc<Metrics>,
+    /// Where every served feature vector is appended (JSONL), if anywhere.
+    pub log: Option<Arc<FeatureLog>>,
+}
+
+/// The feature log: one line per served vector — `served_at_ms`, `entity`, `epoch`,
+/// `as_of_ms`, `features` — so that a training set can be rebuilt from exactly what was served,
+/// point in time. Lines are buffered and flushed at least every second and when the server
+/// stops. (Scored vectors are the `features` output, whose `time_ms` is their as-of time.)
+#[derive(Debug)]
+pub struct FeatureLog {
+    out: std::sync::Mutex<(std::io::BufWriter<std::fs::File>, std::time::Instant)>,
+}
+
+impl FeatureLog {
+    /// Appends to `path` (created with its folder).
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(path: &std::path::Path) -> std::io::Result<FeatureLog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(FeatureLog { out: std::sync::Mutex::new((std::io::BufWriter::with_capacity(1 << 16, file), std::time::Instant::now())) })
+    }
+
+    fn write(&self, epoch: &Value, found: &Map<String, Value>) {
+        use std::io::Write;
+        let line = json!({
+            "served_at_ms": sluice_operators::event::now_us() / 1000,
+            "entity": found["entity"],
+            "epoch": epoch,
+            "as_of_ms": found["as_of_ms"],
+            "features": found["features"],
+        });
+        let Ok(mut out) = self.out.lock() else { return };
+        let _ = serde_json::to_writer(&mut out.0, &line);
+        let _ = out.0.write_all(b"\n");
+        if out.1.elapsed() >= std::time::Duration::from_secs(1) {
+            let _ = out.0.flush();
+            out.1 = std::time::Instant::now();
+        }
+    }
+}
+
+impl Drop for FeatureLog {
+    fn drop(&mut self) {
+        use std::io::Write;
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.0.flush();
+        }
+    }
 }
 
 impl std::fmt::Debug for FeatureService {
@@ -148,6 +200,9 @@ pub async fn get_one(State(s): State<Arc<FeatureService>>, Path(entity): Path<St
         let mut head = s.header(&snapshot)?;
         match s.lookup(&snapshot, &entity, &selected, as_of)? {
             Some(found) => {
+                if let Some(log) = &s.log {
+                    log.write(&head["epoch"], &found);
+                }
                 head.extend(found);
                 Ok(Json(Value::Object(head)).into_response())
             }
@@ -172,6 +227,9 @@ pub async fn get_batch(State(s): State<Arc<FeatureService>>, body: axum::body::B
         for entity in &request.entities {
             match s.lookup(&snapshot, entity, &selected, request.as_of)? {
                 Some(mut found) => {
+                    if let Some(log) = &s.log {
+                        log.write(&head["epoch"], &found);
+                    }
                     found.insert("found".into(), json!(true));
                     results.push(Value::Object(found));
                 }

@@ -39,7 +39,9 @@ fn served_values_equal_the_committed_feature_output_while_the_stream_runs() {
     let work = tempfile::tempdir().unwrap();
     let options = DemoOptions { duration: Duration::from_secs(4), rate: 8_000, workers: 2, events: 0, model: None, shadow: None, http: None };
     let mut config = demo_config(work.path(), &options);
-    config.server = Some(ServerSection::new("127.0.0.1:0"));
+    let mut server = ServerSection::new("127.0.0.1:0");
+    server.feature_log = Some(work.path().join("served.jsonl"));
+    config.server = Some(server);
     config.order.lateness = "200ms".into();
     config.drift = None;
     let control = RunControl::default();
@@ -101,6 +103,15 @@ fn served_values_equal_the_committed_feature_output_while_the_stream_runs() {
         }
     }
     assert!(responses.len() >= 20, "{} responses while running", responses.len());
+    // The feature log holds every served vector, with its epoch and as-of time.
+    let log = lines(&work.path().join("served.jsonl"));
+    assert_eq!(log.len(), checked);
+    for line in &log {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let want = &expected[&(v["entity"].as_str().unwrap().to_string(), v["as_of_ms"].as_i64().unwrap())];
+        assert_eq!(&v["features"], want, "{line}");
+        assert!(v["epoch"].is_i64() && v["served_at_ms"].is_i64());
+    }
     assert!(checked >= 1_000, "{checked} entities checked");
 }
 
