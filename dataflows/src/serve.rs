@@ -212,8 +212,46 @@ pub async fn get_one(State(s): State<Arc<FeatureService>>, Path(entity): Path<St
     run().unwrap_or_else(IntoResponse::into_response)
 }
 
-/// `POST /v1/features:batch`.
-pub async fn get_batch(State(s): State<Arc<FeatureService>>, body: axum::body::Bytes) -> Response {
+/// The media type of Arrow IPC streams.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// A batch answer as one Arrow record batch in an IPC stream: columns `entity`, `found`,
+/// `as_of_ms`, `last_event_ms`, then one float column per feature (null when undefined or the
+/// entity is unknown); `epoch`, `age_ms` and `stale` in the schema's metadata.
+fn arrow_batch(head: &Map<String, Value>, names: &[&str], results: &[Value]) -> Result<Vec<u8>, String> {
+    use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    let mut fields = vec![
+        Field::new("entity", DataType::Utf8, false),
+        Field::new("found", DataType::Boolean, false),
+        Field::new("as_of_ms", DataType::Int64, true),
+        Field::new("last_event_ms", DataType::Int64, true),
+    ];
+    fields.extend(names.iter().map(|n| Field::new(*n, DataType::Float64, true)));
+    let metadata = head.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+    let schema = Arc::new(Schema::new_with_metadata(fields, metadata));
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(results.iter().map(|r| r["entity"].as_str().unwrap_or_default()))),
+        Arc::new(BooleanArray::from_iter(results.iter().map(|r| Some(r["found"] == true)))),
+        Arc::new(Int64Array::from_iter(results.iter().map(|r| r["as_of_ms"].as_i64()))),
+        Arc::new(Int64Array::from_iter(results.iter().map(|r| r["last_event_ms"].as_i64()))),
+    ];
+    for n in names {
+        columns.push(Arc::new(Float64Array::from_iter(results.iter().map(|r| r["features"][*n].as_f64()))));
+    }
+    let batch = arrow::record_batch::RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(|e| e.to_string())?;
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
+    drop(writer);
+    Ok(out)
+}
+
+/// `POST /v1/features:batch`; answers Arrow IPC when the request accepts
+/// `application/vnd.apache.arrow.stream`.
+pub async fn get_batch(State(s): State<Arc<FeatureService>>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let arrow = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(ARROW_STREAM));
     let run = || -> Result<Response, ApiError> {
         let request: BatchRequest = serde_json::from_slice(&body)
             .map_err(|e| error(StatusCode::BAD_REQUEST, format!("the body must be {{\"entities\": [...], \"names\": [...]?, \"as_of\": ms?}}: {e}")))?;
@@ -221,6 +259,7 @@ pub async fn get_batch(State(s): State<Arc<FeatureService>>, body: axum::body::B
             return Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("{} entities in one batch; at most {}", request.entities.len(), s.batch_max)));
         }
         let selected = s.select(request.names)?;
+        let names: Vec<&str> = selected.iter().map(|i| s.set.names[*i].as_str()).collect();
         let snapshot = s.reader.snapshot();
         let mut head = s.header(&snapshot)?;
         let mut results = Vec::with_capacity(request.entities.len());
@@ -235,6 +274,10 @@ pub async fn get_batch(State(s): State<Arc<FeatureService>>, body: axum::body::B
                 }
                 None => results.push(json!({ "entity": entity, "found": false })),
             }
+        }
+        if arrow {
+            let bytes = arrow_batch(&head, &names, &results).map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+            return Ok(([(axum::http::header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
         }
         head.insert("results".into(), Value::Array(results));
         Ok(Json(Value::Object(head)).into_response())

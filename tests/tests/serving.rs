@@ -30,6 +30,56 @@ fn try_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str)
     Some((status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null)))
 }
 
+/// A batch request answered in Arrow IPC, turned back into the JSON form of a batch answer;
+/// `None` when the server is gone.
+fn try_arrow_batch(addr: std::net::SocketAddr, entities: &[String]) -> Option<serde_json::Value> {
+    use arrow::array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
+    let body = serde_json::json!({ "entities": entities }).to_string();
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "POST /v1/features:batch HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\nAccept: application/vnd.apache.arrow.stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).ok()?;
+    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200") && head.contains("content-type: application/vnd.apache.arrow.stream"), "{head}");
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes[split + 4..].to_vec()), None).unwrap();
+    let schema = reader.schema();
+    let epoch: serde_json::Value = serde_json::from_str(&schema.metadata()["epoch"]).unwrap();
+    let mut results = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let col = |name: &str| batch.column(schema.index_of(name).unwrap()).clone();
+        let entity = col("entity");
+        let entity = entity.as_any().downcast_ref::<StringArray>().unwrap();
+        let found = col("found");
+        let found = found.as_any().downcast_ref::<BooleanArray>().unwrap();
+        let (as_of, last) = (col("as_of_ms"), col("last_event_ms"));
+        let (as_of, last) = (as_of.as_any().downcast_ref::<Int64Array>().unwrap(), last.as_any().downcast_ref::<Int64Array>().unwrap());
+        for row in 0..batch.num_rows() {
+            let mut features = serde_json::Map::new();
+            for field in schema.fields().iter().skip(4) {
+                let c = col(field.name());
+                let c = c.as_any().downcast_ref::<Float64Array>().unwrap();
+                features.insert(field.name().clone(), if c.is_null(row) { serde_json::Value::Null } else { serde_json::json!(c.value(row)) });
+            }
+            results.push(serde_json::json!({
+                "entity": entity.value(row),
+                "found": found.value(row),
+                "as_of_ms": (!as_of.is_null(row)).then(|| as_of.value(row)),
+                "last_event_ms": (!last.is_null(row)).then(|| last.value(row)),
+                "features": features,
+            }));
+        }
+    }
+    assert_eq!(results.len(), entities.len());
+    Some(serde_json::json!({ "epoch": epoch, "results": results }))
+}
+
 fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
     try_request(addr, method, path, body).expect("the server answers")
 }
@@ -61,9 +111,17 @@ fn served_values_equal_the_committed_feature_output_while_the_stream_runs() {
         let mut responses = Vec::new();
         while !finished.load(Ordering::Relaxed) {
             let entities: Vec<String> = (0..400).map(|_| format!("cus_{}", rng.gen_range(0..50_000))).collect();
-            let Some((status, body)) = try_request(addr, "POST", "/v1/features:batch", &serde_json::json!({ "entities": entities }).to_string()) else { break };
-            assert_eq!(status, 200, "{body}");
-            responses.push(body);
+            // Every third request in Arrow IPC; the same checks apply to both.
+            if responses.len() % 3 == 2 {
+                let Some(body) = try_arrow_batch(addr, &entities) else { break };
+                responses.push(body);
+            } else {
+                let Some((status, body)) = try_request(addr, "POST", "/v1/features:batch", &serde_json::json!({ "entities": entities }).to_string()) else {
+                    break;
+                };
+                assert_eq!(status, 200, "{body}");
+                responses.push(body);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         responses
