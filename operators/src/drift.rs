@@ -417,11 +417,10 @@ pub struct PanePartial {
     pub summaries: Vec<Summary>,
 }
 
-/// Worker 0's state, staged to the `drift` table.
+/// Worker 0's progress, staged to the `drift` table (small: compared and written whenever it
+/// changes; the reference has its own key, written only when it changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 struct Progress {
-    /// Reference summaries, once complete (or while being built from the first panes).
-    reference: Option<Vec<Summary>>,
     reference_done: bool,
     /// The end (ms) of the next window to emit, once the reference is done.
     next_end: Option<i64>,
@@ -430,6 +429,7 @@ struct Progress {
 }
 
 const PROGRESS_KEY: &[u8] = b"progress";
+const REFERENCE_KEY: &[u8] = b"reference";
 
 fn pane_key(pane: i64) -> Vec<u8> {
     let mut k = b"pane/".to_vec();
@@ -576,11 +576,15 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
         let mut tracker = WatermarkTracker::new(partitions, lateness_ms, &committed);
         let mut progress_state = Progress { open_from_pane: i64::MIN, ..Progress::default() };
         let mut panes: BTreeMap<i64, Vec<Summary>> = BTreeMap::new();
+        // Reference summaries, once complete (or while being built from the first panes).
+        let mut reference: Option<Vec<Summary>> = None;
         if index == 0 {
             let corrupt = |what: String| OperatorError::State(sluice_state::StateError::Codec { table: DRIFT_TABLE.into(), reason: what });
             for (key, value) in state.borrow().scan_committed(&table)? {
                 if key == PROGRESS_KEY {
                     progress_state = bincode::deserialize(&value).map_err(|e| corrupt(e.to_string()))?;
+                } else if key == REFERENCE_KEY {
+                    reference = Some(bincode::deserialize(&value).map_err(|e| corrupt(e.to_string()))?);
                 } else if let Some(k) = key.strip_prefix(b"pane/") {
                     let pane = (u64::from_be_bytes(k.try_into().map_err(|_| corrupt("a pane key is not 8 bytes".into()))?) ^ (1 << 63)) as i64;
                     panes.insert(pane, bincode::deserialize(&value).map_err(|e| corrupt(e.to_string()))?);
@@ -588,7 +592,7 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
             }
         }
         if let (Reference::File(summaries), false) = (&reference_kind, progress_state.reference_done) {
-            progress_state.reference = Some(summaries.clone());
+            reference = Some(summaries.clone());
             progress_state.reference_done = true;
         }
 
@@ -647,6 +651,7 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                     }
                     let watermark = tracker.advance();
                     let before = progress_state.clone();
+                    let mut reference_changed = false;
                     let mut removed = Vec::new();
                     let complete = |pane: i64| watermark == i64::MAX || (pane + 1).saturating_mul(slide_ms) <= watermark;
 
@@ -664,12 +669,13 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                                 _ => true,
                             };
                             if into_reference {
-                                match progress_state.reference.as_mut() {
+                                match reference.as_mut() {
                                     Some(r) => r.iter_mut().zip(&summaries).for_each(|(a, b)| a.merge(b)),
-                                    None => progress_state.reference = Some(summaries),
+                                    None => reference = Some(summaries),
                                 }
+                                reference_changed = true;
                             }
-                            let count = progress_state.reference.as_ref().and_then(|r| r.first()).map_or(0, Summary::count);
+                            let count = reference.as_ref().and_then(|r| r.first()).map_or(0, Summary::count);
                             let done = match reference_kind {
                                 Reference::First(n) => count >= n,
                                 Reference::Range(_, to) => (pane + 1) * slide_ms >= to,
@@ -683,7 +689,7 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                             }
                         }
                         // The end of the input with a reference short of `first`: use it.
-                        if watermark == i64::MAX && !progress_state.reference_done && progress_state.reference.is_some() {
+                        if watermark == i64::MAX && !progress_state.reference_done && reference.is_some() {
                             progress_state.reference_done = true;
                         }
                     }
@@ -697,9 +703,7 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                     let cap = held.at(0, epoch);
                     let mut session = out.session(&cap);
                     let last_pane = panes.last_key_value().map(|(p, _)| *p);
-                    while let (Some(end), Some(reference)) =
-                        (progress_state.next_end, progress_state.reference.as_ref().filter(|_| progress_state.reference_done))
-                    {
+                    while let (Some(end), Some(reference)) = (progress_state.next_end, reference.as_ref().filter(|_| progress_state.reference_done)) {
                         let start = end - window_ms;
                         let ready = if watermark == i64::MAX { last_pane.is_some_and(|p| start <= p * slide_ms) } else { end <= watermark };
                         if !ready {
@@ -734,6 +738,9 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                         if let Some(summaries) = panes.get(&pane) {
                             state.put_raw(epoch, table.index(), &pane_key(pane), bincode::serialize(summaries).expect("invariant: summaries serialize"));
                         }
+                    }
+                    if let (true, Some(r)) = (reference_changed, reference.as_ref()) {
+                        state.put_raw(epoch, table.index(), REFERENCE_KEY, bincode::serialize(r).expect("invariant: summaries serialize"));
                     }
                     if progress_state != before {
                         state.put_raw(epoch, table.index(), PROGRESS_KEY, bincode::serialize(&progress_state).expect("invariant: progress serializes"));
