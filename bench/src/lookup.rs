@@ -42,6 +42,9 @@ fn read_response(reader: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> std::
 /// # Errors
 /// The connection fails.
 pub fn client(addr: SocketAddr, rate: f64, duration: Duration, entities: u64, seed: u64) -> std::io::Result<LookupResult> {
+    // A client on another machine would not wait for the dataflow's slices to end; sharing
+    // the cores here, it asks for short slices as the server's threads do.
+    sluice_state::sched::set_thread_slice(100);
     let stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;

@@ -41,17 +41,30 @@ pub struct ServerSection {
     /// Append every served feature vector to this JSONL file (relative to the pipeline file).
     #[serde(default)]
     pub feature_log: Option<PathBuf>,
+    /// The nice level of the dataflow's threads (workers, commit, RocksDB background) while the
+    /// server runs, so that lookups preempt ingest when the cores are busy; 0 turns it off.
+    #[serde(default = "default_dataflow_nice")]
+    pub dataflow_nice: i32,
 }
 
 impl ServerSection {
     /// Listening on `listen`, other settings default.
     pub fn new(listen: &str) -> Self {
-        ServerSection { listen: listen.into(), batch_max: default_batch_max(), stale_after: default_stale_after(), feature_log: None }
+        ServerSection {
+            listen: listen.into(),
+            batch_max: default_batch_max(),
+            stale_after: default_stale_after(),
+            feature_log: None,
+            dataflow_nice: default_dataflow_nice(),
+        }
     }
 }
 
 fn default_batch_max() -> usize {
     1000
+}
+fn default_dataflow_nice() -> i32 {
+    10
 }
 fn default_stale_after() -> String {
     "5s".into()
@@ -340,6 +353,11 @@ impl PipelineConfig {
             }
         }
         self.durations()?;
+        if let Some(server) = &self.server {
+            if !(0..=19).contains(&server.dataflow_nice) {
+                return Err(bad("server.dataflow_nice", format!("{} is not between 0 and 19", server.dataflow_nice)));
+            }
+        }
         let set = FeatureSet::new(&self.features, &self.event.number_names()).map_err(|e| bad("features", e.to_string()))?;
         if self.shadow.is_some() && self.model.is_none() {
             return Err(bad("shadow", "a shadow model needs a [model] to shadow"));
@@ -438,6 +456,10 @@ name = "g"
         assert_eq!(e.key, "workers");
         let e = parse(&MINIMAL.replace("[event]", "colour = 1\n[event]")).unwrap_err();
         assert!(e.problem.contains("unknown field `colour`"), "{e}");
+        let e = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:0\"\ndataflow_nice = 20")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("server.dataflow_nice", "20 is not between 0 and 19"));
+        let c = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:0\"")).unwrap();
+        assert_eq!(c.server.unwrap().dataflow_nice, 10);
     }
 
     #[test]

@@ -172,7 +172,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         Some(model) => Some(Models { primary: start_model(model)?, shadow: config.shadow_model().as_ref().map(start_model).transpose()? }),
         None => None,
     };
-    let options = StateOptions { cache_bytes: config.state_cache_mb << 20, ..StateOptions::default() };
+    let nice = config.server.as_ref().map_or(0, |s| s.dataflow_nice);
+    let options = StateOptions { cache_bytes: config.state_cache_mb << 20, background_nice: nice, ..StateOptions::default() };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;
     let resumed_at_epoch = store.resume_epoch();
     if resumed_at_epoch > 0 {
@@ -241,6 +242,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let metrics = Arc::clone(&control.metrics);
     let stop = sluice_connectors::source::StopLine::new(Arc::clone(&control.stop), config.workers, resumed_at_epoch);
     let guards = timely::execute(timely::Config::process(config.workers), move |worker| -> Result<(), String> {
+        sluice_state::sched::set_thread_nice(nice);
         let index = worker.index();
         let peers = worker.peers();
         let state = Rc::new(RefCell::new(worker_store.worker(index)));

@@ -31,6 +31,10 @@ async fn metrics_handler(axum::extract::State(s): axum::extract::State<AppState>
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&s.metrics, &s.info))
 }
 
+/// The time slice the server's threads ask for, µs: short, so that a request preempts the
+/// dataflow (see `sluice_state::sched`).
+const SERVER_SLICE_US: u64 = 100;
+
 impl Server {
     /// Binds `listen` (e.g. `127.0.0.1:8787`; port 0 picks a free one) and serves.
     ///
@@ -41,6 +45,7 @@ impl Server {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sluice-http")
+            .on_thread_start(|| sluice_state::sched::set_thread_slice(SERVER_SLICE_US))
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
@@ -63,8 +68,16 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name("sluice-http-main".into())
             .spawn(move || {
+                sluice_state::sched::set_thread_slice(SERVER_SLICE_US);
                 runtime.block_on(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let serve = axum::serve(
+                        axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                            // Answers are small and go out whole: Nagle would only delay them.
+                            let _ = tcp.set_nodelay(true);
+                        }),
+                        app,
+                    )
+                    .with_graceful_shutdown(async move {
                         let _ = rx.await;
                     });
                     if let Err(e) = serve.await {

@@ -46,5 +46,7 @@ pub use store::{CommitInfo, StateOptions, StateStore};
 pub use table::{ttl_stamp, Table, TableSpec};
 pub use worker::WorkerState;
 
+pub mod sched;
+
 /// A timely epoch number: the unit of commit.
 pub type Epoch = u64;

@@ -32,11 +32,15 @@ pub struct StateOptions {
     pub write_buffer_bytes: usize,
     /// Sync the WAL at every commit (the durability promise). Tests of pure logic may turn it off.
     pub sync_commits: bool,
+    /// The nice level of the commit thread and RocksDB's background threads (0: as the
+    /// process). A positive level lets latency-sensitive threads (the feature server) preempt
+    /// the write path on a loaded machine.
+    pub background_nice: i32,
 }
 
 impl Default for StateOptions {
     fn default() -> Self {
-        StateOptions { cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, sync_commits: true }
+        StateOptions { cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, sync_commits: true, background_nice: 0 }
     }
 }
 
@@ -170,6 +174,12 @@ impl StateStore {
         db_options.create_missing_column_families(true);
         db_options.set_max_background_jobs(2);
         db_options.set_keep_log_file_num(4);
+        if options.background_nice > 0 {
+            let mut env = rocksdb::Env::new().map_err(|e| StateError::rocks(path, e))?;
+            env.lower_thread_pool_cpu_priority();
+            env.lower_high_priority_thread_pool_cpu_priority();
+            db_options.set_env(&env);
+        }
 
         let existing = DB::list_cf(&db_options, path).unwrap_or_default();
         let mut descriptors = vec![ColumnFamilyDescriptor::new(META_CF, cf_options(None))];
@@ -231,7 +241,9 @@ impl StateStore {
             .name("sluice-commit".into())
             .spawn({
                 let writer = Arc::clone(&writer);
+                let nice = options.background_nice;
                 move || {
+                    crate::sched::set_thread_nice(nice);
                     for (ready, resume) in receiver {
                         let result = writer.write(ready, resume);
                         let mut done = writer.done.lock().expect("invariant: writer lock not poisoned");

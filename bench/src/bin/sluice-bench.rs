@@ -68,6 +68,9 @@ enum Cmd {
         /// Pipeline workers.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// `[server] dataflow_nice`: the nice level of the dataflow's threads (0: off).
+        #[arg(long, default_value_t = 10)]
+        nice: i32,
     },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
@@ -90,7 +93,7 @@ enum Cmd {
     },
 }
 
-fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize) -> Result<()> {
+fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, nice: i32) -> Result<()> {
     let work = tempfile::tempdir()?;
     let customers = 100_000;
     let warmup = 3;
@@ -102,7 +105,9 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize) 
         g.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     }
     config.order.lateness = "1s".into();
-    config.server = Some(sluice::config::ServerSection::new("127.0.0.1:0"));
+    let mut server = sluice::config::ServerSection::new("127.0.0.1:0");
+    server.dataflow_nice = nice;
+    config.server = Some(server);
     let control = sluice::RunControl::default();
     let addr_cell = std::sync::Arc::clone(&control.http_addr);
     let stop = std::sync::Arc::clone(&control.stop);
@@ -131,7 +136,7 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize) 
         let secs = started.elapsed().as_secs_f64();
         let ingested = metrics.records_in.load(std::sync::atomic::Ordering::Relaxed) - in_before;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        println!("feature lookups over HTTP on loopback while the standard pipeline ingests ({workers} worker(s)), {clients} keep-alive clients, open loop");
+        println!("feature lookups over HTTP on loopback while the standard pipeline ingests ({workers} worker(s), dataflow_nice {nice}), {clients} keep-alive clients, open loop");
         println!(
             "{:>12}  {:>12}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {:>8}",
             "target/s", "lookups/s", "ingest/s", "p50 µs", "p99 µs", "p999 µs", "found", "404"
@@ -159,7 +164,7 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize) 
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Cmd::Serve { lookups, ingest, seconds, clients, workers } => serve(lookups, ingest, seconds, clients, workers)?,
+        Cmd::Serve { lookups, ingest, seconds, clients, workers, nice } => serve(lookups, ingest, seconds, clients, workers, nice)?,
         Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
             let work = tempfile::tempdir()?;
             let config = sluice_bench::standard_pipeline(
