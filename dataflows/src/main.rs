@@ -75,6 +75,24 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8787")]
         http: String,
     },
+    /// Serve the feature API from a pipeline's state directory, without running the pipeline:
+    /// while it is stopped (the last committed values, flagged stale with their age), or
+    /// beside it (following its commits). Ctrl-C stops.
+    Serve {
+        /// The pipeline file (TOML) whose state and features to serve.
+        #[arg(required_unless_present = "demo", conflicts_with = "demo")]
+        pipeline: Option<PathBuf>,
+        /// Serve the state of `sluice demo --out DIR` instead of a pipeline file's.
+        #[arg(long, value_name = "DIR")]
+        demo: Option<PathBuf>,
+        /// Address to listen on (default: the pipeline's `[server] listen`, else 127.0.0.1:8788).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Append every served vector to this JSONL file (the pipeline's own `feature_log` is
+        /// not used: two processes would interleave it).
+        #[arg(long)]
+        feature_log: Option<PathBuf>,
+    },
     /// Read features from a running pipeline's server.
     Features {
         #[command(subcommand)]
@@ -146,12 +164,12 @@ fn http_get(server: &str, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
-fn ctrl_c(stop: Arc<AtomicBool>) {
+fn ctrl_c(stop: Arc<AtomicBool>, what: &'static str) {
     let _ = ctrlc::set_handler(move || {
         if stop.swap(true, Ordering::Relaxed) {
             std::process::exit(130);
         }
-        eprintln!("\nsluice: stopping at the end of the current epoch (Ctrl-C again to abort)");
+        eprintln!("\nsluice: {what} (Ctrl-C again to abort)");
     });
 }
 
@@ -170,7 +188,7 @@ fn main() -> Result<()> {
                 config.workers = w;
             }
             let control = RunControl::default();
-            ctrl_c(Arc::clone(&control.stop));
+            ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
             let done = Arc::new(AtomicBool::new(false));
             let display = progress.then(|| spawn_progress(&control, Arc::clone(&done)));
             let summary = sluice::run(&config, &control);
@@ -181,6 +199,37 @@ fn main() -> Result<()> {
             let summary = summary?;
             let dir = config.sinks.first().and_then(|s| s.path.parent().map(PathBuf::from)).unwrap_or_default();
             print!("{}", summary_text(&summary, &dir));
+        }
+        Command::Serve { pipeline, demo, listen, feature_log } => {
+            let config = match (pipeline, demo) {
+                (Some(p), _) => PipelineConfig::load(&p).context("invalid pipeline")?,
+                (None, Some(dir)) => {
+                    let options = DemoOptions { duration: Duration::ZERO, rate: 0, workers: 1, events: 0, model: None, shadow: None, http: None };
+                    demo_config(&dir, &options)
+                }
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let mut server = config.server.clone().unwrap_or_else(|| sluice::config::ServerSection::new("127.0.0.1:8788"));
+            if let Some(l) = listen {
+                server.listen = l;
+            }
+            server.feature_log = feature_log;
+            let reader = sluice_state::StateReader::follow(&config.state_dir).context("cannot read the pipeline's state")?;
+            let service = sluice::serve::FeatureService::from_config(&config, &server, reader)
+                .map_err(anyhow::Error::msg)?
+                .context("the pipeline has no [[features]] to serve")?;
+            let running = sluice::server::Server::start(&server.listen, None, Some(service)).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "sluice serve: features of {} at http://{}/v1/features/{{entity}} (following its commits; Ctrl-C stops)",
+                config.state_dir.display(),
+                running.addr()
+            );
+            let stop = Arc::new(AtomicBool::new(false));
+            ctrl_c(Arc::clone(&stop), "stopping the server");
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(running);
         }
         Command::Validate { pipeline } => {
             let config = PipelineConfig::load(&pipeline).context("invalid pipeline")?;
@@ -230,7 +279,7 @@ fn main() -> Result<()> {
             config.validate()?;
             eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());
             let control = RunControl::default();
-            ctrl_c(Arc::clone(&control.stop));
+            ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
             let done = Arc::new(AtomicBool::new(false));
             let display = spawn_progress(&control, Arc::clone(&done));
             let addr = Arc::clone(&control.http_addr);

@@ -189,26 +189,9 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let server = match &config.server {
         Some(s) => {
             let info = crate::prometheus::ExportInfo { partition_sources: names.iter().map(|(s, _)| s.clone()).collect() };
-            let features = if config.features.is_empty() {
-                None
-            } else {
-                Some(crate::serve::FeatureService {
-                    reader: sluice_state::StateReader::new(Arc::clone(&store)),
-                    table: store.table(sluice_operators::features::FEATURES_TABLE)?,
-                    set: Arc::new(FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| RunError::Server(e.to_string()))?),
-                    batch_max: s.batch_max,
-                    stale_after_ms: parse_duration_ms(&s.stale_after).map_err(RunError::Server)?,
-                    metrics: Arc::clone(&control.metrics),
-                    log: match &s.feature_log {
-                        Some(path) => Some(Arc::new(
-                            crate::serve::FeatureLog::open(path)
-                                .map_err(|e| RunError::Server(format!("server.feature_log: cannot open {}: {e}", path.display())))?,
-                        )),
-                        None => None,
-                    },
-                })
-            };
-            let server = crate::server::Server::start(&s.listen, Arc::clone(&control.metrics), info, features).map_err(RunError::Server)?;
+            let features =
+                crate::serve::FeatureService::from_config(config, s, sluice_state::StateReader::new(Arc::clone(&store))).map_err(RunError::Server)?;
+            let server = crate::server::Server::start(&s.listen, Some((Arc::clone(&control.metrics), info)), features).map_err(RunError::Server)?;
             let _ = control.http_addr.set(server.addr());
             Some(server)
         }

@@ -8,11 +8,13 @@
 //! so any server thread can read any entity's shard directly (with several processes the
 //! request would go to the owning process; not built yet).
 //!
-//! Freshness: `age_ms` is the wall time since the last commit; a response is `stale` when that
-//! exceeds `stale_after` (the dataflow stopped or fell behind). Values stay the last committed
-//! ones either way.
+//! Freshness: `age_ms` is the wall time since the commit in view was written; a response is
+//! `stale` when that exceeds `stale_after` (the dataflow stopped or fell behind). Values stay
+//! the last committed ones either way.
+//!
+//! The same service runs in the pipeline's process (`[server]`) and alone (`sluice serve`,
+//! reading the state directory as a follower), so lookups go on while the pipeline is stopped.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -21,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sluice_operators::{FeatureSet, Metrics};
+use sluice_operators::FeatureSet;
 use sluice_state::{BytesCodec, Snapshot, StateReader, Table};
 
 /// What the feature routes need.
@@ -37,8 +39,6 @@ pub struct FeatureService {
     pub batch_max: usize,
     /// Responses older than this (ms since the last commit) are flagged stale.
     pub stale_after_ms: i64,
-    /// For the time of the last commit.
-    pub metrics: Arc<Metrics>,
     /// Where every served feature vector is appended (JSONL), if anywhere.
     pub log: Option<Arc<FeatureLog>>,
 }
@@ -135,6 +135,26 @@ pub struct BatchRequest {
 }
 
 impl FeatureService {
+    /// The service of a pipeline's `[server]` over `reader`; `None` when the pipeline has no
+    /// features.
+    ///
+    /// # Errors
+    /// The features do not fit the event schema, `stale_after` is not a duration, the feature
+    /// log cannot be opened, or the state holds no features table.
+    pub fn from_config(config: &crate::config::PipelineConfig, server: &crate::config::ServerSection, reader: StateReader) -> Result<Option<Self>, String> {
+        if config.features.is_empty() {
+            return Ok(None);
+        }
+        let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| format!("features: {e}"))?;
+        let stale_after_ms = sluice_operators::parse_duration_ms(&server.stale_after).map_err(|e| format!("server.stale_after: {e}"))?;
+        let log = match &server.feature_log {
+            Some(path) => Some(Arc::new(FeatureLog::open(path).map_err(|e| format!("server.feature_log: cannot open {}: {e}", path.display()))?)),
+            None => None,
+        };
+        let table = reader.table(sluice_operators::features::FEATURES_TABLE).map_err(|e| e.to_string())?;
+        Ok(Some(FeatureService { reader, table, set: Arc::new(set), batch_max: server.batch_max, stale_after_ms, log }))
+    }
+
     /// Indexes of the selected names (all when `None`).
     fn select(&self, names: Option<Vec<String>>) -> Result<Vec<usize>, ApiError> {
         match names {
@@ -155,9 +175,11 @@ impl FeatureService {
     /// The epoch in view and the freshness fields.
     fn header(&self, snapshot: &Snapshot<'_>) -> Result<Map<String, Value>, ApiError> {
         let resume = snapshot.resume_epoch().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let committed_at = self.metrics.last_commit_ms.load(Ordering::Relaxed);
+        // The age of the commit in view, not of the process's last commit: a follower (`sluice
+        // serve`) shows what it reads, and a snapshot taken just before a commit is as old as it is.
+        let committed_at = snapshot.committed_at_ms().map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let now = sluice_operators::event::now_us() / 1000;
-        let age = (committed_at > 0).then(|| (now - committed_at).max(0));
+        let age = committed_at.map(|c| (now - c).max(0));
         let mut m = Map::new();
         m.insert("epoch".into(), if resume == 0 { Value::Null } else { json!(resume - 1) });
         m.insert("age_ms".into(), json!(age));

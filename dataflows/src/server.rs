@@ -1,5 +1,5 @@
-//! The sluice HTTP server (axum on tokio, in its own thread): `GET /metrics` (Prometheus text),
-//! `GET /healthz`, and the feature routes of `serve.rs`. It never blocks the dataflow: handlers read atomics and short-held locks.
+//! The sluice HTTP server (axum on tokio, in its own thread): `GET /metrics` (Prometheus text,
+//! when a pipeline runs in the process), `GET /healthz`, and the feature routes of `serve.rs`. It never blocks the dataflow: handlers read atomics and short-held locks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ impl Server {
     ///
     /// # Errors
     /// The address does not parse or cannot be bound.
-    pub fn start(listen: &str, metrics: Arc<Metrics>, info: ExportInfo, features: Option<FeatureService>) -> Result<Server, String> {
+    pub fn start(listen: &str, pipeline: Option<(Arc<Metrics>, ExportInfo)>, features: Option<FeatureService>) -> Result<Server, String> {
         let addr: SocketAddr = listen.parse().map_err(|e| format!("server.listen: `{listen}` is not an address like 127.0.0.1:8787: {e}"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -51,10 +51,10 @@ impl Server {
             .map_err(|e| format!("cannot start the HTTP runtime: {e}"))?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| format!("server.listen: cannot bind {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let app = Router::new()
-            .route("/metrics", get(metrics_handler))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .with_state(AppState { metrics, info: Arc::new(info) });
+        let mut app = Router::new().route("/healthz", get(|| async { "ok\n" }));
+        if let Some((metrics, info)) = pipeline {
+            app = app.merge(Router::new().route("/metrics", get(metrics_handler)).with_state(AppState { metrics, info: Arc::new(info) }));
+        }
         let app = match features {
             Some(service) => app.merge(
                 Router::new()
@@ -86,7 +86,7 @@ impl Server {
                 });
             })
             .map_err(|e| format!("cannot start the HTTP thread: {e}"))?;
-        tracing::info!(%addr, "serving /metrics");
+        tracing::info!(%addr, "HTTP server listening");
         Ok(Server { addr, shutdown: Some(tx), thread: Some(thread) })
     }
 

@@ -169,4 +169,42 @@ fn features_get_reads_a_running_pipeline() {
     let err = String::from_utf8(missing.stderr).unwrap();
     assert!(err.contains("unknown entity `nobody`") && err.contains("HTTP 404"), "{err}");
     assert!(child.wait().unwrap().success());
+
+    // The demo has stopped: `sluice serve` answers from its state, with the commit's age.
+    let mut serve = sluice()
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
+        .arg(&out_dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(serve.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("sluice serve says where it listens").unwrap();
+        if let Some(rest) = line.split(" at http://").nth(1) {
+            break rest.split('/').next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let last = std::fs::read_to_string(out_dir.join("features.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["entity"] == entity.as_str())
+        .max_by_key(|v| v["time_ms"].as_i64())
+        .unwrap();
+    let got = sluice().args(["features", "get", &entity, "--server", &addr]).output().unwrap();
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    // The demo's `stale_after` is 5 s: stale or not by the commit's age.
+    let age = v["age_ms"].as_i64().unwrap();
+    assert_eq!((v["stale"].as_bool(), v["last_event_ms"].as_i64()), (Some(age > 5_000), last["time_ms"].as_i64()), "{v}");
+    for (name, value) in last["features"].as_object().unwrap() {
+        assert_eq!(v["features"][name].as_f64(), value.as_f64(), "{name}");
+    }
+    std::process::Command::new("kill").args(["-INT", &serve.id().to_string()]).status().unwrap();
+    assert!(serve.wait().unwrap().success());
+    let no_pipeline = sluice().args(["serve", "--demo", "/nonexistent/sluice-demo"]).output().unwrap();
+    let err = String::from_utf8(no_pipeline.stderr).unwrap();
+    assert!(!no_pipeline.status.success() && err.contains("there is no state here: run the pipeline first"), "{err}");
 }

@@ -16,11 +16,13 @@ use crate::table::{ttl_stamp, Table, TableSpec};
 use crate::worker::{Stage, WorkerState};
 use crate::{Epoch, StateError};
 
-const META_CF: &str = "sluice_meta";
-const KEY_LAYOUT: &[u8] = b"layout";
-const KEY_RESUME_EPOCH: &[u8] = b"resume_epoch";
+pub(crate) const META_CF: &str = "sluice_meta";
+pub(crate) const KEY_LAYOUT: &[u8] = b"layout";
+pub(crate) const KEY_RESUME_EPOCH: &[u8] = b"resume_epoch";
+/// The wall time of the last commit (ms since the Unix epoch), in the same batch.
+pub(crate) const KEY_COMMITTED_AT_MS: &[u8] = b"committed_at_ms";
 /// Bump when the on-disk layout changes incompatibly.
-const LAYOUT: &[u8] = b"sluice-state/1";
+pub(crate) const LAYOUT: &[u8] = b"sluice-state/1";
 
 /// Tuning of the RocksDB instance. The defaults bound memory at roughly
 /// `cache_bytes + tables * write_buffer_bytes * 2`.
@@ -425,6 +427,10 @@ impl Writer {
         let mut bytes = Vec::new();
         U64Codec::encode(&resume, &mut bytes);
         batch.put_cf(meta, KEY_RESUME_EPOCH, bytes);
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut bytes = Vec::new();
+        crate::codec::I64Codec::encode(&now_ms, &mut bytes);
+        batch.put_cf(meta, KEY_COMMITTED_AT_MS, bytes);
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_commits);
         self.db.write_opt(batch, &wo).map_err(|e| StateError::rocks(&self.path, e))?;

@@ -215,3 +215,69 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(out[5].0, 200);
     assert_eq!(out[5].1["results"][0], serde_json::json!({ "entity": "a", "found": false }));
 }
+
+/// `sluice serve`'s path: a follower of the state directory opened while the pipeline runs
+/// catches up with its commits, and after the pipeline stops answers with the last committed
+/// values, flagged stale with their age.
+#[test]
+fn a_follower_serves_the_last_commit_after_the_pipeline_stops() {
+    let work = tempfile::tempdir().unwrap();
+    let options = DemoOptions { duration: Duration::from_secs(3), rate: 4_000, workers: 2, events: 0, model: None, shadow: None, http: None };
+    let mut config = demo_config(work.path(), &options);
+    config.drift = None;
+    let state_dir = config.state_dir.clone();
+    let run = {
+        let config = config.clone();
+        std::thread::spawn(move || sluice::run(&config, &RunControl::default()).unwrap())
+    };
+    let started = Instant::now();
+    while !state_dir.join("CURRENT").exists() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Opened early: what it serves at the end it learned by catching up.
+    let reader = sluice_state::StateReader::follow(&state_dir).unwrap();
+    let early_epoch = reader.snapshot().resume_epoch().unwrap();
+    let summary = run.join().unwrap();
+    std::thread::sleep(sluice_state::FOLLOW_INTERVAL * 3);
+    assert!(summary.resume_epoch > early_epoch + 5, "the follower opened mid-run ({early_epoch} of {})", summary.resume_epoch);
+
+    let mut section = ServerSection::new("127.0.0.1:0");
+    section.stale_after = "1ms".into();
+    let service = sluice::serve::FeatureService::from_config(&config, &section, reader).unwrap().unwrap();
+    let server = sluice::server::Server::start(&section.listen, None, Some(service)).unwrap();
+    let addr = server.addr();
+
+    // The final state of an entity is the feature record of its latest event.
+    let mut expected: HashMap<String, (i64, serde_json::Value)> = HashMap::new();
+    for line in lines(&work.path().join("features.jsonl")) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let time = v["time_ms"].as_i64().unwrap();
+        let e = expected.entry(v["entity"].as_str().unwrap().to_string()).or_insert((i64::MIN, serde_json::Value::Null));
+        if time >= e.0 {
+            *e = (time, v["features"].clone());
+        }
+    }
+    let mut entities: Vec<&String> = expected.keys().collect();
+    entities.sort();
+    assert!(entities.len() > 1_000, "{} entities", entities.len());
+    for chunk in entities.chunks(1_000) {
+        let (status, body) = request(addr, "POST", "/v1/features:batch", &serde_json::json!({ "entities": chunk }).to_string());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["epoch"].as_u64(), Some(summary.resume_epoch - 1));
+        assert_eq!(body["stale"], true);
+        assert!(body["age_ms"].as_i64().unwrap() >= (sluice_state::FOLLOW_INTERVAL * 3).as_millis() as i64, "{}", body["age_ms"]);
+        for result in body["results"].as_array().unwrap() {
+            let entity = result["entity"].as_str().unwrap();
+            let (time, features) = &expected[entity];
+            assert_eq!((result["found"].as_bool(), result["last_event_ms"].as_i64()), (Some(true), Some(*time)), "{entity}");
+            for (name, value) in features.as_object().unwrap() {
+                assert_eq!(result["features"][name].as_f64(), value.as_f64(), "{entity} {name}");
+            }
+        }
+    }
+    let (status, body) = request(addr, "GET", "/v1/features/cus_nobody", "");
+    assert_eq!((status, body["error"].as_str()), (404, Some("unknown entity `cus_nobody`: no event of it is committed")));
+    // No pipeline in the process: no /metrics.
+    assert_eq!(try_request(addr, "GET", "/metrics", "").map(|r| r.0), Some(404));
+}
