@@ -218,7 +218,8 @@ pub async fn get_one(State(s): State<Arc<FeatureService>>, Path(entity): Path<St
     let run = || -> Result<Response, ApiError> {
         let as_of = parse_as_of(p.as_of.as_deref())?;
         let selected = s.select(p.names.map(|n| n.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()))?;
-        let snapshot = s.reader.snapshot();
+        let view = s.reader.view();
+        let snapshot = view.snapshot();
         let mut head = s.header(&snapshot)?;
         match s.lookup(&snapshot, &entity, &selected, as_of)? {
             Some(found) => {
@@ -282,7 +283,8 @@ pub async fn get_batch(State(s): State<Arc<FeatureService>>, headers: axum::http
         }
         let selected = s.select(request.names)?;
         let names: Vec<&str> = selected.iter().map(|i| s.set.names[*i].as_str()).collect();
-        let snapshot = s.reader.snapshot();
+        let view = s.reader.view();
+        let snapshot = view.snapshot();
         let mut head = s.header(&snapshot)?;
         let mut results = Vec::with_capacity(request.entities.len());
         for entity in &request.entities {

@@ -41,7 +41,7 @@ mod worker;
 
 pub use codec::{BytesCodec, Codec, F64Codec, I64Codec, JsonCodec, U64Codec};
 pub use error::StateError;
-pub use snapshot::{Snapshot, StateReader, FOLLOW_INTERVAL};
+pub use snapshot::{Snapshot, StateReader, View, FOLLOW_INTERVAL};
 pub use store::{CommitInfo, StateOptions, StateStore};
 pub use table::{ttl_stamp, Table, TableSpec};
 pub use worker::WorkerState;

@@ -1,10 +1,10 @@
 //! Consistent reads from any thread while the dataflow writes — in the pipeline's process
 //! ([`StateReader::new`]) or in another one that follows the state directory
-//! ([`StateReader::follow`], a RocksDB secondary instance).
+//! ([`StateReader::follow`], RocksDB secondary instances).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rocksdb::{Options, SnapshotWithThreadMode, DB};
@@ -14,34 +14,59 @@ use crate::store::{StateStore, KEY_COMMITTED_AT_MS, KEY_LAYOUT, KEY_RESUME_EPOCH
 use crate::table::Table;
 use crate::{Epoch, StateError};
 
-/// Followers opened by this process, to name their directories apart.
-static FOLLOWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Followers' instances opened by this process, to name their directories apart.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How often a follower catches up with the pipeline's writes.
-pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a follower reopens its view of a running pipeline's state.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A cloneable, `Send + Sync` read handle on a state directory, for the feature server and
 /// tools.
 #[derive(Clone)]
 pub struct StateReader {
-    db: Arc<DB>,
-    path: PathBuf,
-    /// Set when the reader was built by [`StateReader::follow`]: stops its catch-up thread
-    /// when the last clone is dropped.
-    _follower: Option<Arc<Follower>>,
+    source: Source,
+}
+
+#[derive(Clone)]
+enum Source {
+    Store(Arc<Instance>),
+    Follower(Arc<Follower>),
 }
 
 impl std::fmt::Debug for StateReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateReader").field("path", &self.path).field("follower", &self._follower.is_some()).finish()
+        let (kind, path) = match &self.source {
+            Source::Store(i) => ("store", &i.path),
+            Source::Follower(f) => ("follower", &f.path),
+        };
+        f.debug_struct("StateReader").field("kind", &kind).field("path", path).finish()
     }
 }
 
-/// The catch-up thread and the secondary instance's own directory.
+/// One open RocksDB instance: the pipeline's own, or a follower's secondary with its own
+/// directory.
+pub struct Instance {
+    // Field order matters: the DB closes before its directory is removed.
+    db: Arc<DB>,
+    path: PathBuf,
+    _own_dir: Option<OwnDir>,
+}
+
+/// A secondary instance's own directory (its info log), removed when the instance closes.
+struct OwnDir(PathBuf);
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The current instance and the thread that replaces it.
 struct Follower {
+    path: PathBuf,
+    current: Arc<RwLock<Arc<Instance>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    own_dir: PathBuf,
 }
 
 impl Drop for Follower {
@@ -50,88 +75,109 @@ impl Drop for Follower {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_dir_all(&self.own_dir);
+    }
+}
+
+/// Opens a secondary instance of the state at `path`: at open it replays the pipeline's
+/// manifest and logs, so it sees whole commits (a commit is one write batch), every table as
+/// of the same one.
+fn open_secondary(path: &Path) -> Result<Instance, StateError> {
+    let incompatible = |reason: String| StateError::Incompatible { path: path.into(), reason };
+    let mut options = Options::default();
+    options.set_max_open_files(-1);
+    let mut names = DB::list_cf(&options, path).map_err(|e| StateError::rocks(path, e))?;
+    // A pipeline creating the directory adds its tables and the layout just after creating it.
+    let mut tries = 0;
+    loop {
+        if names.iter().any(|n| n == META_CF) {
+            let own_dir = std::env::temp_dir().join(format!("sluice-follower-{}-{}", std::process::id(), INSTANCES.fetch_add(1, Ordering::Relaxed)));
+            let db = DB::open_cf_as_secondary(&options, path, &own_dir, &names).map_err(|e| StateError::rocks(path, e))?;
+            let instance = Instance { db: Arc::new(db), path: path.to_path_buf(), _own_dir: Some(OwnDir(own_dir)) };
+            let meta = instance.db.cf_handle(META_CF).expect("invariant: listed and opened");
+            match instance.db.get_cf(meta, KEY_LAYOUT).map_err(|e| StateError::rocks(path, e))? {
+                Some(layout) if layout == LAYOUT => return Ok(instance),
+                Some(other) => {
+                    return Err(incompatible(format!(
+                        "layout `{}` is not `{}`: written by another version of sluice",
+                        String::from_utf8_lossy(&other),
+                        String::from_utf8_lossy(LAYOUT)
+                    )))
+                }
+                None => {}
+            }
+        }
+        tries += 1;
+        if tries > 20 {
+            return Err(incompatible("no sluice commit record: this is not a sluice state directory".into()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        names = DB::list_cf(&options, path).map_err(|e| StateError::rocks(path, e))?;
     }
 }
 
 impl StateReader {
     /// A reader of `store`, in the pipeline's process.
     pub fn new(store: Arc<StateStore>) -> Self {
-        StateReader { db: Arc::clone(&store.db), path: store.path.clone(), _follower: None }
+        StateReader { source: Source::Store(Arc::new(Instance { db: Arc::clone(&store.db), path: store.path.clone(), _own_dir: None })) }
     }
 
-    /// A reader of the state directory at `path` from another process: a RocksDB secondary
-    /// instance that never writes there, and catches up with the pipeline's commits every
-    /// [`FOLLOW_INTERVAL`] while one runs (whole commits only: a commit is one write batch).
-    /// It works as well with no pipeline running, on the last committed state.
+    /// A reader of the state directory at `path` from another process, which never writes
+    /// there: a RocksDB secondary instance, replaced by a freshly opened one every
+    /// [`FOLLOW_INTERVAL`] (at most that far behind a running pipeline; with none running,
+    /// the last committed state).
+    ///
+    /// Why reopen rather than `TryCatchUpWithPrimary`: catching up keeps entries replayed from
+    /// a log the pipeline has since flushed in the secondary's memtable, where they shadow the
+    /// newer flushed values (facebook/rocksdb#15051; this project's test of whole-epoch reads
+    /// saw one table ten epochs behind another). A fresh open replays from the current manifest.
     ///
     /// # Errors
     /// The directory is not a sluice state directory (missing, or of another layout).
     pub fn follow(path: &Path) -> Result<Self, StateError> {
-        let incompatible = |reason: String| StateError::Incompatible { path: path.into(), reason };
         if !path.join("CURRENT").exists() {
-            return Err(incompatible("there is no state here: run the pipeline first (or check `state_dir`)".into()));
+            return Err(StateError::Incompatible { path: path.into(), reason: "there is no state here: run the pipeline first (or check `state_dir`)".into() });
         }
-        let mut options = Options::default();
-        options.set_max_open_files(-1);
-        let mut names = DB::list_cf(&options, path).map_err(|e| StateError::rocks(path, e))?;
-        // A pipeline creating the directory adds its tables just after creating it.
-        for _ in 0..20 {
-            if names.iter().any(|n| n == META_CF) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            names = DB::list_cf(&options, path).map_err(|e| StateError::rocks(path, e))?;
-        }
-        if !names.iter().any(|n| n == META_CF) {
-            return Err(incompatible("no sluice commit record: this is not a sluice state directory".into()));
-        }
-        let own_dir = std::env::temp_dir().join(format!("sluice-follower-{}-{}", std::process::id(), FOLLOWERS.fetch_add(1, Ordering::Relaxed)));
-        let db = DB::open_cf_as_secondary(&options, path, &own_dir, &names).map_err(|e| StateError::rocks(path, e))?;
-        let meta = db.cf_handle(META_CF).expect("invariant: listed and opened");
-        let mut layout = db.get_cf(meta, KEY_LAYOUT).map_err(|e| StateError::rocks(path, e))?;
-        // A pipeline creating the directory writes the layout just after creating it.
-        for _ in 0..20 {
-            if layout.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            let _ = db.try_catch_up_with_primary();
-            layout = db.get_cf(meta, KEY_LAYOUT).map_err(|e| StateError::rocks(path, e))?;
-        }
-        if layout.as_deref() != Some(LAYOUT) {
-            let _ = std::fs::remove_dir_all(&own_dir);
-            return Err(incompatible(format!(
-                "layout `{}` is not `{}`: written by another version of sluice",
-                String::from_utf8_lossy(&layout.unwrap_or_default()),
-                String::from_utf8_lossy(LAYOUT)
-            )));
-        }
-        let db = Arc::new(db);
+        let current = Arc::new(RwLock::new(Arc::new(open_secondary(path)?)));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("sluice-follow".into())
             .spawn({
-                let db = Arc::clone(&db);
-                let stop = Arc::clone(&stop);
-                let path = path.to_path_buf();
+                let (current, stop, path) = (Arc::clone(&current), Arc::clone(&stop), path.to_path_buf());
                 move || {
                     let mut failing = false;
+                    let step = Duration::from_millis(20);
+                    let mut waited = Duration::ZERO;
                     while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(FOLLOW_INTERVAL);
-                        match db.try_catch_up_with_primary() {
-                            Ok(()) => failing = false,
+                        std::thread::sleep(step);
+                        waited += step;
+                        if waited < FOLLOW_INTERVAL {
+                            continue;
+                        }
+                        waited = Duration::ZERO;
+                        match open_secondary(&path) {
+                            Ok(fresh) => {
+                                failing = false;
+                                let old = std::mem::replace(&mut *current.write().expect("invariant: not poisoned"), Arc::new(fresh));
+                                drop(old);
+                            }
                             Err(e) if !failing => {
                                 failing = true;
-                                tracing::warn!(state = %path.display(), error = %e, "cannot catch up with the pipeline's state; serving the last state read");
+                                tracing::warn!(state = %path.display(), error = %e, "cannot reopen the pipeline's state; serving the last view");
                             }
                             Err(_) => {}
                         }
                     }
                 }
             })
-            .map_err(|e| incompatible(format!("cannot start the follower thread: {e}")))?;
-        Ok(StateReader { db, path: path.to_path_buf(), _follower: Some(Arc::new(Follower { stop, thread: Some(thread), own_dir })) })
+            .map_err(|e| StateError::Incompatible { path: path.into(), reason: format!("cannot start the follower thread: {e}") })?;
+        Ok(StateReader { source: Source::Follower(Arc::new(Follower { path: path.to_path_buf(), current, stop, thread: Some(thread) })) })
+    }
+
+    fn instance(&self) -> Arc<Instance> {
+        match &self.source {
+            Source::Store(i) => Arc::clone(i),
+            Source::Follower(f) => Arc::clone(&f.current.read().expect("invariant: not poisoned")),
+        }
     }
 
     /// A typed handle for reading table `name` through this reader's snapshots (not for
@@ -140,14 +186,27 @@ impl StateReader {
     /// # Errors
     /// [`StateError::UnknownTable`] if the state holds no such table.
     pub fn table<C: Codec>(&self, name: &str) -> Result<Table<C>, StateError> {
-        self.db.cf_handle(name).ok_or_else(|| StateError::UnknownTable(name.to_string()))?;
+        self.instance().db.cf_handle(name).ok_or_else(|| StateError::UnknownTable(name.to_string()))?;
         Ok(Table::new(usize::MAX, name))
     }
 
+    /// The current view: take snapshots of it ([`View::snapshot`]); it stays valid while held,
+    /// even after a follower has moved on.
+    pub fn view(&self) -> View {
+        View { instance: self.instance() }
+    }
+}
+
+/// The instance a reader reads at one moment.
+pub struct View {
+    instance: Arc<Instance>,
+}
+
+impl View {
     /// A point-in-time view. Commits are whole epochs in one batch, so a snapshot sees every
     /// table as of one committed epoch.
     pub fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot { db: &self.db, path: &self.path, snapshot: self.db.snapshot() }
+        Snapshot { db: &self.instance.db, path: &self.instance.path, snapshot: self.instance.db.snapshot() }
     }
 }
 

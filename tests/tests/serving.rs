@@ -237,7 +237,7 @@ fn a_follower_serves_the_last_commit_after_the_pipeline_stops() {
     }
     // Opened early: what it serves at the end it learned by catching up.
     let reader = sluice_state::StateReader::follow(&state_dir).unwrap();
-    let early_epoch = reader.snapshot().resume_epoch().unwrap();
+    let early_epoch = reader.view().snapshot().resume_epoch().unwrap();
     let summary = run.join().unwrap();
     std::thread::sleep(sluice_state::FOLLOW_INTERVAL * 3);
     assert!(summary.resume_epoch > early_epoch + 5, "the follower opened mid-run ({early_epoch} of {})", summary.resume_epoch);
