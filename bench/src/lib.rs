@@ -82,7 +82,8 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
         config.slo = sluice::demo::demo_objectives();
         config.slo_interval = "1s".into();
     }
-    config.sinks = vec![FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") }];
+    config.sinks =
+        vec![sluice_connectors::SinkConfig::File(FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") })];
     config.validate().expect("the standard pipeline is valid");
     config
 }

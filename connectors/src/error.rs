@@ -35,6 +35,10 @@ pub enum ConnectorError {
         /// Length found.
         actual: u64,
     },
+    /// A Kafka client call failed (the message names the topic and brokers). Retrying helps
+    /// when the broker comes back.
+    #[error("Kafka: {0}")]
+    Kafka(String),
     /// The state layer failed.
     #[error(transparent)]
     State(#[from] sluice_state::StateError),

@@ -11,6 +11,7 @@
 //! | `source.rs` | the source operator, [`PartitionReader`], epochs, positions, backpressure |
 //! | `file/` | JSONL file source ([`file::FileReader`]) and sink ([`file::file_sink`]) |
 //! | `generator/` | the synthetic payment traffic generator |
+//! | `kafka/` | Kafka source ([`kafka::KafkaReader`]) and sink ([`kafka::kafka_sink`], delivery from an outbox) |
 //! | `error.rs` | [`ConnectorError`] |
 //!
 //! [`registry`] lists every connector; [`SourceConfig`] is what `[[sources]]` entries parse to.
@@ -18,6 +19,7 @@
 mod error;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod source;
 
 use serde::Deserialize;
@@ -45,7 +47,13 @@ pub fn registry() -> &'static [ConnectorInfo] {
             role: "source",
             about: "seeded synthetic payment traffic with duplicates, conflicts, disorder, late and malformed records",
         },
+        ConnectorInfo { kind: "kafka", role: "source", about: "one topic, partitions assigned to workers explicitly; offsets kept in sluice's commits" },
         ConnectorInfo { kind: "file", role: "sink", about: "one JSONL file per output stream, sorted and committed per epoch" },
+        ConnectorInfo {
+            kind: "kafka",
+            role: "sink",
+            about: "one output stream to a topic, delivered per committed epoch: exactly-once (transactions) or at-least-once (idempotent)",
+        },
     ]
 }
 
@@ -57,6 +65,8 @@ pub enum SourceConfig {
     File(file::FileSourceConfig),
     /// The generator.
     Generator(generator::GeneratorConfig),
+    /// A Kafka topic.
+    Kafka(kafka::KafkaSourceConfig),
 }
 
 impl SourceConfig {
@@ -65,15 +75,36 @@ impl SourceConfig {
         match self {
             SourceConfig::File(c) => &c.name,
             SourceConfig::Generator(c) => &c.name,
+            SourceConfig::Kafka(c) => &c.name,
         }
     }
 
-    /// Number of partitions.
+    /// Number of partitions (a Kafka source's after [`SourceConfig::resolve`]).
     pub fn partitions(&self) -> usize {
         match self {
             SourceConfig::File(c) => c.files().len(),
             SourceConfig::Generator(c) => c.partitions as usize,
+            SourceConfig::Kafka(c) => c.partitions.unwrap_or(0) as usize,
         }
+    }
+
+    /// Fills in what only the outside world knows: a Kafka topic's partition count.
+    ///
+    /// # Errors
+    /// The broker cannot be reached, or the topic does not exist or has fewer partitions than
+    /// configured.
+    pub fn resolve(&mut self) -> Result<(), ConnectorError> {
+        if let SourceConfig::Kafka(c) = self {
+            let found = kafka::partition_count(c)?;
+            match c.partitions {
+                Some(p) if p > found => {
+                    return Err(ConnectorError::Kafka(format!("topic `{}` has {found} partitions, fewer than the {p} configured", c.topic)));
+                }
+                Some(_) => {}
+                None => c.partitions = Some(found),
+            }
+        }
+        Ok(())
     }
 
     /// Checks the config; `key` is where it sits (`sources[0]`).
@@ -87,6 +118,7 @@ impl SourceConfig {
         match self {
             SourceConfig::File(c) => c.validate(key),
             SourceConfig::Generator(c) => c.validate(key),
+            SourceConfig::Kafka(c) => c.validate(key),
         }
     }
 
@@ -103,6 +135,7 @@ impl SourceConfig {
                 }
             }
             SourceConfig::Generator(c) => Box::new(generator::GeneratorReader::new(c, partition as u32)),
+            SourceConfig::Kafka(c) => Box::new(kafka::KafkaReader::new(c, partition as u32)),
         }
     }
 }
@@ -111,5 +144,45 @@ impl SourceConfig {
 pub fn tables() -> Vec<sluice_state::TableSpec> {
     let mut t = source::tables();
     t.extend(file::sink_tables());
+    t.extend(kafka::sink::tables());
     t
+}
+
+/// One `[[sinks]]` entry: `type = "file"` (the default) or `type = "kafka"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkConfig {
+    /// A JSONL file.
+    File(file::FileSinkConfig),
+    /// A Kafka topic.
+    Kafka(kafka::KafkaSinkConfig),
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match value.get("type").and_then(serde_json::Value::as_str).unwrap_or("file") {
+            "file" => serde_json::from_value(value).map(SinkConfig::File).map_err(D::Error::custom),
+            "kafka" => serde_json::from_value(value).map(SinkConfig::Kafka).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("`{other}` is not a sink type; sinks: file, kafka"))),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// The stream the sink writes.
+    pub fn stream(&self) -> &str {
+        match self {
+            SinkConfig::File(c) => &c.stream,
+            SinkConfig::Kafka(c) => &c.stream,
+        }
+    }
+
+    /// The file, for a file sink.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            SinkConfig::File(c) => Some(&c.path),
+            SinkConfig::Kafka(_) => None,
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sluice_connectors::file::FileSinkConfig;
+use sluice_connectors::SinkConfig;
 use sluice_connectors::SourceConfig;
 use sluice_operators::slo::{Objective, SloConfig};
 use sluice_operators::{parse_duration_ms, DriftConfig, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
@@ -179,7 +179,7 @@ pub struct PipelineConfig {
     pub server: Option<ServerSection>,
     /// The sinks: one per output stream at most; streams without one are counted only.
     #[serde(default)]
-    pub sinks: Vec<FileSinkConfig>,
+    pub sinks: Vec<SinkConfig>,
 }
 
 fn default_workers() -> usize {
@@ -257,7 +257,9 @@ impl PipelineConfig {
             fix(p);
         }
         for s in &mut self.sinks {
-            fix(&mut s.path);
+            if let SinkConfig::File(f) = s {
+                fix(&mut f.path);
+            }
         }
         if let Some(f) = self.drift.as_mut().and_then(|d| d.reference.file.as_mut()) {
             fix(f);
@@ -397,17 +399,27 @@ impl PipelineConfig {
             return Err(bad("slo_interval", "must be at least 100ms"));
         }
         for (i, s) in self.sinks.iter().enumerate() {
-            if !STREAMS.contains(&s.stream.as_str()) {
-                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` is not one of {STREAMS:?}", s.stream)));
+            if !STREAMS.contains(&s.stream()) {
+                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` is not one of {STREAMS:?}", s.stream())));
             }
-            if s.kind != "file" {
-                return Err(bad(format!("sinks[{i}].type"), format!("`{}` is not a sink type; sinks: file", s.kind)));
+            if self.sinks[..i].iter().any(|o| o.stream() == s.stream()) {
+                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` already has a sink", s.stream())));
             }
-            if self.sinks[..i].iter().any(|o| o.stream == s.stream) {
-                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` already has a sink", s.stream)));
-            }
-            if self.sinks[..i].iter().any(|o| o.path == s.path) {
-                return Err(bad(format!("sinks[{i}].path"), format!("{} is used by another sink", s.path.display())));
+            match s {
+                SinkConfig::File(f) => {
+                    if self.sinks[..i].iter().any(|o| o.path() == Some(f.path.as_path())) {
+                        return Err(bad(format!("sinks[{i}].path"), format!("{} is used by another sink", f.path.display())));
+                    }
+                }
+                SinkConfig::Kafka(k) => {
+                    if k.stream == "slo" {
+                        return Err(bad(format!("sinks[{i}].type"), "the slo stream is written by the monitor to a file sink only"));
+                    }
+                    k.validate(&format!("sinks[{i}]")).map_err(|e| bad(format!("sinks[{i}]"), e.to_string()))?;
+                    if self.sinks[..i].iter().any(|o| matches!(o, SinkConfig::Kafka(x) if x.transactional_id() == k.transactional_id())) {
+                        return Err(bad(format!("sinks[{i}].transactional_id"), format!("`{}` is used by another sink", k.transactional_id())));
+                    }
+                }
             }
         }
         Ok(())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
+use sluice_connectors::SinkConfig;
 use sluice_connectors::SourceConfig;
 use sluice_operators::drift::{ReferenceConfig, Thresholds};
 use sluice_operators::slo::{Indicator, SloConfig};
@@ -131,7 +132,7 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
     let slide_ms = ((span_ms / 20).max(100) / 100) * 100;
     generator.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let generator_events = generator.events;
-    let sink = |stream: &str| FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) };
+    let sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
     PipelineConfig {
         workers: options.workers,
         state_dir: dir.join("state"),

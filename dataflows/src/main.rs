@@ -197,7 +197,7 @@ fn main() -> Result<()> {
                 let _ = d.join();
             }
             let summary = summary?;
-            let dir = config.sinks.first().and_then(|s| s.path.parent().map(PathBuf::from)).unwrap_or_default();
+            let dir = config.sinks.iter().find_map(|s| s.path().and_then(|p| p.parent().map(PathBuf::from))).unwrap_or_default();
             print!("{}", summary_text(&summary, &dir));
         }
         Command::Serve { pipeline, demo, listen, feature_log } => {
@@ -242,7 +242,10 @@ fn main() -> Result<()> {
                 config.state_dir.display()
             );
             for s in &config.sinks {
-                println!("  {} -> {}", s.stream, s.path.display());
+                match s {
+                    sluice_connectors::SinkConfig::File(f) => println!("  {} -> {}", f.stream, f.path.display()),
+                    sluice_connectors::SinkConfig::Kafka(k) => println!("  {} -> kafka {} on {} ({:?})", k.stream, k.topic, k.brokers, k.delivery),
+                }
             }
         }
         Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http } => {

@@ -104,6 +104,10 @@ pub enum RunError {
     /// The HTTP server or the monitor cannot start.
     #[error("{0}")]
     Server(String),
+    /// A connector cannot start (a Kafka broker unreachable, a topic missing) or a sink failed
+    /// to deliver.
+    #[error("{0}")]
+    Connector(String),
     /// A worker failed.
     #[error("worker {worker}: {message}")]
     Worker {
@@ -159,6 +163,12 @@ fn drift_samples<'scope>(
 /// Configuration, state and worker failures; a panicking worker is reported as a failure.
 pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, RunError> {
     config.validate()?;
+    // What only the outside world knows (a Kafka topic's partitions), once, before any worker.
+    let mut resolved = config.clone();
+    for (i, s) in resolved.sources.iter_mut().enumerate() {
+        s.resolve().map_err(|e| RunError::Connector(format!("sources[{i}] ({}): {e}", s.name())))?;
+    }
+    let config = &resolved;
     let started = Instant::now();
     let durations = config.durations()?;
     // Loaded once before starting workers, so that a missing library or a model that does not
@@ -176,6 +186,18 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let options = StateOptions { cache_bytes: config.state_cache_mb << 20, background_nice: nice, ..StateOptions::default() };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;
     let resumed_at_epoch = store.resume_epoch();
+    // Kafka sinks deliver from the outbox on their own threads, from the first committed
+    // epoch they have not delivered.
+    let mut deliveries = Vec::new();
+    for s in &config.sinks {
+        if let sluice_connectors::SinkConfig::Kafka(k) = s {
+            let handle =
+                sluice_connectors::kafka::start_delivery(k, Arc::clone(&store)).map_err(|e| RunError::Connector(format!("sink of `{}`: {e}", k.stream)))?;
+            deliveries.push((k.stream.clone(), handle));
+        }
+    }
+    let delivery_states: Arc<Vec<(String, Arc<sluice_connectors::kafka::DeliveryState>)>> =
+        Arc::new(deliveries.iter().map(|(s, h)| (s.clone(), Arc::clone(&h.state))).collect());
     if resumed_at_epoch > 0 {
         tracing::info!(epoch = resumed_at_epoch, state = %config.state_dir.display(), "resuming from committed state");
     }
@@ -197,7 +219,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         }
         None => None,
     };
-    let slo_path = config.sinks.iter().find(|s| s.stream == "slo").map(|s| s.path.clone());
+    let slo_path = config.sinks.iter().find(|s| s.stream() == "slo").and_then(|s| s.path().map(std::path::Path::to_path_buf));
     let interval = Duration::from_millis(
         parse_duration_ms(&config.slo_interval).map_err(|p| RunError::Config(crate::config::ConfigError { key: "slo_interval".into(), problem: p }))? as u64,
     );
@@ -257,9 +279,13 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             let features = ordered.features(set, config.feature_cache_entities, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
 
             let sink = |lines: Stream<'_, Epoch, Vec<OutputLine>>, stream: &str| -> Result<(), String> {
-                match config.sinks.iter().find(|s| s.stream == stream) {
-                    Some(s) => {
+                match config.sinks.iter().find(|s| s.stream() == stream) {
+                    Some(sluice_connectors::SinkConfig::File(s)) => {
                         file_sink(lines, stream, &s.path, Rc::clone(&state)).map_err(|e| e.to_string())?.probe_with(&probe);
+                    }
+                    Some(sluice_connectors::SinkConfig::Kafka(k)) => {
+                        let delivery = (index == 0).then(|| delivery_states.iter().find(|(s, _)| s == stream).map(|(_, d)| Arc::clone(d))).flatten();
+                        sluice_connectors::kafka::kafka_sink(lines, k, delivery, Rc::clone(&state)).map_err(|e| e.to_string())?.probe_with(&probe);
                     }
                     None => {
                         lines.probe_with(&probe);
@@ -336,6 +362,10 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     }
     // The last batches may still be on their way to disk.
     store.sync()?;
+    // Then the Kafka sinks deliver every committed epoch left.
+    for (stream, handle) in deliveries {
+        handle.finish().map_err(|e| RunError::Connector(format!("sink of `{stream}`: {e}")))?;
+    }
     control.metrics.committed_before(store.resume_epoch(), sluice_operators::event::now_us());
     monitor.finish();
     drop(server);

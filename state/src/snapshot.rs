@@ -229,6 +229,27 @@ impl Snapshot<'_> {
         raw.map(|bytes| decode_in::<C>(table.name(), &bytes)).transpose()
     }
 
+    /// The entries with keys in `[from, to)` as of this snapshot, in key order, at most
+    /// `limit` of them.
+    ///
+    /// # Errors
+    /// RocksDB read errors; a table the state does not hold.
+    pub fn range<C: Codec>(&self, table: &Table<C>, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+        let cf = self.db.cf_handle(table.name()).ok_or_else(|| StateError::UnknownTable(table.name().to_string()))?;
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_snapshot(&self.snapshot);
+        options.set_iterate_upper_bound(to.to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(cf, options, rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| StateError::rocks(self.path, e))?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
     fn meta<C: Codec>(&self, key: &[u8]) -> Result<Option<C::Value>, StateError> {
         let meta = self.db.cf_handle(META_CF).expect("invariant: meta is open");
         let raw = self.snapshot.get_cf(meta, key).map_err(|e| StateError::rocks(self.path, e))?;

@@ -341,6 +341,17 @@ impl StateStore {
         self.db.compact_range_cf(self.cf(table.index), None::<&[u8]>, None::<&[u8]>);
     }
 
+    /// Deletes the keys in `[from, to)` of `table` at once, outside the epoch commits: only
+    /// for data no restart needs any more (a sink's delivered outbox). Not synced: if a crash
+    /// loses the delete, the owner deletes again.
+    ///
+    /// # Errors
+    /// RocksDB write errors.
+    pub fn discard_range<C: crate::Codec>(&self, table: &Table<C>, from: &[u8], to: &[u8]) -> Result<(), StateError> {
+        let cf = self.db.cf_handle(table.name()).ok_or_else(|| StateError::UnknownTable(table.name().to_string()))?;
+        self.db.delete_range_cf(cf, from, to).map_err(|e| StateError::rocks(&self.path, e))
+    }
+
     /// The last commit's figures, if any commit was written by this process.
     pub fn last_commit(&self) -> Option<CommitInfo> {
         self.writer.done.lock().expect("invariant: writer lock not poisoned").2.clone()

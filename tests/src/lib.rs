@@ -29,7 +29,9 @@ pub fn golden_pipeline(work: &Path, workers: usize) -> PipelineConfig {
     config.workers = workers;
     config.state_dir = work.join("state");
     for sink in &mut config.sinks {
-        sink.path = work.join("out").join(sink.path.file_name().expect("sink paths name a file"));
+        if let sluice_connectors::SinkConfig::File(f) = sink {
+            f.path = work.join("out").join(f.path.file_name().expect("sink paths name a file"));
+        }
     }
     config
 }

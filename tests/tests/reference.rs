@@ -39,7 +39,9 @@ fn feature(name: &str, op: FeatureOp, field: bool, window: Option<&str>, slide: 
 }
 
 fn pipeline(work: &Path, workers: usize) -> PipelineConfig {
-    let sink = |stream: &str| FileSinkConfig { stream: stream.into(), kind: "file".into(), path: work.join(format!("{stream}.jsonl")) };
+    let sink = |stream: &str| {
+        sluice_connectors::SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: work.join(format!("{stream}.jsonl")) })
+    };
     let text = format!(
         "state_dir = {:?}\nepoch_records = {EPOCH_RECORDS}\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created_ms\"\n[[sources]]\ntype = \"generator\"\nname = \"x\"\n",
         work.join("state")

@@ -1,0 +1,17 @@
+//! Kafka: a source (one explicitly assigned consumer per partition; offsets in sluice's epoch
+//! commits) and a sink (a transactional outbox delivered per epoch, exactly-once with
+//! transactions or at-least-once with the idempotent producer).
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `config.rs` | [`KafkaSourceConfig`], [`KafkaSinkConfig`] |
+//! | `source.rs` | [`KafkaReader`], partition discovery |
+//! | `sink.rs` | the outbox, the delivery thread, progress records, topic creation |
+
+mod config;
+pub mod sink;
+mod source;
+
+pub use config::{Delivery, KafkaSinkConfig, KafkaSourceConfig, StartAt, Until};
+pub use sink::{ensure_topics, kafka_sink, read_progress, start_delivery, DeliveryHandle, DeliveryState};
+pub use source::{consumer, partition_count, KafkaReader};

@@ -1,0 +1,501 @@
+//! The Kafka sink: an output stream to a topic, delivered from a transactional outbox.
+//!
+//! ```text
+//!  lines ─> (worker 0) sort per epoch ─> outbox table, in the epoch's state commit
+//!                                              │ (after the commit)
+//!                                              v
+//!                      delivery thread: the epoch's records + a progress record
+//!                      ─> Kafka (one transaction per epoch, or idempotent produce)
+//!                      ─> outbox entries of delivered epochs discarded
+//! ```
+//!
+//! An epoch's output goes to Kafka only once the epoch is committed, so Kafka never holds
+//! output of an epoch a restart will recompute. The progress record (key: the sink's
+//! transactional id, value `{"epoch": E, "records": n}`, in a single-partition topic) says
+//! which epoch was delivered last; after a restart the delivery thread reads it and delivers
+//! the committed epochs after it. Exactly-once mode puts the records and the progress record
+//! in one transaction: a `read_committed` reader sees every epoch once. At-least-once mode
+//! produces the records idempotently, waits for all acknowledgements, then the progress
+//! record: a crash between the two delivers that one epoch again (its records carry the
+//! header `sluice-epoch`, so repeats can be recognised).
+//!
+//! Delivery is off the dataflow's threads. When it falls more than `MAX_UNDELIVERED` epochs
+//! behind, the sink stops completing epochs, the sources stop at `max_inflight_epochs`, and the
+//! pipeline waits (backpressure, no unbounded buffer: the outbox is on disk and bounded by it).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice_operators::epoch::HeldCapabilities;
+use sluice_operators::Epoch;
+use sluice_state::{BytesCodec, StateReader, StateStore, Table, TableSpec, WorkerState};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::Stream;
+
+use super::config::{Delivery, KafkaSinkConfig, DEFAULT_MESSAGE_TIMEOUT_MS, DEFAULT_TRANSACTION_TIMEOUT_MS};
+use crate::file::OutputLine;
+use crate::ConnectorError;
+
+/// The outbox: `<sink id> 0x00 <epoch, 8 bytes BE> <seq, 4 bytes BE>` → the output line.
+pub const OUTBOX_TABLE: &str = "sink_outbox";
+
+/// The tables Kafka sinks declare.
+pub fn tables() -> Vec<TableSpec> {
+    vec![TableSpec::new(OUTBOX_TABLE)]
+}
+
+/// Epochs the delivery may be behind the dataflow before the sink holds it back.
+pub const MAX_UNDELIVERED: u64 = 8;
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn outbox_key(sink: &str, epoch: Epoch, seq: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(sink.len() + 13);
+    k.extend_from_slice(sink.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn epoch_of_key(sink: &str, key: &[u8]) -> Epoch {
+    let at = sink.len() + 1;
+    Epoch::from_be_bytes(key[at..at + 8].try_into().expect("invariant: outbox keys hold an 8-byte epoch"))
+}
+
+/// What the delivery thread shares with the sink operator and the pipeline.
+#[derive(Debug, Default)]
+pub struct DeliveryState {
+    /// The last epoch delivered (-1: none yet).
+    pub delivered: AtomicI64,
+    /// Records delivered by this process.
+    pub records: AtomicU64,
+    /// Records waiting in the producer's queue (librdkafka's in-flight count).
+    pub queue_depth: AtomicI64,
+    /// Set by the pipeline once every epoch is committed: deliver what is left and stop.
+    pub finish: AtomicBool,
+    /// The failure that stopped delivery, if any.
+    pub failed: Mutex<Option<String>>,
+}
+
+/// A running delivery thread.
+#[derive(Debug)]
+pub struct DeliveryHandle {
+    /// Its shared state.
+    pub state: Arc<DeliveryState>,
+    /// The sink's description, for messages.
+    pub what: String,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeliveryHandle {
+    /// Asks the thread to deliver everything committed and waits for it.
+    ///
+    /// # Errors
+    /// Delivery failed: the undelivered epochs stay in the outbox and go out after a restart.
+    pub fn finish(mut self) -> Result<(), String> {
+        self.state.finish.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let failed = self.state.failed.lock().expect("invariant: not poisoned").clone();
+        match failed {
+            Some(e) => Err(format!("{}: {e}", self.what)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DeliveryHandle {
+    fn drop(&mut self) {
+        // A pipeline that failed still delivers what it committed before stopping.
+        self.state.finish.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counts failed deliveries.
+struct Context {
+    failures: AtomicU64,
+    last_failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            *self.last_failure.lock().expect("invariant: not poisoned") = Some(e.to_string());
+        }
+    }
+}
+
+fn client_config(config: &KafkaSinkConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("message.timeout.ms", DEFAULT_MESSAGE_TIMEOUT_MS.to_string());
+    // Java clients' partitioner: the same key goes to the same partition as theirs.
+    c.set("partitioner", "murmur2_random");
+    if config.delivery == Delivery::ExactlyOnce {
+        c.set("transaction.timeout.ms", DEFAULT_TRANSACTION_TIMEOUT_MS.to_string());
+    }
+    for (k, v) in &config.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &config.brokers).set("enable.idempotence", "true");
+    if config.delivery == Delivery::ExactlyOnce {
+        c.set("transactional.id", config.transactional_id());
+    }
+    c
+}
+
+fn kafka(what: &str, config: &KafkaSinkConfig, e: impl std::fmt::Display) -> String {
+    format!("{what} (topic `{}` on {}): {e}", config.topic, config.brokers)
+}
+
+/// Creates `topics` (name, partitions) where missing.
+///
+/// # Errors
+/// The broker refuses.
+pub fn ensure_topics(brokers: &str, properties: &BTreeMap<String, String>, topics: &[(&str, u32)]) -> Result<(), String> {
+    let mut c = ClientConfig::new();
+    for (k, v) in properties {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            c.set(k, v);
+        }
+    }
+    c.set("bootstrap.servers", brokers);
+    let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| format!("cannot create an admin client for {brokers}: {e}"))?;
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|(t, p)| NewTopic::new(t, *p as i32, TopicReplication::Fixed(1))).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let results = runtime
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT))))
+        .map_err(|e| format!("cannot create topics on {brokers}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "created Kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => return Err(format!("cannot create topic `{t}` on {brokers}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The epoch this sink delivered last, from its progress topic (the last record with its
+/// key, read committed), or `None`.
+///
+/// # Errors
+/// The broker cannot be reached.
+pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> {
+    let topic = config.progress_topic();
+    let id = config.transactional_id();
+    let mut c = ClientConfig::new();
+    for (k, v) in &config.properties {
+        if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
+            c.set(k, v);
+        }
+    }
+    c.set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("{id}-progress"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = c.create().map_err(|e| kafka("cannot create a consumer", config, e))?;
+    let (low, high) = consumer.fetch_watermarks(&topic, 0, KAFKA_TIMEOUT).map_err(|e| kafka("cannot read the progress topic's offsets", config, e))?;
+    // Read backwards in growing windows: the last record of this sink is usually near the end.
+    let mut window = 64i64;
+    loop {
+        let start = (high - window).max(low);
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&topic, 0, Offset::Offset(start)).map_err(|e| e.to_string())?;
+        consumer.assign(&list).map_err(|e| kafka("cannot assign the progress topic", config, e))?;
+        let mut last = None;
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        loop {
+            let position = consumer.position().ok().and_then(|p| p.elements().first().and_then(|e| e.offset().to_raw())).unwrap_or(start);
+            if position >= high {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(kafka("timed out reading the progress topic", config, topic));
+            }
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    if m.key() == Some(id.as_bytes()) {
+                        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())
+                            .map_err(|e| format!("a progress record of `{id}` in {topic} is not JSON: {e}"))?;
+                        last = v["epoch"].as_u64();
+                    }
+                    if m.offset() >= high - 1 {
+                        break;
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "progress read"),
+                None => {}
+            }
+        }
+        if last.is_some() || start == low {
+            return Ok(last);
+        }
+        window *= 4;
+    }
+}
+
+/// The message of one output line: key, value, headers.
+fn message(stream: &str, epoch: Epoch, line: &[u8]) -> (Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
+    let v: serde_json::Value = serde_json::from_slice(line).unwrap_or(serde_json::Value::Null);
+    let mut headers = OwnedHeaders::new().insert(Header { key: "sluice-epoch", value: Some(epoch.to_string().as_bytes()) });
+    let text = |name: &str| match &v[name] {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Null => None,
+        other => Some(other.to_string()),
+    };
+    if stream == "dead_letters" {
+        // The raw bytes as they came, with where they came from and why they were refused.
+        let raw = match (text("raw"), v["raw_base64"].as_str()) {
+            (Some(raw), _) => raw.into_bytes(),
+            (None, Some(b)) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).unwrap_or_default(),
+            (None, None) => Vec::new(),
+        };
+        for (header, field) in
+            [("sluice-dead-letter-reason", "reason"), ("sluice-source", "source"), ("sluice-partition", "partition"), ("sluice-offset", "offset")]
+        {
+            if let Some(value) = text(field) {
+                headers = headers.insert(Header { key: header, value: Some(value.as_bytes()) });
+            }
+        }
+        return (None, raw, headers);
+    }
+    for (header, field) in [("sluice-event-id", "id"), ("sluice-model", "model"), ("sluice-model-version", "version")] {
+        if let Some(value) = text(field) {
+            headers = headers.insert(Header { key: header, value: Some(value.as_bytes()) });
+        }
+    }
+    (text("entity").map(String::into_bytes), line.to_vec(), headers)
+}
+
+struct Deliverer {
+    config: KafkaSinkConfig,
+    id: String,
+    progress_topic: String,
+    producer: BaseProducer<Context>,
+}
+
+impl Deliverer {
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), String> {
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    self.producer.poll(Duration::from_millis(50));
+                    record = back;
+                }
+                Err((e, _)) => return Err(kafka("cannot produce", &self.config, e)),
+            }
+        }
+    }
+
+    /// Delivers one epoch's lines and its progress record.
+    fn deliver(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), String> {
+        let exactly_once = self.config.delivery == Delivery::ExactlyOnce;
+        if exactly_once {
+            self.producer.begin_transaction().map_err(|e| kafka("cannot begin a transaction", &self.config, e))?;
+        }
+        let before = self.producer.context().failures.load(Ordering::Relaxed);
+        for line in lines {
+            let (key, value, headers) = message(&self.config.stream, epoch, line);
+            let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice()).headers(headers);
+            if let Some(k) = &key {
+                record = record.key(k.as_slice());
+            }
+            self.send(record)?;
+            self.producer.poll(Duration::ZERO);
+        }
+        if !exactly_once {
+            // Every record acknowledged before the progress record says the epoch is out.
+            self.producer.flush(KAFKA_TIMEOUT).map_err(|e| kafka("records not acknowledged", &self.config, e))?;
+            self.check(before)?;
+        }
+        let progress = serde_json::json!({ "epoch": epoch, "records": lines.len() }).to_string();
+        self.send(BaseRecord::to(&self.progress_topic).key(self.id.as_bytes()).payload(progress.as_bytes()).partition(0))?;
+        if exactly_once {
+            if let Err(e) = self.producer.commit_transaction(KAFKA_TIMEOUT) {
+                let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
+                if abortable {
+                    let _ = self.producer.abort_transaction(KAFKA_TIMEOUT);
+                }
+                return Err(kafka("cannot commit the epoch's transaction", &self.config, e));
+            }
+        } else {
+            self.producer.flush(KAFKA_TIMEOUT).map_err(|e| kafka("the progress record was not acknowledged", &self.config, e))?;
+        }
+        self.check(before)
+    }
+
+    fn check(&self, before: u64) -> Result<(), String> {
+        let failures = self.producer.context().failures.load(Ordering::Relaxed) - before;
+        if failures > 0 {
+            let last = self.producer.context().last_failure.lock().expect("invariant: not poisoned").clone().unwrap_or_default();
+            return Err(kafka(&format!("{failures} record(s) were not delivered"), &self.config, last));
+        }
+        Ok(())
+    }
+}
+
+/// Starts the delivery thread of a sink over `store`'s outbox: connects, fences an older
+/// producer with the same transactional id (exactly-once), reads the progress, then delivers
+/// committed epochs as they come.
+///
+/// # Errors
+/// The broker cannot be reached, refuses transactions (exactly-once on a broker without
+/// them), or the topics cannot be created.
+pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>) -> Result<DeliveryHandle, ConnectorError> {
+    let what = format!("Kafka sink `{}` → topic `{}`", config.stream, config.topic);
+    let progress_topic = config.progress_topic();
+    ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)]).map_err(ConnectorError::Kafka)?;
+    let context = Context { failures: AtomicU64::new(0), last_failure: Mutex::new(None) };
+    let producer: BaseProducer<Context> =
+        client_config(config).create_with_context(context).map_err(|e| ConnectorError::Kafka(kafka("cannot create a producer", config, e)))?;
+    if config.delivery == Delivery::ExactlyOnce {
+        producer.init_transactions(KAFKA_TIMEOUT).map_err(|e| {
+            ConnectorError::Kafka(kafka("cannot start transactions (a broker without them, such as tansu, needs `delivery = \"at_least_once\"`)", config, e))
+        })?;
+    }
+    let delivered = read_progress(config).map_err(ConnectorError::Kafka)?;
+    let state = Arc::new(DeliveryState::default());
+    state.delivered.store(delivered.map_or(-1, |e| e as i64), Ordering::Release);
+    let deliverer = Deliverer { config: config.clone(), id: config.transactional_id(), progress_topic, producer };
+    let thread = std::thread::Builder::new()
+        .name("sluice-kafka-sink".into())
+        .spawn({
+            let state = Arc::clone(&state);
+            let what = what.clone();
+            move || {
+                if let Err(e) = delivery_loop(&deliverer, &store, &state) {
+                    tracing::error!(sink = %what, error = %e, "Kafka delivery stopped; the undelivered epochs stay in the outbox and go out after a restart");
+                    *state.failed.lock().expect("invariant: not poisoned") = Some(e);
+                }
+            }
+        })
+        .map_err(|e| ConnectorError::Kafka(format!("cannot start the delivery thread: {e}")))?;
+    Ok(DeliveryHandle { state, what, thread: Some(thread) })
+}
+
+fn delivery_loop(d: &Deliverer, store: &Arc<StateStore>, state: &DeliveryState) -> Result<(), String> {
+    let reader = StateReader::new(Arc::clone(store));
+    let table: Table<BytesCodec> = reader.table(OUTBOX_TABLE).map_err(|e| e.to_string())?;
+    let sink = d.id.as_str();
+    loop {
+        let finishing = state.finish.load(Ordering::Acquire);
+        let committed = store.resume_epoch();
+        let delivered = state.delivered.load(Ordering::Acquire);
+        let from = outbox_key(sink, (delivered + 1) as Epoch, 0);
+        let to = outbox_key(sink, committed, 0);
+        let entries = if from < to {
+            let view = reader.view();
+            let snapshot = view.snapshot();
+            snapshot.range(&table, &from, &to, usize::MAX).map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let mut epochs: BTreeMap<Epoch, Vec<Vec<u8>>> = BTreeMap::new();
+        for (k, v) in entries {
+            epochs.entry(epoch_of_key(sink, &k)).or_default().push(v);
+        }
+        for (epoch, lines) in &epochs {
+            d.deliver(*epoch, lines)?;
+            state.delivered.store(*epoch as i64, Ordering::Release);
+            state.records.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        }
+        // Every committed epoch is delivered (epochs without output have no entries).
+        if committed > 0 && (committed - 1) as i64 > state.delivered.load(Ordering::Acquire) && epochs.is_empty() {
+            state.delivered.store((committed - 1) as i64, Ordering::Release);
+        }
+        if let Some(last) = epochs.keys().last() {
+            store.discard_range(&table, &outbox_key(sink, 0, 0), &outbox_key(sink, last + 1, 0)).map_err(|e| e.to_string())?;
+        }
+        state.queue_depth.store(i64::from(d.producer.in_flight_count()), Ordering::Relaxed);
+        if finishing && epochs.is_empty() {
+            return Ok(());
+        }
+        if epochs.is_empty() {
+            d.producer.poll(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The sink operator: worker 0 writes each complete epoch's lines, sorted, into the outbox in
+/// that epoch's commit; the delivery thread takes them from there.
+///
+/// # Errors
+/// The outbox table is missing.
+pub fn kafka_sink<'scope>(
+    lines: Stream<'scope, Epoch, Vec<OutputLine>>,
+    config: &KafkaSinkConfig,
+    delivery: Option<Arc<DeliveryState>>,
+    state: Rc<RefCell<WorkerState>>,
+) -> Result<Stream<'scope, Epoch, Vec<()>>, ConnectorError> {
+    let table: Table<BytesCodec> = state.borrow().store().table(OUTBOX_TABLE)?;
+    let sink = config.transactional_id();
+    let scope = lines.scope();
+    let stream = lines.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &OutputLine| 0), "KafkaSink", move |cap, info| {
+        let activator = scope.activator_for(info.address);
+        let mut held = HeldCapabilities::new(vec![cap]);
+        let mut pending: BTreeMap<Epoch, Vec<Vec<OutputLine>>> = BTreeMap::new();
+        move |(input, frontier), _output| {
+            input.for_each_stamp(|cap, data| {
+                let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                for batch in data {
+                    slot.push(std::mem::take(batch));
+                }
+            });
+            let frontier = frontier.frontier().first().copied();
+            let Some(delivery) = delivery.as_ref() else {
+                held.downgrade(frontier);
+                return;
+            };
+            if let Some(e) = delivery.failed.lock().expect("invariant: not poisoned").as_ref() {
+                panic!("Kafka sink `{sink}`: delivery failed: {e}; committed epochs stay in the outbox and go out after a restart");
+            }
+            let mut through = frontier;
+            while let Some(entry) = pending.first_entry() {
+                let epoch = *entry.key();
+                if frontier.is_some_and(|f| epoch >= f) {
+                    break;
+                }
+                // Backpressure: hold this epoch while the delivery is too far behind.
+                let delivered = delivery.delivered.load(Ordering::Acquire);
+                if epoch as i64 > delivered + MAX_UNDELIVERED as i64 {
+                    through = Some(epoch);
+                    activator.activate_after(Duration::from_millis(5));
+                    break;
+                }
+                let mut lines = sluice_operators::epoch::concat(entry.remove());
+                lines.sort_unstable();
+                let mut state = state.borrow_mut();
+                for (seq, line) in lines.into_iter().enumerate() {
+                    state.put_blind(epoch, &table, &outbox_key(&sink, epoch, seq as u32), line.bytes);
+                }
+            }
+            held.downgrade(through);
+        }
+    });
+    Ok(stream)
+}

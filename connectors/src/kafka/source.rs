@@ -1,0 +1,218 @@
+//! The Kafka partition reader: one consumer per partition, assigned explicitly at the
+//! position sluice committed (or the configured start), never committing offsets on its own.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::config::{KafkaSourceConfig, StartAt, Until};
+use crate::source::{PartitionReader, ReadStatus};
+use crate::ConnectorError;
+
+/// How long metadata and watermark requests may take before the source reports the broker
+/// unreachable.
+pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a reader commits its committed position to the group, for lag tools.
+const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
+
+fn kafka_error(what: &str, source: &KafkaSourceConfig, e: impl std::fmt::Display) -> ConnectorError {
+    ConnectorError::Kafka(format!("{what} (topic `{}` on {}): {e}", source.topic, source.brokers))
+}
+
+/// A consumer with sluice's fixed settings and the source's properties.
+///
+/// # Errors
+/// librdkafka refuses a property.
+pub fn consumer(source: &KafkaSourceConfig) -> Result<BaseConsumer, ConnectorError> {
+    let mut c = ClientConfig::new();
+    for (k, v) in &source.properties {
+        c.set(k, v);
+    }
+    c.set("bootstrap.servers", &source.brokers)
+        .set("group.id", &source.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    c.create().map_err(|e| kafka_error("cannot create a consumer", source, e))
+}
+
+/// The topic's partition count, from the broker's metadata.
+///
+/// # Errors
+/// The broker cannot be reached, or the topic does not exist.
+pub fn partition_count(source: &KafkaSourceConfig) -> Result<u32, ConnectorError> {
+    let consumer = consumer(source)?;
+    let metadata = consumer.fetch_metadata(Some(&source.topic), METADATA_TIMEOUT).map_err(|e| kafka_error("cannot read metadata", source, e))?;
+    let topic = metadata.topics().iter().find(|t| t.name() == source.topic).ok_or_else(|| kafka_error("no metadata", source, "topic missing"))?;
+    if let Some(e) = topic.error() {
+        return Err(kafka_error("the topic cannot be read (create it first: sluice does not create source topics)", source, format!("{e:?}")));
+    }
+    if topic.partitions().is_empty() {
+        return Err(kafka_error("the topic has no partitions (create it first: sluice does not create source topics)", source, "0 partitions"));
+    }
+    Ok(topic.partitions().len() as u32)
+}
+
+/// Reads one partition of a topic.
+pub struct KafkaReader {
+    name: String,
+    config: KafkaSourceConfig,
+    partition: i32,
+    consumer: Option<BaseConsumer>,
+    /// The next offset to read.
+    position: Option<u64>,
+    /// The end, for `until = "high_watermark"`.
+    end: Option<u64>,
+    last_error: Option<Instant>,
+    last_group_commit: Instant,
+    group_committed: Option<u64>,
+}
+
+impl std::fmt::Debug for KafkaReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaReader").field("name", &self.name).field("position", &self.position).finish()
+    }
+}
+
+impl KafkaReader {
+    /// The reader of `partition` of the source's topic (connects at the first read).
+    pub fn new(config: &KafkaSourceConfig, partition: u32) -> Self {
+        KafkaReader {
+            name: format!("kafka:{}:{}:{partition}", config.name, config.topic),
+            config: config.clone(),
+            partition: partition as i32,
+            consumer: None,
+            position: None,
+            end: None,
+            last_error: None,
+            last_group_commit: Instant::now(),
+            group_committed: None,
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), ConnectorError> {
+        if self.consumer.is_some() {
+            return Ok(());
+        }
+        let consumer = consumer(&self.config)?;
+        let (low, high) = consumer
+            .fetch_watermarks(&self.config.topic, self.partition, METADATA_TIMEOUT)
+            .map_err(|e| kafka_error(&format!("cannot read the offsets of partition {}", self.partition), &self.config, e))?;
+        let position = match self.position {
+            Some(p) => {
+                if (p as i64) < low {
+                    tracing::warn!(partition = %self.name, committed = p, earliest = low, "records after the committed position were deleted by retention before sluice read them; resuming at the earliest");
+                    low as u64
+                } else {
+                    p
+                }
+            }
+            None => match self.config.start {
+                StartAt::Earliest => low.max(0) as u64,
+                StartAt::Latest => high.max(0) as u64,
+            },
+        };
+        if self.config.until == Until::HighWatermark {
+            self.end = Some(high.max(0) as u64);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.config.topic, self.partition, Offset::Offset(position as i64))
+            .map_err(|e| kafka_error("cannot build the assignment", &self.config, e))?;
+        consumer.assign(&assignment).map_err(|e| kafka_error("cannot assign the partition", &self.config, e))?;
+        self.position = Some(position);
+        self.consumer = Some(consumer);
+        Ok(())
+    }
+
+    /// Commits `offset` (the next to read, of a committed epoch) to the consumer group, so
+    /// that lag tools see it. Rate-limited; failures are logged, never fatal: sluice's own
+    /// commit is the one that counts.
+    pub fn commit_to_group(&mut self, offset: u64) {
+        if self.group_committed == Some(offset) || self.last_group_commit.elapsed() < GROUP_COMMIT_EVERY {
+            return;
+        }
+        let Some(consumer) = &self.consumer else { return };
+        let mut list = TopicPartitionList::new();
+        if list.add_partition_offset(&self.config.topic, self.partition, Offset::Offset(offset as i64)).is_ok() {
+            match consumer.commit(&list, CommitMode::Async) {
+                Ok(()) => self.group_committed = Some(offset),
+                Err(e) => tracing::debug!(partition = %self.name, error = %e, "group offset commit failed"),
+            }
+        }
+        self.last_group_commit = Instant::now();
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn seek(&mut self, position: u64) -> Result<(), ConnectorError> {
+        self.position = Some(position);
+        self.consumer = None;
+        Ok(())
+    }
+
+    fn read(&mut self, records_max: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<ReadStatus, ConnectorError> {
+        if let Err(e) = self.connect() {
+            // The broker may come back: report, wait, retry (never a fatal error).
+            if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(partition = %self.name, error = %e, "Kafka source waiting for the broker");
+                self.last_error = Some(Instant::now());
+            }
+            return Ok(ReadStatus::Waiting);
+        }
+        let consumer = self.consumer.as_ref().expect("invariant: connected above");
+        let mut position = self.position.expect("invariant: set at connect");
+        if self.end.is_some_and(|end| position >= end) {
+            return Ok(ReadStatus::End);
+        }
+        // Records known to exist (below the end of a bounded read) are waited for rather than
+        // ending the epoch early: a backfill's epochs then hold `epoch_records` each, the same
+        // as a file source's, whatever the fetch timing.
+        let wait = if self.end.is_some() { Duration::from_millis(200) } else { Duration::ZERO };
+        let mut got = 0;
+        while got < records_max {
+            match consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!(partition = %self.name, error = %e, "Kafka consumer error; retrying");
+                        self.last_error = Some(Instant::now());
+                    }
+                    break;
+                }
+                Some(Ok(m)) => {
+                    let offset = m.offset() as u64;
+                    if offset < position {
+                        continue;
+                    }
+                    if self.end.is_some_and(|end| offset >= end) {
+                        break;
+                    }
+                    out.push((offset, m.payload().unwrap_or_default().to_vec()));
+                    position = offset + 1;
+                    got += 1;
+                }
+            }
+        }
+        self.position = Some(position);
+        Ok(if self.end.is_some_and(|end| position >= end) {
+            ReadStatus::End
+        } else if got > 0 {
+            ReadStatus::More
+        } else {
+            ReadStatus::Waiting
+        })
+    }
+
+    fn position(&self) -> u64 {
+        self.position.unwrap_or(0)
+    }
+}
