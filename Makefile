@@ -22,9 +22,11 @@ lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
-# Everything in release: RocksDB is built once, and the end-to-end tests are heavy.
+# Everything in release: RocksDB is built once, and the end-to-end tests are heavy. The Kafka
+# tests need the project's broker (tansu, scripts/kafka.sh; SLUICE_KAFKA_PORT moves it).
 test: lint
-	$(CARGO) test --release --workspace
+	./scripts/kafka.sh start
+	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace
 
 bench: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline $(BENCH_ARGS)

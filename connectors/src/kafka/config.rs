@@ -24,7 +24,8 @@ pub enum Until {
     /// Never: the pipeline runs until stopped (Ctrl-C).
     #[default]
     Forever,
-    /// At each partition's high watermark as of the start (a backfill, or a test).
+    /// At each partition's high watermark as of the start, once no more records come for
+    /// 1 s (a backfill, or a test).
     HighWatermark,
 }
 

@@ -218,6 +218,9 @@ pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> 
         .set("isolation.level", "read_committed");
     let consumer: BaseConsumer = c.create().map_err(|e| kafka("cannot create a consumer", config, e))?;
     let (low, high) = consumer.fetch_watermarks(&topic, 0, KAFKA_TIMEOUT).map_err(|e| kafka("cannot read the progress topic's offsets", config, e))?;
+    if high <= low {
+        return Ok(None);
+    }
     // Read backwards in growing windows: the last record of this sink is usually near the end.
     let mut window = 64i64;
     loop {
@@ -228,7 +231,8 @@ pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> 
         let mut last = None;
         let deadline = Instant::now() + KAFKA_TIMEOUT;
         loop {
-            let position = consumer.position().ok().and_then(|p| p.elements().first().and_then(|e| e.offset().to_raw())).unwrap_or(start);
+            // Before the first fetch the position is "invalid" (negative): not there yet.
+            let position = consumer.position().ok().and_then(|p| p.elements().first().and_then(|e| e.offset().to_raw())).filter(|p| *p >= 0).unwrap_or(start);
             if position >= high {
                 break;
             }

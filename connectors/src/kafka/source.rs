@@ -16,6 +16,12 @@ use crate::ConnectorError;
 /// unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A bounded read (`until = "high_watermark"`) ends once it has passed the high watermark of
+/// the start and no record came for this long. It does not stop at the reported watermark
+/// alone: tansu 0.6.0 reports the first offset of the partition's last batch as its high
+/// watermark, which would cut off that batch.
+pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
+
 /// How often a reader commits its committed position to the group, for lag tools.
 const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
@@ -65,8 +71,10 @@ pub struct KafkaReader {
     consumer: Option<BaseConsumer>,
     /// The next offset to read.
     position: Option<u64>,
-    /// The end, for `until = "high_watermark"`.
+    /// The high watermark at start, for `until = "high_watermark"`.
     end: Option<u64>,
+    /// Since when nothing came past the end (the source ends after [`DRAIN_IDLE`] of it).
+    idle_since: Option<Instant>,
     last_error: Option<Instant>,
     last_group_commit: Instant,
     group_committed: Option<u64>,
@@ -88,6 +96,7 @@ impl KafkaReader {
             consumer: None,
             position: None,
             end: None,
+            idle_since: None,
             last_error: None,
             last_group_commit: Instant::now(),
             group_committed: None,
@@ -170,13 +179,10 @@ impl PartitionReader for KafkaReader {
         }
         let consumer = self.consumer.as_ref().expect("invariant: connected above");
         let mut position = self.position.expect("invariant: set at connect");
-        if self.end.is_some_and(|end| position >= end) {
-            return Ok(ReadStatus::End);
-        }
         // Records known to exist (below the end of a bounded read) are waited for rather than
         // ending the epoch early: a backfill's epochs then hold `epoch_records` each, the same
         // as a file source's, whatever the fetch timing.
-        let wait = if self.end.is_some() { Duration::from_millis(200) } else { Duration::ZERO };
+        let wait = if self.end.is_some() { Duration::from_millis(100) } else { Duration::ZERO };
         let mut got = 0;
         while got < records_max {
             match consumer.poll(wait) {
@@ -193,9 +199,6 @@ impl PartitionReader for KafkaReader {
                     if offset < position {
                         continue;
                     }
-                    if self.end.is_some_and(|end| offset >= end) {
-                        break;
-                    }
                     out.push((offset, m.payload().unwrap_or_default().to_vec()));
                     position = offset + 1;
                     got += 1;
@@ -203,13 +206,17 @@ impl PartitionReader for KafkaReader {
             }
         }
         self.position = Some(position);
-        Ok(if self.end.is_some_and(|end| position >= end) {
-            ReadStatus::End
-        } else if got > 0 {
-            ReadStatus::More
-        } else {
-            ReadStatus::Waiting
-        })
+        if got > 0 {
+            self.idle_since = None;
+            return Ok(ReadStatus::More);
+        }
+        match self.end {
+            Some(end) if position >= end => {
+                let since = *self.idle_since.get_or_insert_with(Instant::now);
+                Ok(if since.elapsed() >= DRAIN_IDLE { ReadStatus::End } else { ReadStatus::Waiting })
+            }
+            _ => Ok(ReadStatus::Waiting),
+        }
     }
 
     fn position(&self) -> u64 {

@@ -1,0 +1,295 @@
+//! Kafka topic in, topic out, against the project's broker (tansu 0.6.0, started by
+//! `scripts/kafka.sh start`; `SLUICE_KAFKA_BROKERS` overrides the address). Tansu has no
+//! transactions: these runs use `delivery = "at_least_once"`; the transactional flow is tested
+//! against librdkafka's mock cluster.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice::demo::{demo_config, DemoOptions};
+use sluice::{PipelineConfig, RunControl};
+use sluice_connectors::file::{FileSinkConfig, FileSourceConfig};
+use sluice_connectors::generator::{GeneratorConfig, GeneratorReader};
+use sluice_connectors::kafka::{Delivery, KafkaSinkConfig, KafkaSourceConfig, StartAt, Until};
+use sluice_connectors::{PartitionReader, ReadStatus, SinkConfig, SourceConfig};
+use sluice_tests::lines;
+
+fn brokers() -> String {
+    std::env::var("SLUICE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// The broker must be there: a test that cannot reach it fails, it does not skip.
+fn require_broker() -> String {
+    let b = brokers();
+    let addr = b.split(',').next().unwrap().to_string();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok(),
+        "no Kafka broker at {b}: run `scripts/kafka.sh start` (make test does)"
+    );
+    b
+}
+
+/// The generator's records, per partition: 100,000 in all with duplicates, conflicts,
+/// disorder, late and malformed records.
+fn generated(partitions: u32, per_partition: u64) -> Vec<Vec<Vec<u8>>> {
+    let mut g = GeneratorConfig::named("payments");
+    g.partitions = partitions;
+    g.events = per_partition * u64::from(partitions);
+    g.customers = 20_000;
+    g.duplicate_pct = 2.0;
+    g.conflict_pct = 0.2;
+    g.out_of_order_pct = 5.0;
+    g.late_pct = 0.3;
+    g.malformed_pct = 0.5;
+    g.start_ms = 1_790_000_000_000;
+    (0..partitions)
+        .map(|p| {
+            let mut reader = GeneratorReader::new(&g, p);
+            let mut out = Vec::new();
+            let mut batch = Vec::new();
+            loop {
+                let status = reader.read(10_000, &mut batch).unwrap();
+                out.extend(batch.drain(..).map(|(_, bytes)| bytes));
+                if status == ReadStatus::End {
+                    break;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+fn produce(brokers: &str, topic: &str, partitions: &[Vec<Vec<u8>>]) {
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "5").create().unwrap();
+    for (p, records) in partitions.iter().enumerate() {
+        for r in records {
+            let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(r.as_slice()).partition(p as i32);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        producer.poll(Duration::from_millis(20));
+                        record = back;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// One consumed record.
+#[derive(Debug, Clone)]
+struct Got {
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+/// Every record of `topic`, as a `read_committed` reader sees it: read from the start until
+/// nothing more comes for 2 s (tansu's reported high watermarks fall short of the end).
+fn consume_all(brokers: &str, topic: &str) -> Vec<Got> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("check"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(2) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        headers.insert(header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
+                    }
+                }
+                out.push(Got { key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec(), headers });
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// The demo pipeline's processing, with the given sources and sinks, 2 workers.
+fn pipeline(dir: &std::path::Path, source: SourceConfig, sinks: Vec<SinkConfig>) -> PipelineConfig {
+    let options = DemoOptions { duration: Duration::from_secs(1), rate: 0, workers: 2, events: 0, model: None, shadow: None, http: None };
+    let mut config = demo_config(dir, &options);
+    config.sources = vec![source];
+    config.sinks = sinks;
+    config.drift = None;
+    config.slo = Vec::new();
+    config.epoch_records = 5_000;
+    config
+}
+
+fn kafka_sink(brokers: &str, stream: &str, topic: &str, partitions: u32) -> SinkConfig {
+    SinkConfig::Kafka(KafkaSinkConfig {
+        stream: stream.into(),
+        kind: "kafka".into(),
+        brokers: brokers.into(),
+        topic: topic.into(),
+        delivery: Delivery::AtLeastOnce,
+        progress_topic: None,
+        transactional_id: None,
+        partitions,
+        properties: BTreeMap::new(),
+    })
+}
+
+fn kafka_source(brokers: &str, topic: &str, until: Until) -> SourceConfig {
+    SourceConfig::Kafka(KafkaSourceConfig {
+        name: "payments".into(),
+        brokers: brokers.into(),
+        topic: topic.into(),
+        group_id: unique("sluice-test"),
+        start: StartAt::Earliest,
+        until,
+        partitions: None,
+        properties: BTreeMap::new(),
+    })
+}
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
+}
+
+/// The same records through files: the reference output.
+fn file_run(dir: &std::path::Path, partitions: &[Vec<Vec<u8>>], epoch_records: usize) -> (Vec<Vec<u8>>, Vec<serde_json::Value>) {
+    let mut paths = Vec::new();
+    for (p, records) in partitions.iter().enumerate() {
+        let path = dir.join(format!("part{p}.jsonl"));
+        let mut text = Vec::new();
+        for r in records {
+            assert!(!r.contains(&b'\n'), "a generated record holds a newline; the file run would split it");
+            text.extend_from_slice(r);
+            text.push(b'\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    let source: FileSourceConfig = serde_json::from_value(serde_json::json!({ "name": "payments", "paths": paths })).unwrap();
+    let file_sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
+    let mut config = pipeline(dir, SourceConfig::File(source), vec![file_sink("features"), file_sink("dead_letters")]);
+    config.epoch_records = epoch_records;
+    sluice::run(&config, &RunControl::default()).unwrap();
+    let features = lines(&dir.join("features.jsonl")).into_iter().map(String::into_bytes).collect();
+    let dead = lines(&dir.join("dead_letters.jsonl")).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (features, dead)
+}
+
+#[test]
+fn kafka_in_kafka_out_equals_the_file_run_and_malformed_records_go_to_the_dead_letter_topic() {
+    let brokers = require_broker();
+    let work = tempfile::tempdir().unwrap();
+    let input = generated(4, 25_000);
+    let total: usize = input.iter().map(Vec::len).sum();
+    assert!(total >= 100_000, "{total} records");
+
+    let (topic_in, topic_out, topic_dead) = (unique("payments"), unique("features"), unique("dead"));
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 4), (&topic_out, 4), (&topic_dead, 1)]).unwrap();
+    produce(&brokers, &topic_in, &input);
+
+    let kafka_dir = work.path().join("kafka");
+    let config = pipeline(
+        &kafka_dir,
+        kafka_source(&brokers, &topic_in, Until::HighWatermark),
+        vec![kafka_sink(&brokers, "features", &topic_out, 4), kafka_sink(&brokers, "dead_letters", &topic_dead, 1)],
+    );
+    let summary = sluice::run(&config, &RunControl::default()).unwrap();
+    assert_eq!(summary.records_in as usize, total);
+
+    let file_dir = work.path().join("files");
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let (want_features, want_dead) = file_run(&file_dir, &input, 5_000);
+
+    let got = consume_all(&brokers, &topic_out);
+    assert_eq!(got.len(), want_features.len(), "feature records in the topic");
+    assert_eq!(sorted(got.iter().map(|g| g.payload.clone()).collect()), sorted(want_features), "the topic holds the file run's feature records");
+    for g in &got {
+        let v: serde_json::Value = serde_json::from_slice(&g.payload).unwrap();
+        assert_eq!(g.key.as_deref(), v["entity"].as_str().map(str::as_bytes), "key = entity");
+        assert_eq!(g.headers.get("sluice-event-id").map(String::as_str), v["id"].as_str());
+        assert!(g.headers.get("sluice-epoch").is_some_and(|e| e.parse::<u64>().is_ok()));
+    }
+
+    let dead = consume_all(&brokers, &topic_dead);
+    assert!(!want_dead.is_empty());
+    let want_raw: Vec<Vec<u8>> = want_dead
+        .iter()
+        .map(|d| match (d["raw"].as_str(), d["raw_base64"].as_str()) {
+            (Some(raw), _) => raw.as_bytes().to_vec(),
+            (None, Some(b)) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).unwrap(),
+            (None, None) => panic!("a dead letter without its record: {d}"),
+        })
+        .collect();
+    assert_eq!(sorted(dead.iter().map(|g| g.payload.clone()).collect()), sorted(want_raw), "the dead-letter topic holds exactly the malformed records");
+    for g in &dead {
+        assert!(g.headers.contains_key("sluice-dead-letter-reason"), "{:?}", g.headers);
+        assert_eq!(g.headers.get("sluice-source").map(String::as_str), Some("payments"));
+        assert!(g.headers.get("sluice-offset").is_some_and(|o| o.parse::<u64>().is_ok()));
+    }
+}
+
+#[test]
+fn a_stopped_and_resumed_run_loses_and_repeats_nothing() {
+    let brokers = require_broker();
+    let work = tempfile::tempdir().unwrap();
+    let input = generated(4, 10_000);
+    let (topic_in, topic_out) = (unique("payments"), unique("features"));
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 4), (&topic_out, 2)]).unwrap();
+    produce(&brokers, &topic_in, &input);
+
+    let dir = work.path().join("kafka");
+    let mut config = pipeline(&dir, kafka_source(&brokers, &topic_in, Until::HighWatermark), vec![kafka_sink(&brokers, "features", &topic_out, 2)]);
+    config.epoch_records = 500;
+    // First run: stopped once some output is out.
+    let control = RunControl::default();
+    let stop = std::sync::Arc::clone(&control.stop);
+    let metrics = std::sync::Arc::clone(&control.metrics);
+    let stopper = std::thread::spawn(move || {
+        while metrics.features_out.load(std::sync::atomic::Ordering::Relaxed) < 3_000 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let first = sluice::run(&config, &control).unwrap();
+    stopper.join().unwrap();
+    let after_first = consume_all(&brokers, &topic_out).len();
+    assert!(after_first > 0 && (first.records_in as usize) < 40_000, "the first run stopped early: {after_first} out, {} in", first.records_in);
+    // Second run resumes from the commit.
+    let second = sluice::run(&config, &RunControl::default()).unwrap();
+    assert!(second.resumed_at_epoch > 0);
+
+    let file_dir = work.path().join("files");
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let (want, _) = file_run(&file_dir, &input, 500);
+    let got = consume_all(&brokers, &topic_out);
+    assert_eq!(sorted(got.into_iter().map(|g| g.payload).collect()), sorted(want), "no record lost or repeated across the restart");
+}
