@@ -191,8 +191,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let mut deliveries = Vec::new();
     for s in &config.sinks {
         if let sluice_connectors::SinkConfig::Kafka(k) = s {
-            let handle =
-                sluice_connectors::kafka::start_delivery(k, Arc::clone(&store)).map_err(|e| RunError::Connector(format!("sink of `{}`: {e}", k.stream)))?;
+            let handle = sluice_connectors::kafka::start_delivery(k, Arc::clone(&store), Arc::clone(&control.stop))
+                .map_err(|e| RunError::Connector(format!("sink of `{}`: {e}", k.stream)))?;
             deliveries.push((k.stream.clone(), handle));
         }
     }

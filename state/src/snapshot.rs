@@ -234,7 +234,7 @@ impl Snapshot<'_> {
     ///
     /// # Errors
     /// RocksDB read errors; a table the state does not hold.
-    pub fn range<C: Codec>(&self, table: &Table<C>, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    pub fn range<C: Codec>(&self, table: &Table<C>, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<crate::worker::Entry>, StateError> {
         let cf = self.db.cf_handle(table.name()).ok_or_else(|| StateError::UnknownTable(table.name().to_string()))?;
         let mut options = rocksdb::ReadOptions::default();
         options.set_snapshot(&self.snapshot);

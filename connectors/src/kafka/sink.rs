@@ -19,7 +19,9 @@
 //! record: a crash between the two delivers that one epoch again (its records carry the
 //! header `sluice-epoch`, so repeats can be recognised).
 //!
-//! Delivery is off the dataflow's threads. When it falls more than `MAX_UNDELIVERED` epochs
+//! Delivery is off the dataflow's threads; when it fails (a fenced producer, a broker that
+//! refuses), the pipeline stops at the next epoch boundary and the run reports the failure.
+//! When it falls more than `MAX_UNDELIVERED` epochs
 //! behind, the sink stops completing epochs, the sources stop at `max_inflight_epochs`, and the
 //! pipeline waits (backpressure, no unbounded buffer: the outbox is on disk and bounded by it).
 
@@ -183,7 +185,14 @@ pub fn ensure_topics(brokers: &str, properties: &BTreeMap<String, String>, topic
     }
     c.set("bootstrap.servers", brokers);
     let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| format!("cannot create an admin client for {brokers}: {e}"))?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|(t, p)| NewTopic::new(t, *p as i32, TopicReplication::Fixed(1))).collect();
+    // Only what is missing: some brokers (and librdkafka's mock cluster) do not answer
+    // CreateTopics at all.
+    let metadata = admin.inner().fetch_metadata(None, KAFKA_TIMEOUT).map_err(|e| format!("cannot read the metadata of {brokers}: {e}"))?;
+    let exists = |name: &str| metadata.topics().iter().any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
+    let new: Vec<NewTopic<'_>> = topics.iter().filter(|(t, _)| !exists(t)).map(|(t, p)| NewTopic::new(t, *p as i32, TopicReplication::Fixed(1))).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let results = runtime
         .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT))))
@@ -345,7 +354,11 @@ impl Deliverer {
                 if abortable {
                     let _ = self.producer.abort_transaction(KAFKA_TIMEOUT);
                 }
-                return Err(kafka("cannot commit the epoch's transaction", &self.config, e));
+                return Err(kafka(
+                    "cannot commit the epoch's transaction (a broker without transactions, such as tansu, needs `delivery = \"at_least_once\"`)",
+                    &self.config,
+                    e,
+                ));
             }
         } else {
             self.producer.flush(KAFKA_TIMEOUT).map_err(|e| kafka("the progress record was not acknowledged", &self.config, e))?;
@@ -370,7 +383,7 @@ impl Deliverer {
 /// # Errors
 /// The broker cannot be reached, refuses transactions (exactly-once on a broker without
 /// them), or the topics cannot be created.
-pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>) -> Result<DeliveryHandle, ConnectorError> {
+pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_failure: Arc<AtomicBool>) -> Result<DeliveryHandle, ConnectorError> {
     let what = format!("Kafka sink `{}` → topic `{}`", config.stream, config.topic);
     let progress_topic = config.progress_topic();
     ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)]).map_err(ConnectorError::Kafka)?;
@@ -393,8 +406,9 @@ pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>) -> Resul
             let what = what.clone();
             move || {
                 if let Err(e) = delivery_loop(&deliverer, &store, &state) {
-                    tracing::error!(sink = %what, error = %e, "Kafka delivery stopped; the undelivered epochs stay in the outbox and go out after a restart");
+                    tracing::error!(sink = %what, error = %e, "Kafka delivery stopped; the pipeline stops; undelivered epochs stay in the outbox and go out after a restart");
                     *state.failed.lock().expect("invariant: not poisoned") = Some(e);
+                    stop_on_failure.store(true, Ordering::Release);
                 }
             }
         })
@@ -475,9 +489,9 @@ pub fn kafka_sink<'scope>(
                 held.downgrade(frontier);
                 return;
             };
-            if let Some(e) = delivery.failed.lock().expect("invariant: not poisoned").as_ref() {
-                panic!("Kafka sink `{sink}`: delivery failed: {e}; committed epochs stay in the outbox and go out after a restart");
-            }
+            // Delivery failed: the pipeline is stopping; epochs still go to the outbox (and out
+            // after a restart), without waiting for a delivery that will not come.
+            let failed = delivery.failed.lock().expect("invariant: not poisoned").is_some();
             let mut through = frontier;
             while let Some(entry) = pending.first_entry() {
                 let epoch = *entry.key();
@@ -486,7 +500,7 @@ pub fn kafka_sink<'scope>(
                 }
                 // Backpressure: hold this epoch while the delivery is too far behind.
                 let delivered = delivery.delivered.load(Ordering::Acquire);
-                if epoch as i64 > delivered + MAX_UNDELIVERED as i64 {
+                if !failed && epoch as i64 > delivered + MAX_UNDELIVERED as i64 {
                     through = Some(epoch);
                     activator.activate_after(Duration::from_millis(5));
                     break;
