@@ -41,8 +41,8 @@ pub struct KafkaSourceConfig {
     pub brokers: String,
     /// The topic.
     pub topic: String,
-    /// The consumer group under which offsets of committed epochs are committed, for lag tools
-    /// (`kafka-consumer-groups`, Burrow); sluice itself resumes from its own commits.
+    /// The consumers' `group.id`. sluice resumes from its own commits and does not commit
+    /// offsets to the group yet (so lag tools do not see its progress).
     #[serde(default = "default_group")]
     pub group_id: String,
     /// Where a partition sluice has never read starts.

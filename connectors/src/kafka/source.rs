@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -21,9 +21,6 @@ pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// alone: tansu 0.6.0 reports the first offset of the partition's last batch as its high
 /// watermark, which would cut off that batch.
 pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
-
-/// How often a reader commits its committed position to the group, for lag tools.
-const GROUP_COMMIT_EVERY: Duration = Duration::from_secs(1);
 
 fn kafka_error(what: &str, source: &KafkaSourceConfig, e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Kafka(format!("{what} (topic `{}` on {}): {e}", source.topic, source.brokers))
@@ -76,8 +73,6 @@ pub struct KafkaReader {
     /// Since when nothing came past the end (the source ends after [`DRAIN_IDLE`] of it).
     idle_since: Option<Instant>,
     last_error: Option<Instant>,
-    last_group_commit: Instant,
-    group_committed: Option<u64>,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -98,8 +93,6 @@ impl KafkaReader {
             end: None,
             idle_since: None,
             last_error: None,
-            last_group_commit: Instant::now(),
-            group_committed: None,
         }
     }
 
@@ -136,24 +129,6 @@ impl KafkaReader {
         self.position = Some(position);
         self.consumer = Some(consumer);
         Ok(())
-    }
-
-    /// Commits `offset` (the next to read, of a committed epoch) to the consumer group, so
-    /// that lag tools see it. Rate-limited; failures are logged, never fatal: sluice's own
-    /// commit is the one that counts.
-    pub fn commit_to_group(&mut self, offset: u64) {
-        if self.group_committed == Some(offset) || self.last_group_commit.elapsed() < GROUP_COMMIT_EVERY {
-            return;
-        }
-        let Some(consumer) = &self.consumer else { return };
-        let mut list = TopicPartitionList::new();
-        if list.add_partition_offset(&self.config.topic, self.partition, Offset::Offset(offset as i64)).is_ok() {
-            match consumer.commit(&list, CommitMode::Async) {
-                Ok(()) => self.group_committed = Some(offset),
-                Err(e) => tracing::debug!(partition = %self.name, error = %e, "group offset commit failed"),
-            }
-        }
-        self.last_group_commit = Instant::now();
     }
 }
 
