@@ -158,7 +158,18 @@ fn features_get_reads_a_running_pipeline() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    let got = sluice().args(["features", "get", &entity, "--server", &addr, "--names", "txn_count_1m,amount_last"]).output().unwrap();
+    // The file sink writes an epoch's lines before the epoch's state commit: the entity is
+    // served once that commit lands, a moment later.
+    let mut tries = 0;
+    let got = loop {
+        let got = sluice().args(["features", "get", &entity, "--server", &addr, "--names", "txn_count_1m,amount_last"]).output().unwrap();
+        let not_yet = String::from_utf8_lossy(&got.stderr).contains("HTTP 404");
+        tries += 1;
+        if got.status.success() || !not_yet || tries == 100 {
+            break got;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
     let v: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
     assert_eq!(v["entity"], entity.as_str());
