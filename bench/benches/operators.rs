@@ -32,7 +32,7 @@ fn records() -> Vec<RawRecord> {
     g.out_of_order_pct = 5.0;
     g.disorder_ms = 1_000;
     let r = GeneratorReader::new(&g, 0);
-    (0..EVENTS).map(|i| RawRecord { origin: Origin { partition: 0, offset: i }, bytes: r.record(i) }).collect()
+    (0..EVENTS).map(|i| RawRecord::new(Origin { partition: 0, offset: i }, r.record(i))).collect()
 }
 
 fn events(records: &[RawRecord]) -> Vec<Event> {

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_operators::{Epoch, Metrics, Origin, PartitionMark, RawRecord, SourceItem};
+use sluice_operators::{Epoch, Metrics, Origin, PartitionMark, RawRecord, RecordMeta, SourceItem};
 use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -51,6 +51,24 @@ pub enum ReadStatus {
     Stop,
 }
 
+/// One record as a reader gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// Its position in the partition.
+    pub offset: u64,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// Key, timestamp and headers, where the source has them.
+    pub meta: Option<Box<RecordMeta>>,
+}
+
+impl Fetched {
+    /// A record without metadata.
+    pub fn plain(offset: u64, bytes: Vec<u8>) -> Self {
+        Fetched { offset, bytes, meta: None }
+    }
+}
+
 /// A reader of one partition.
 pub trait PartitionReader {
     /// A stable name (`file:payments:/path`, `generator:demo:3`): the key of its position.
@@ -60,13 +78,17 @@ pub trait PartitionReader {
     /// # Errors
     /// I/O errors; a position beyond the data.
     fn seek(&mut self, position: u64) -> Result<(), ConnectorError>;
-    /// Appends up to `records_max` `(offset, bytes)` records to `out`.
+    /// Appends up to `records_max` records to `out`.
     ///
     /// # Errors
     /// I/O errors. The source reports them and treats the partition as stopped.
-    fn read(&mut self, records_max: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<ReadStatus, ConnectorError>;
+    fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError>;
     /// The position after the last record read.
     fn position(&self) -> u64;
+    /// Stops (`true`) or restarts fetching ahead while the dataflow is behind, so that a
+    /// reader with a client-side queue (Kafka) does not fill it. The default does nothing:
+    /// files and generators read only when asked.
+    fn pause(&mut self, _paused: bool) {}
 }
 
 /// Epoch and flow settings of sources.
@@ -176,12 +198,22 @@ pub fn build<'scope>(
                 metrics.inflight_epochs.store(epoch.saturating_sub(complete.min(epoch)), Ordering::Relaxed);
             }
             if epoch >= complete.saturating_add(settings.max_inflight_epochs) {
-                blocked_since.get_or_insert_with(Instant::now);
+                if blocked_since.is_none() {
+                    blocked_since = Some(Instant::now());
+                    for p in partitions.iter_mut() {
+                        p.reader.pause(true);
+                    }
+                }
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
             if let Some(since) = blocked_since.take() {
-                metrics.backpressure_us.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let us = since.elapsed().as_micros() as u64;
+                metrics.backpressure_us.fetch_add(us, Ordering::Relaxed);
+                for p in partitions.iter_mut() {
+                    p.reader.pause(false);
+                    metrics.add_partition_paused(p.index, us);
+                }
             }
             let mut session = output.session(held);
             let mut budget = RECORDS_PER_ACTIVATION;
@@ -207,8 +239,8 @@ pub fn build<'scope>(
                     metrics.add_partition_records(p.index, buffer.len() as u64);
                     budget -= buffer.len().min(budget);
                     read_total += buffer.len() as u64;
-                    for (offset, bytes) in buffer.drain(..) {
-                        session.give(SourceItem::Record(RawRecord { origin: Origin { partition: p.index, offset }, bytes }));
+                    for f in buffer.drain(..) {
+                        session.give(SourceItem::Record(RawRecord { origin: Origin { partition: p.index, offset: f.offset }, bytes: f.bytes, meta: f.meta }));
                     }
                 }
             }

@@ -46,6 +46,7 @@ pub fn payment_schema() -> EventSchema {
         kind: Some("/type".into()),
         numbers: [("amount".to_string(), "/amount".to_string())].into(),
         strings: [("currency".to_string(), "/currency".to_string()), ("merchant".to_string(), "/merchant".to_string())].into(),
+        time_fallback: None,
         record_bytes_max: 1 << 20,
     }
 }

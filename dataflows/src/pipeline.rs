@@ -198,6 +198,15 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     }
     let delivery_states: Arc<Vec<(String, Arc<sluice_connectors::kafka::DeliveryState>)>> =
         Arc::new(deliveries.iter().map(|(s, h)| (s.clone(), Arc::clone(&h.state))).collect());
+    // Kafka sources commit sluice's committed positions to their consumer group, for lag tools.
+    let mut publishers = Vec::new();
+    for s in &config.sources {
+        if let sluice_connectors::SourceConfig::Kafka(k) = s {
+            let publisher = sluice_connectors::kafka::OffsetPublisher::start(k, Arc::clone(&store), Arc::clone(&control.metrics))
+                .map_err(|e| RunError::Connector(format!("source `{}`: {e}", k.name)))?;
+            publishers.push(publisher);
+        }
+    }
     if resumed_at_epoch > 0 {
         tracing::info!(epoch = resumed_at_epoch, state = %config.state_dir.display(), "resuming from committed state");
     }
@@ -210,7 +219,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     }
     let server = match &config.server {
         Some(s) => {
-            let info = crate::prometheus::ExportInfo { partition_sources: names.iter().map(|(s, _)| s.clone()).collect() };
+            let info =
+                crate::prometheus::ExportInfo { partition_sources: names.iter().map(|(s, _)| s.clone()).collect(), deliveries: delivery_states.to_vec() };
             let features =
                 crate::serve::FeatureService::from_config(config, s, sluice_state::StateReader::new(Arc::clone(&store))).map_err(RunError::Server)?;
             let server = crate::server::Server::start(&s.listen, Some((Arc::clone(&control.metrics), info)), features).map_err(RunError::Server)?;
@@ -238,7 +248,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         Arc::new(move || {
             let decoder = Decoder::new(&schema).expect("invariant: the schema was validated");
             Box::new(move |bytes: &[u8]| {
-                decoder.decode(&RawRecord { origin: sluice_operators::Origin { partition: 0, offset: 0 }, bytes: bytes.to_vec() }).ok().map(|e| e.time_ms)
+                decoder.decode(&RawRecord::new(sluice_operators::Origin { partition: 0, offset: 0 }, bytes.to_vec())).ok().map(|e| e.time_ms)
             })
         })
     };
@@ -362,6 +372,9 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     }
     // The last batches may still be on their way to disk.
     store.sync()?;
+    for publisher in publishers {
+        publisher.finish();
+    }
     // Then the Kafka sinks deliver every committed epoch left.
     for (stream, handle) in deliveries {
         handle.finish().map_err(|e| RunError::Connector(format!("sink of `{stream}`: {e}")))?;

@@ -10,11 +10,14 @@ use sluice_operators::{Metrics, Stage};
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-/// What `/metrics` needs besides the counters: the source name of each global partition.
+/// What `/metrics` needs besides the counters: the source name of each global partition, and
+/// the Kafka sinks' delivery state.
 #[derive(Debug, Clone, Default)]
 pub struct ExportInfo {
     /// Source name per global partition index.
     pub partition_sources: Vec<String>,
+    /// Kafka sinks: stream and delivery state.
+    pub deliveries: Vec<(String, std::sync::Arc<sluice_connectors::kafka::DeliveryState>)>,
 }
 
 fn escape(v: &str) -> String {
@@ -105,6 +108,58 @@ pub fn render(m: &Metrics, info: &ExportInfo) -> String {
     let _ = writeln!(out, "sluice_inflight_epochs {}", get(&m.inflight_epochs));
     header(&mut out, "sluice_backpressure_seconds_total", "counter", "Time sources waited for the dataflow (max_inflight_epochs reached).");
     let _ = writeln!(out, "sluice_backpressure_seconds_total {}", value(get(&m.backpressure_us) as f64 / 1e6));
+
+    header(&mut out, "sluice_source_paused_seconds_total", "counter", "Time a source's partitions were paused by backpressure (summed over its partitions).");
+    let mut paused: std::collections::BTreeMap<&str, u64> = info.partition_sources.iter().map(|s| (s.as_str(), 0)).collect();
+    if let Ok(p) = m.paused_us_by_partition.lock() {
+        for (index, us) in p.iter() {
+            let source = info.partition_sources.get(*index as usize).map_or("unknown", String::as_str);
+            *paused.entry(source).or_default() += us;
+        }
+    }
+    for (source, us) in paused {
+        let _ = writeln!(out, "sluice_source_paused_seconds_total{{source=\"{}\"}} {}", escape(source), value(us as f64 / 1e6));
+    }
+    if let Ok(k) = m.kafka_partitions.lock() {
+        if !k.is_empty() {
+            header(
+                &mut out,
+                "sluice_kafka_consumer_lag",
+                "gauge",
+                "Records on the broker after the last committed epoch's position, per Kafka source partition.",
+            );
+            for ((source, p), g) in k.iter() {
+                let _ = writeln!(out, "sluice_kafka_consumer_lag{{source=\"{}\",partition=\"{p}\"}} {}", escape(source), g.lag());
+            }
+            header(&mut out, "sluice_kafka_high_watermark", "gauge", "The broker's high watermark, per Kafka source partition.");
+            for ((source, p), g) in k.iter() {
+                let _ = writeln!(out, "sluice_kafka_high_watermark{{source=\"{}\",partition=\"{p}\"}} {}", escape(source), g.high_watermark);
+            }
+            header(
+                &mut out,
+                "sluice_kafka_committed_offset",
+                "gauge",
+                "The position committed with the last epoch (and to the consumer group), per partition.",
+            );
+            for ((source, p), g) in k.iter() {
+                let _ = writeln!(out, "sluice_kafka_committed_offset{{source=\"{}\",partition=\"{p}\"}} {}", escape(source), g.committed);
+            }
+        }
+    }
+    if !info.deliveries.is_empty() {
+        header(&mut out, "sluice_kafka_producer_queue", "gauge", "Records sent by a Kafka sink and not yet acknowledged by the broker.");
+        for (stream, d) in &info.deliveries {
+            let _ = writeln!(out, "sluice_kafka_producer_queue{{stream=\"{}\"}} {}", escape(stream), d.queue_depth.load(Ordering::Relaxed));
+        }
+        header(&mut out, "sluice_kafka_delivered_epoch", "gauge", "The last epoch a Kafka sink delivered (-1: none).");
+        for (stream, d) in &info.deliveries {
+            let _ = writeln!(out, "sluice_kafka_delivered_epoch{{stream=\"{}\"}} {}", escape(stream), d.delivered.load(Ordering::Relaxed));
+        }
+        header(&mut out, "sluice_kafka_delivered_records_total", "counter", "Records a Kafka sink delivered (this process).");
+        for (stream, d) in &info.deliveries {
+            let _ = writeln!(out, "sluice_kafka_delivered_records_total{{stream=\"{}\"}} {}", escape(stream), d.records.load(Ordering::Relaxed));
+        }
+    }
 
     header(&mut out, "sluice_latency_seconds", "histogram", "Latency from ingest (decode) to a stage: features, scored, committed (end to end).");
     for stage in Stage::ALL {

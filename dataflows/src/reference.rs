@@ -74,7 +74,7 @@ pub fn build(config: &PipelineConfig, inputs: &ReferenceInputs<'_>) -> Result<(R
         let picks: Vec<usize> = columns.categories.iter().map(|c| names.iter().position(|x| x == c).expect("invariant: validated")).collect();
         for path in &inputs.events {
             for line in lines(path)? {
-                match decoder.decode(&RawRecord { origin: Origin { partition: 0, offset: 0 }, bytes: line?.into_bytes() }) {
+                match decoder.decode(&RawRecord::new(Origin { partition: 0, offset: 0 }, line?.into_bytes())) {
                     Ok(e) => {
                         let mut s = empty(e.time_ms);
                         s.categories = picks.iter().map(|i| e.strings[*i].clone()).collect();

@@ -16,6 +16,13 @@
 //! reason names the field and its path. Decoding needs no order and keeps no state but, per
 //! partition, the largest event time seen, which it reports at every epoch end and commits.
 //!
+//! A field may also come from what the broker tells about the record, through an `@` path:
+//! `@key` (the message key, UTF-8), `@timestamp` (the message timestamp, ms), `@partition`,
+//! `@offset`, `@header/NAME` (the first header of that name, UTF-8). `time_fallback` names
+//! where the event time comes from when the JSON has none (e.g. `time_fallback = "@timestamp"`
+//! takes a Kafka message's timestamp). Sources without metadata (files, the generator) have
+//! only `@partition` and `@offset`.
+//!
 //! Example: with `id = "/id"`, `entity = "/customer/id"`, `time = "/created"`,
 //! `{"id":"e1","customer":{"id":"c9"},"created":1700000000}` decodes to an event `e1` of
 //! entity `c9` at 1 700 000 000 000 ms.
@@ -84,6 +91,10 @@ pub struct EventSchema {
     /// String fields: name to JSON pointer.
     #[serde(default)]
     pub strings: std::collections::BTreeMap<String, String>,
+    /// Where the event time comes from when the JSON has none at `time`: an `@` path
+    /// (`@timestamp`: the Kafka message's timestamp).
+    #[serde(default)]
+    pub time_fallback: Option<String>,
     /// Records larger than this are dead letters.
     #[serde(default = "default_record_bytes_max")]
     pub record_bytes_max: usize,
@@ -123,6 +134,58 @@ enum Target {
     Str(usize),
 }
 
+/// Record metadata a field can come from (an `@` path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MetaSource {
+    Key,
+    Timestamp,
+    Partition,
+    Offset,
+    Header(String),
+}
+
+fn parse_meta(key: &str, path: &str) -> Result<MetaSource, OperatorError> {
+    Ok(match path {
+        "@key" => MetaSource::Key,
+        "@timestamp" => MetaSource::Timestamp,
+        "@partition" => MetaSource::Partition,
+        "@offset" => MetaSource::Offset,
+        _ => match path.strip_prefix("@header/") {
+            Some(name) if !name.is_empty() => MetaSource::Header(name.to_string()),
+            _ => {
+                return Err(OperatorError::Config {
+                    key: key.to_string(),
+                    problem: format!("`{path}` is not a record metadata path; they are @key, @timestamp, @partition, @offset, @header/NAME"),
+                })
+            }
+        },
+    })
+}
+
+enum MetaValue {
+    Int(i64),
+    Text(String),
+}
+
+impl MetaSource {
+    fn value(&self, record: &RawRecord) -> Result<Option<MetaValue>, String> {
+        let text = |bytes: &[u8], what: &str| String::from_utf8(bytes.to_vec()).map(MetaValue::Text).map_err(|_| format!("{what} is not UTF-8"));
+        Ok(match self {
+            MetaSource::Partition => Some(MetaValue::Int(i64::from(record.origin.partition))),
+            MetaSource::Offset => Some(MetaValue::Int(record.origin.offset as i64)),
+            MetaSource::Timestamp => record.meta.as_ref().and_then(|m| m.timestamp_ms).map(MetaValue::Int),
+            MetaSource::Key => match record.meta.as_ref().and_then(|m| m.key.as_deref()) {
+                Some(k) => Some(text(k, "the message key")?),
+                None => None,
+            },
+            MetaSource::Header(name) => match record.meta.as_ref().and_then(|m| m.headers.iter().find(|(n, _)| n == name)) {
+                Some((_, v)) => Some(text(v, &format!("header {name}"))?),
+                None => None,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<String, Node>,
@@ -143,6 +206,9 @@ fn parse_pointer(key: &str, pointer: &str) -> Result<Vec<String>, OperatorError>
 #[derive(Debug)]
 pub struct Decoder {
     root: Node,
+    /// Fields taken from record metadata: source, target, config key.
+    meta: Vec<(MetaSource, Target, String)>,
+    time_fallback: Option<MetaSource>,
     time_format: TimeFormat,
     numbers: usize,
     strings: usize,
@@ -167,7 +233,12 @@ impl Decoder {
     /// As [`EventSchema::validate`].
     pub fn new(schema: &EventSchema) -> Result<Self, OperatorError> {
         let mut root = Node::default();
+        let mut meta = Vec::new();
         let mut add = |key: String, pointer: &str, target: Target| -> Result<(), OperatorError> {
+            if pointer.starts_with('@') {
+                meta.push((parse_meta(&key, pointer)?, target, key));
+                return Ok(());
+            }
             let mut node = &mut root;
             for token in parse_pointer(&key, pointer)? {
                 if node.target.is_some() {
@@ -193,11 +264,14 @@ impl Decoder {
         for (i, (name, pointer)) in schema.strings.iter().enumerate() {
             add(format!("event.strings.{name}"), pointer, Target::Str(i))?;
         }
+        let time_fallback = schema.time_fallback.as_deref().map(|p| parse_meta("event.time_fallback", p)).transpose()?;
         if schema.record_bytes_max == 0 {
             return Err(OperatorError::Config { key: "event.record_bytes_max".into(), problem: "must be at least 1".into() });
         }
         Ok(Decoder {
             root,
+            meta,
+            time_fallback,
             time_format: schema.time_format,
             numbers: schema.numbers.len(),
             strings: schema.strings.len(),
@@ -226,6 +300,18 @@ impl Decoder {
                 _ => format!("invalid JSON: {e}"),
             });
         }
+        for (source, target, name) in &self.meta {
+            if let Some(v) = source.value(record)? {
+                apply_meta(&mut fields, *target, name, self.time_format, v)?;
+            }
+        }
+        if fields.time_ms.is_none() {
+            if let Some(source) = &self.time_fallback {
+                if let Some(v) = source.value(record)? {
+                    apply_meta(&mut fields, Target::Time, "event.time_fallback", self.time_format, v)?;
+                }
+            }
+        }
         let id = fields.id.ok_or_else(|| format!("missing id at {}", self.paths[0]))?;
         let entity = fields.entity.ok_or_else(|| format!("missing entity at {}", self.paths[1]))?;
         let time_ms = fields.time_ms.ok_or_else(|| format!("missing event time at {}", self.paths[2]))?;
@@ -248,6 +334,25 @@ impl Decoder {
             ingest_us: 0,
         })
     }
+}
+
+/// Sets a field from record metadata, with the checks and conversions of a JSON value: a
+/// timestamp is milliseconds; a header's text that reads as a number is that number.
+fn apply_meta(fields: &mut Fields<'_>, target: Target, name: &str, format: TimeFormat, v: MetaValue) -> Result<(), String> {
+    let leaf = LeafVisitor { target, name, fields, format };
+    let result: Result<(), serde_json::Error> = match v {
+        MetaValue::Int(ms) if target == Target::Time => {
+            leaf.fields.time_ms = Some(ms);
+            Ok(())
+        }
+        MetaValue::Int(n) => leaf.number(n as f64, Some(n)),
+        MetaValue::Text(t) if matches!(target, Target::Time | Target::Number(_)) && t.trim().parse::<f64>().is_ok() => {
+            let n: f64 = t.trim().parse().expect("invariant: parsed above");
+            leaf.number(n, t.trim().parse::<i64>().ok())
+        }
+        MetaValue::Text(t) => leaf.string(Cow::Owned(t)),
+    };
+    result.map_err(|e| e.to_string())
 }
 
 struct NodeSeed<'a, 'de> {
@@ -550,7 +655,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Origin;
+    use crate::event::{Origin, RecordMeta};
 
     fn schema() -> EventSchema {
         EventSchema {
@@ -561,13 +666,14 @@ mod tests {
             kind: Some("/type".into()),
             numbers: [("amount".to_string(), "/data/amount".to_string())].into(),
             strings: [("currency".to_string(), "/data/currency".to_string()), ("tag".to_string(), "/tags/1".to_string())].into(),
+            time_fallback: None,
             record_bytes_max: 200,
         }
     }
 
     fn decode(json: &str) -> Result<Event, String> {
         let d = Decoder::new(&schema()).unwrap();
-        d.decode(&RawRecord { origin: Origin { partition: 2, offset: 40 }, bytes: json.as_bytes().to_vec() })
+        d.decode(&RawRecord::new(Origin { partition: 2, offset: 40 }, json.as_bytes().to_vec()))
     }
 
     #[test]
@@ -577,6 +683,62 @@ mod tests {
         assert_eq!(e.numbers, vec![Some(12.5)]);
         assert_eq!(e.strings, vec![Some("EUR".to_string()), Some("b".to_string())]);
         assert_eq!(e.origin, Origin { partition: 2, offset: 40 });
+    }
+
+    fn with_meta(json: &str, meta: Option<RecordMeta>) -> RawRecord {
+        RawRecord { origin: Origin { partition: 3, offset: 77 }, bytes: json.as_bytes().to_vec(), meta: meta.map(Box::new) }
+    }
+
+    #[test]
+    fn fields_from_the_message_key_timestamp_headers_and_position() {
+        let mut s = schema();
+        s.entity = "@key".into();
+        s.time = "/created".into();
+        s.time_fallback = Some("@timestamp".into());
+        s.strings = [("origin".to_string(), "@header/source".to_string()), ("where".to_string(), "@offset".to_string())].into();
+        s.numbers = [("amount".to_string(), "@header/amount".to_string())].into();
+        let d = Decoder::new(&s).unwrap();
+        let meta = RecordMeta {
+            key: Some(b"cust-7".to_vec()),
+            timestamp_ms: Some(1_700_000_000_999),
+            headers: vec![("source".into(), b"psp".to_vec()), ("amount".into(), b"12.5".to_vec()), ("source".into(), b"second".to_vec())],
+        };
+        // No time in the JSON: the message timestamp.
+        let e = d.decode(&with_meta(r#"{"id":"e1"}"#, Some(meta.clone()))).unwrap();
+        assert_eq!((e.id.as_str(), e.entity.as_str(), e.time_ms), ("e1", "cust-7", 1_700_000_000_999));
+        assert_eq!(e.strings, vec![Some("psp".to_string()), Some("77".to_string())]);
+        assert_eq!(e.numbers, vec![Some(12.5)]);
+        // A time in the JSON wins over the fallback.
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e1","created":1700000001}"#, Some(meta.clone()))).unwrap().time_ms, 1_700_000_001_000);
+        // No key: the entity is missing, named by its path.
+        let no_key = RecordMeta { key: None, ..meta.clone() };
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e1"}"#, Some(no_key))).unwrap_err(), "missing entity at @key");
+        // A file record has no timestamp: no fallback either.
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e1"}"#, None)).unwrap_err(), "missing entity at @key");
+        let mut t = schema();
+        t.time_fallback = Some("@timestamp".into());
+        let d = Decoder::new(&t).unwrap();
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e","customer":{"id":"c"}}"#, None)).unwrap_err(), "missing event time at /created");
+        // A header that is not a number where a number is wanted.
+        let bad = RecordMeta { headers: vec![("amount".into(), b"twelve".to_vec())], ..meta };
+        let mut u = schema();
+        u.numbers = [("amount".to_string(), "@header/amount".to_string())].into();
+        let d = Decoder::new(&u).unwrap();
+        assert_eq!(
+            d.decode(&with_meta(r#"{"id":"e","customer":{"id":"c"},"created":1}"#, Some(bad))).unwrap_err(),
+            "wrong type: event.numbers.amount must be a number, found a string"
+        );
+    }
+
+    #[test]
+    fn unknown_metadata_paths_are_config_errors() {
+        let mut s = schema();
+        s.entity = "@keys".into();
+        let e = Decoder::new(&s).unwrap_err().to_string();
+        assert!(e.contains("event.entity") && e.contains("`@keys` is not a record metadata path"), "{e}");
+        let mut s = schema();
+        s.time_fallback = Some("@header/".into());
+        assert!(Decoder::new(&s).unwrap_err().to_string().contains("event.time_fallback"));
     }
 
     #[test]
@@ -607,7 +769,7 @@ mod tests {
         let big = format!(r#"{{"id":"{}"}}"#, "x".repeat(300));
         assert_eq!(decode(&big).unwrap_err(), "oversized: 309 bytes, more than record_bytes_max = 200");
         let d = Decoder::new(&schema()).unwrap();
-        let bad = d.decode(&RawRecord { origin: Origin { partition: 0, offset: 0 }, bytes: b"{\"id\":\"\xff\"}".to_vec() }).unwrap_err();
+        let bad = d.decode(&RawRecord::new(Origin { partition: 0, offset: 0 }, b"{\"id\":\"\xff\"}".to_vec())).unwrap_err();
         assert_eq!(bad, "invalid UTF-8 at byte 7");
         let bad_time = decode(r#"{"id":"e","customer":{"id":"c"},"created":"yesterday"}"#).unwrap_err();
         assert!(bad_time.starts_with("wrong type: event.time is not an RFC 3339 time"), "{bad_time}");

@@ -16,6 +16,19 @@ pub struct Origin {
     pub offset: u64,
 }
 
+/// What a message broker tells about a record besides its bytes (a Kafka message's key,
+/// timestamp and headers). The decoder reads it through `@` paths (`@key`, `@timestamp`,
+/// `@header/NAME`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecordMeta {
+    /// The message key.
+    pub key: Option<Vec<u8>>,
+    /// The broker's (or producer's) timestamp, ms since the Unix epoch.
+    pub timestamp_ms: Option<i64>,
+    /// Headers in their order (a name may repeat).
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
 /// Bytes as a source read them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RawRecord {
@@ -23,6 +36,16 @@ pub struct RawRecord {
     pub origin: Origin,
     /// The record, exactly as read.
     pub bytes: Vec<u8>,
+    /// Key, timestamp and headers, for sources that have them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Box<RecordMeta>>,
+}
+
+impl RawRecord {
+    /// A record without metadata (a file line, a generated record).
+    pub fn new(origin: Origin, bytes: Vec<u8>) -> Self {
+        RawRecord { origin, bytes, meta: None }
+    }
 }
 
 /// What a source emits: records, and at the end of each epoch one mark per partition it owns.

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// Records read per source partition (global partition index).
     pub records_by_partition: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// Time each source partition (global index) was paused by backpressure, µs.
+    pub paused_us_by_partition: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
+    /// Kafka source partitions: (source, partition) to their offsets.
+    pub kafka_partitions: std::sync::Mutex<std::collections::BTreeMap<(String, i32), KafkaPartitionGauge>>,
     /// Dead letters per reason class (the reason up to its first detail).
     pub dead_letter_reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Time sources spent waiting for the dataflow (more than `max_inflight_epochs` open), µs.
@@ -89,6 +93,8 @@ impl Default for Metrics {
             commits: AtomicU64::new(0),
             records_by_partition: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             dead_letter_reasons: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            paused_us_by_partition: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            kafka_partitions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             backpressure_us: AtomicU64::new(0),
             inflight_epochs: AtomicU64::new(0),
             commit_us: std::sync::Mutex::new(latency_histogram()),
@@ -98,6 +104,23 @@ impl Default for Metrics {
             pending_commit: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             batch_latency_us: std::sync::Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("invariant: valid histogram bounds")),
         }
+    }
+}
+
+/// A Kafka source partition's offsets, as lag tools see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KafkaPartitionGauge {
+    /// The broker's high watermark (the offset the next record will get).
+    pub high_watermark: i64,
+    /// The offset after the last record of the last committed epoch (what sluice commits to
+    /// the consumer group).
+    pub committed: i64,
+}
+
+impl KafkaPartitionGauge {
+    /// Records on the broker not yet in a committed epoch.
+    pub fn lag(&self) -> i64 {
+        (self.high_watermark - self.committed).max(0)
     }
 }
 
@@ -170,6 +193,13 @@ impl Metrics {
             if let Ok(mut m) = self.records_by_partition.lock() {
                 *m.entry(partition).or_default() += n;
             }
+        }
+    }
+
+    /// Adds to a partition's paused time.
+    pub fn add_partition_paused(&self, partition: u32, us: u64) {
+        if let Ok(mut m) = self.paused_us_by_partition.lock() {
+            *m.entry(partition).or_default() += us;
         }
     }
 

@@ -103,7 +103,7 @@ pub fn run(partitions: &[Vec<Vec<u8>>], decoder: &Decoder, config: &RefConfig) -
             let entry = progress.entry(p).or_insert((None, false));
             for (i, bytes) in records.iter().enumerate().skip(e * n).take(n) {
                 let origin = Origin { partition: p as u32, offset: i as u64 };
-                match decoder.decode(&RawRecord { origin, bytes: bytes.clone() }) {
+                match decoder.decode(&RawRecord::new(origin, bytes.clone())) {
                     Ok(event) => {
                         entry.0 = Some(entry.0.map_or(event.time_ms, |m: i64| m.max(event.time_ms)));
                         events.push(event);

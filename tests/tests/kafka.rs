@@ -59,7 +59,7 @@ fn generated(partitions: u32, per_partition: u64) -> Vec<Vec<Vec<u8>>> {
             let mut batch = Vec::new();
             loop {
                 let status = reader.read(10_000, &mut batch).unwrap();
-                out.extend(batch.drain(..).map(|(_, bytes)| bytes));
+                out.extend(batch.drain(..).map(|f| f.bytes));
                 if status == ReadStatus::End {
                     break;
                 }
@@ -319,4 +319,74 @@ fn exactly_once_delivery_commits_each_epoch_on_the_project_broker() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len() as u64, summary.features_out, "each record once");
+}
+
+/// The message key, timestamp and headers reach the decoder (`@key`, `@timestamp` as the
+/// fallback event time, `@header/NAME`); after the run the consumer group holds sluice's
+/// committed positions, for lag tools.
+#[test]
+fn message_metadata_reaches_the_decoder_and_committed_offsets_reach_the_group() {
+    let brokers = require_broker();
+    let work = tempfile::tempdir().unwrap();
+    let topic_in = unique("keyed");
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 1)]).unwrap();
+    let t0 = 1_790_000_000_000i64;
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let sends: [(Option<&str>, i64, &str, &str); 4] = [
+        (Some("cust-a"), t0 + 1_000, "charge", r#"{"id":"k1","amount":10.0,"currency":"EUR","merchant":"m1"}"#),
+        (Some("cust-a"), t0 + 2_000, "refund", &format!(r#"{{"id":"k2","amount":4.0,"currency":"EUR","merchant":"m1","created_ms":{}}}"#, t0 + 1_500)),
+        (Some("cust-b"), t0 + 3_000, "charge", r#"{"id":"k3","amount":7.0,"currency":"USD","merchant":"m2"}"#),
+        (None, t0 + 4_000, "charge", r#"{"id":"k4","amount":1.0,"currency":"USD","merchant":"m2"}"#),
+    ];
+    for (key, ts, kind, payload) in &sends {
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header { key: "type", value: Some(*kind) });
+        let mut record = BaseRecord::<str, str>::to(&topic_in).payload(*payload).partition(0).timestamp(*ts).headers(headers);
+        if let Some(k) = key {
+            record = record.key(*k);
+        }
+        producer.send(record).map_err(|(e, _)| e).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let dir = work.path().join("k");
+    let file_sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
+    let source = kafka_source(&brokers, &topic_in, Until::HighWatermark);
+    let group = match &source {
+        SourceConfig::Kafka(k) => k.group_id.clone(),
+        _ => unreachable!(),
+    };
+    let mut config = pipeline(&dir, source, vec![file_sink("features"), file_sink("dead_letters")]);
+    config.event.entity = "@key".into();
+    config.event.kind = Some("@header/type".into());
+    config.event.time_fallback = Some("@timestamp".into());
+    let control = RunControl::default();
+    sluice::run(&config, &control).unwrap();
+
+    let got: Vec<(String, String, String, i64)> = lines(&dir.join("features.jsonl"))
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["entity"].as_str().unwrap().into(), v["id"].as_str().unwrap().into(), v["kind"].as_str().unwrap().into(), v["time_ms"].as_i64().unwrap())
+        })
+        .collect();
+    let want: Vec<(String, String, String, i64)> = vec![
+        ("cust-a".into(), "k1".into(), "charge".into(), t0 + 1_000),
+        ("cust-a".into(), "k2".into(), "refund".into(), t0 + 1_500),
+        ("cust-b".into(), "k3".into(), "charge".into(), t0 + 3_000),
+    ];
+    assert_eq!(got, want, "entity from the key, kind from a header, time from the payload or else the message timestamp");
+    let dead = lines(&dir.join("dead_letters.jsonl"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d: serde_json::Value = serde_json::from_str(&dead[0]).unwrap();
+    assert_eq!(d["reason"], "missing entity at @key");
+    assert_eq!(d["offset"], 3);
+
+    // The group's offsets: the position after the last record, as sluice committed it.
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", &group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&topic_in, 0);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    assert_eq!(committed.find_partition(&topic_in, 0).unwrap().offset(), Offset::Offset(4), "the group's committed offset");
+    let gauges = control.metrics.kafka_partitions.lock().unwrap().clone();
+    assert_eq!(gauges.get(&("payments".to_string(), 0)).map(|g| g.committed), Some(4), "{gauges:?}");
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::file::config::AtEof;
-use crate::source::{PartitionReader, ReadStatus};
+use crate::source::{Fetched, PartitionReader, ReadStatus};
 use crate::ConnectorError;
 
 /// Extracts an event time (ms) from a record, for pacing.
@@ -137,7 +137,7 @@ impl PartitionReader for FileReader {
         Ok(())
     }
 
-    fn read(&mut self, records_max: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<ReadStatus, ConnectorError> {
+    fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
         for _ in 0..records_max {
             let line = match self.held.take() {
                 Some(line) => Some(line),
@@ -161,7 +161,7 @@ impl PartitionReader for FileReader {
                 }
             }
             self.position = next;
-            out.push((offset, bytes));
+            out.push(Fetched::plain(offset, bytes));
         }
         Ok(ReadStatus::More)
     }

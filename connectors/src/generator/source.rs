@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use crate::generator::GeneratorConfig;
-use crate::source::{PartitionReader, ReadStatus};
+use crate::source::{Fetched, PartitionReader, ReadStatus};
 use crate::ConnectorError;
 
 /// What a generated record is meant to be (tests use it to know the expected outcome).
@@ -222,7 +222,7 @@ impl PartitionReader for GeneratorReader {
         Ok(())
     }
 
-    fn read(&mut self, records_max: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<ReadStatus, ConnectorError> {
+    fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
         let mut allowed = records_max as u64;
         if self.rate_per_partition > 0.0 {
             let (start, from) = *self.started.get_or_insert((Instant::now(), self.next));
@@ -233,7 +233,7 @@ impl PartitionReader for GeneratorReader {
             allowed = allowed.min(end.saturating_sub(self.next));
         }
         for _ in 0..allowed {
-            out.push((self.next, self.record(self.next)));
+            out.push(Fetched::plain(self.next, self.record(self.next)));
             self.next += 1;
         }
         if self.end.is_some_and(|end| self.next >= end) {

@@ -41,8 +41,9 @@ pub struct KafkaSourceConfig {
     pub brokers: String,
     /// The topic.
     pub topic: String,
-    /// The consumers' `group.id`. sluice resumes from its own commits and does not commit
-    /// offsets to the group yet (so lag tools do not see its progress).
+    /// The consumers' `group.id`. sluice resumes from its own commits; after each commit it
+    /// also commits those positions to this group (within a second), so that lag tools see
+    /// them. The group's offsets are never read back.
     #[serde(default = "default_group")]
     pub group_id: String,
     /// Where a partition sluice has never read starts.

@@ -5,13 +5,16 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `config.rs` | [`KafkaSourceConfig`], [`KafkaSinkConfig`] |
-//! | `source.rs` | [`KafkaReader`], partition discovery |
+//! | `source.rs` | [`KafkaReader`], partition discovery, message key/timestamp/headers for the decoder |
+//! | `offsets.rs` | [`OffsetPublisher`]: committed positions to the consumer group, lag metrics |
 //! | `sink.rs` | the outbox, the delivery thread, progress records, topic creation |
 
 mod config;
+pub mod offsets;
 pub mod sink;
 mod source;
 
 pub use config::{Delivery, KafkaSinkConfig, KafkaSourceConfig, StartAt, Until};
+pub use offsets::OffsetPublisher;
 pub use sink::{ensure_topics, kafka_sink, read_progress, start_delivery, DeliveryHandle, DeliveryState};
-pub use source::{consumer, partition_count, KafkaReader};
+pub use source::{consumer, partition_count, reader_name, KafkaReader};

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use sluice_operators::RecordMeta;
 
 use super::config::{KafkaSourceConfig, StartAt, Until};
-use crate::source::{PartitionReader, ReadStatus};
+use crate::source::{Fetched, PartitionReader, ReadStatus};
 use crate::ConnectorError;
 
 /// How long metadata and watermark requests may take before the source reports the broker
@@ -32,6 +33,9 @@ fn kafka_error(what: &str, source: &KafkaSourceConfig, e: impl std::fmt::Display
 /// librdkafka refuses a property.
 pub fn consumer(source: &KafkaSourceConfig) -> Result<BaseConsumer, ConnectorError> {
     let mut c = ClientConfig::new();
+    // Defaults a source's properties may change. A consumer per partition: its prefetch queue
+    // is bounded at 8 MiB rather than librdkafka's 64 MiB.
+    c.set("queued.max.messages.kbytes", "8192");
     for (k, v) in &source.properties {
         c.set(k, v);
     }
@@ -60,6 +64,11 @@ pub fn partition_count(source: &KafkaSourceConfig) -> Result<u32, ConnectorError
     Ok(topic.partitions().len() as u32)
 }
 
+/// The name of a partition's reader: the key of its position in sluice's commits.
+pub fn reader_name(config: &KafkaSourceConfig, partition: u32) -> String {
+    format!("kafka:{}:{}:{partition}", config.name, config.topic)
+}
+
 /// Reads one partition of a topic.
 pub struct KafkaReader {
     name: String,
@@ -73,6 +82,8 @@ pub struct KafkaReader {
     /// Since when nothing came past the end (the source ends after [`DRAIN_IDLE`] of it).
     idle_since: Option<Instant>,
     last_error: Option<Instant>,
+    /// Whether fetching is paused (backpressure).
+    paused: bool,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -85,7 +96,7 @@ impl KafkaReader {
     /// The reader of `partition` of the source's topic (connects at the first read).
     pub fn new(config: &KafkaSourceConfig, partition: u32) -> Self {
         KafkaReader {
-            name: format!("kafka:{}:{}:{partition}", config.name, config.topic),
+            name: reader_name(config, partition),
             config: config.clone(),
             partition: partition as i32,
             consumer: None,
@@ -93,6 +104,7 @@ impl KafkaReader {
             end: None,
             idle_since: None,
             last_error: None,
+            paused: false,
         }
     }
 
@@ -126,6 +138,9 @@ impl KafkaReader {
             .add_partition_offset(&self.config.topic, self.partition, Offset::Offset(position as i64))
             .map_err(|e| kafka_error("cannot build the assignment", &self.config, e))?;
         consumer.assign(&assignment).map_err(|e| kafka_error("cannot assign the partition", &self.config, e))?;
+        if self.paused {
+            consumer.pause(&assignment).map_err(|e| kafka_error("cannot pause the partition", &self.config, e))?;
+        }
         self.position = Some(position);
         self.consumer = Some(consumer);
         Ok(())
@@ -143,7 +158,7 @@ impl PartitionReader for KafkaReader {
         Ok(())
     }
 
-    fn read(&mut self, records_max: usize, out: &mut Vec<(u64, Vec<u8>)>) -> Result<ReadStatus, ConnectorError> {
+    fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
         if let Err(e) = self.connect() {
             // The broker may come back: report, wait, retry (never a fatal error).
             if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -174,7 +189,7 @@ impl PartitionReader for KafkaReader {
                     if offset < position {
                         continue;
                     }
-                    out.push((offset, m.payload().unwrap_or_default().to_vec()));
+                    out.push(Fetched { offset, bytes: m.payload().unwrap_or_default().to_vec(), meta: Some(Box::new(meta(&m))) });
                     position = offset + 1;
                     got += 1;
                 }
@@ -196,5 +211,29 @@ impl PartitionReader for KafkaReader {
 
     fn position(&self) -> u64 {
         self.position.unwrap_or(0)
+    }
+
+    fn pause(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        let Some(consumer) = self.consumer.as_ref() else { return };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.config.topic, self.partition);
+        let result = if paused { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+        if let Err(e) = result {
+            // Not fatal: an unpaused consumer only prefetches up to its bounded queue.
+            tracing::warn!(partition = %self.name, error = %e, paused, "cannot pause or resume the partition");
+        }
+    }
+}
+
+/// A message's key, timestamp and headers.
+fn meta<M: Message>(m: &M) -> RecordMeta {
+    RecordMeta {
+        key: m.key().map(<[u8]>::to_vec),
+        timestamp_ms: m.timestamp().to_millis(),
+        headers: m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default(),
     }
 }
