@@ -89,6 +89,10 @@ pub trait PartitionReader {
     /// reader with a client-side queue (Kafka) does not fill it. The default does nothing:
     /// files and generators read only when asked.
     fn pause(&mut self, _paused: bool) {}
+    /// From now on, end at the end of what exists now (a Kafka partition: its current high
+    /// watermark) rather than waiting for more. The default does nothing: files and generators
+    /// end on their own.
+    fn drain(&mut self) {}
 }
 
 /// Epoch and flow settings of sources.
@@ -127,6 +131,8 @@ const RECORDS_PER_ACTIVATION: usize = 4096;
 #[derive(Debug)]
 pub struct StopLine {
     flag: Arc<AtomicBool>,
+    /// Set to finish every partition at what exists now (see [`PartitionReader::drain`]).
+    drain: Arc<AtomicBool>,
     /// (the stop epoch once fixed, the epoch each worker's source is in)
     state: std::sync::Mutex<(Option<Epoch>, Vec<Epoch>)>,
 }
@@ -134,7 +140,14 @@ pub struct StopLine {
 impl StopLine {
     /// A stop line for `workers` sources starting at `first_epoch`, watching `flag`.
     pub fn new(flag: Arc<AtomicBool>, workers: usize, first_epoch: Epoch) -> Arc<Self> {
-        Arc::new(StopLine { flag, state: std::sync::Mutex::new((None, vec![first_epoch; workers])) })
+        Arc::new(StopLine { flag, drain: Arc::new(AtomicBool::new(false)), state: std::sync::Mutex::new((None, vec![first_epoch; workers])) })
+    }
+
+    /// The same stop line, also watching `drain`: once set, every reader is asked to
+    /// [`PartitionReader::drain`].
+    pub fn draining_on(self: Arc<Self>, drain: Arc<AtomicBool>) -> Arc<Self> {
+        let line = Arc::try_unwrap(self).expect("invariant: draining_on is called right after new");
+        Arc::new(StopLine { drain, ..line })
     }
 
     /// A worker's source has ended `epoch`: whether it stops now (else it starts `epoch + 1`).
@@ -190,8 +203,15 @@ pub fn build<'scope>(
         let mut epoch_started = Instant::now();
         let mut buffer = Vec::new();
         let mut blocked_since: Option<Instant> = None;
+        let mut draining = false;
         move |output| {
             let Some(held) = cap.as_ref() else { return };
+            if !draining && stop.drain.load(Ordering::Relaxed) {
+                draining = true;
+                for p in partitions.iter_mut() {
+                    p.reader.drain();
+                }
+            }
             // Backpressure: wait for the dataflow to complete older epochs.
             let complete = probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
             if worker == 0 {

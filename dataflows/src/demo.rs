@@ -167,6 +167,50 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
     }
 }
 
+/// `sluice demo --kafka`: the demo pipeline reading topic `{prefix}payments` (4 partitions,
+/// fed from the demo's generator by the caller) and writing every output stream but `slo` to
+/// topic `{prefix}{stream}`. Returns the pipeline and the generator that feeds the input.
+pub fn kafka_demo_config(
+    mut config: PipelineConfig,
+    brokers: &str,
+    prefix: &str,
+    delivery: sluice_connectors::kafka::Delivery,
+) -> (PipelineConfig, GeneratorConfig, String) {
+    let generator = match config.sources.pop() {
+        Some(SourceConfig::Generator(g)) => g,
+        _ => unreachable!("invariant: the demo reads the generator"),
+    };
+    let input = format!("{prefix}payments");
+    config.sources = vec![SourceConfig::Kafka(sluice_connectors::kafka::KafkaSourceConfig {
+        name: "payments".into(),
+        brokers: brokers.into(),
+        topic: input.clone(),
+        group_id: format!("{prefix}sluice"),
+        start: sluice_connectors::kafka::StartAt::Earliest,
+        until: sluice_connectors::kafka::Until::Forever,
+        partitions: None,
+        properties: Default::default(),
+    })];
+    for sink in config.sinks.iter_mut() {
+        if sink.stream() == "slo" {
+            continue;
+        }
+        let stream = sink.stream().to_string();
+        *sink = SinkConfig::Kafka(sluice_connectors::kafka::KafkaSinkConfig {
+            topic: format!("{prefix}{}", stream.replace('_', "-")),
+            stream,
+            kind: "kafka".into(),
+            brokers: brokers.into(),
+            delivery,
+            progress_topic: None,
+            transactional_id: None,
+            partitions: 4,
+            properties: Default::default(),
+        });
+    }
+    (config, generator, input)
+}
+
 /// One progress line.
 pub fn progress_line(metrics: &Metrics, events_per_s: f64, elapsed: Duration) -> String {
     let lag = metrics.watermark_lag_ms().map_or("-".to_string(), |l| format!("{:.1}s", l as f64 / 1000.0));
@@ -213,7 +257,7 @@ pub fn spawn_progress(control: &RunControl, done: std::sync::Arc<std::sync::atom
 }
 
 /// The end-of-run summary.
-pub fn summary_text(summary: &RunSummary, dir: &Path) -> String {
+pub fn summary_text(summary: &RunSummary, config: &PipelineConfig) -> String {
     let secs = summary.elapsed.as_secs_f64();
     let mut s = String::new();
     s.push_str(&format!("sluice: {} records in {:.1}s ({:.0} records/s)\n", summary.records_in, secs, summary.records_in as f64 / secs.max(1e-9)));
@@ -236,8 +280,18 @@ pub fn summary_text(summary: &RunSummary, dir: &Path) -> String {
         let alerts = if alerts.is_empty() { "none".to_string() } else { alerts.join(", ") };
         s.push_str(&format!("  drift windows {}  alerts: {alerts}\n", summary.drift_windows));
     }
-    for stream in DEMO_STREAMS {
-        s.push_str(&format!("  {}\n", dir.join(format!("{stream}.jsonl")).display()));
+    s.push_str(&outputs_text(config));
+    s
+}
+
+/// Where a run's outputs went: files, or topics.
+pub fn outputs_text(config: &PipelineConfig) -> String {
+    let mut s = String::new();
+    for sink in &config.sinks {
+        match sink {
+            SinkConfig::File(f) => s.push_str(&format!("  {}\n", f.path.display())),
+            SinkConfig::Kafka(k) => s.push_str(&format!("  {:<14} → topic {} on {}\n", k.stream, k.topic, k.brokers)),
+        }
     }
     s
 }

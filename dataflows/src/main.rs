@@ -74,6 +74,17 @@ enum Command {
         /// Serve /metrics (Prometheus) on this address; `none` to not serve.
         #[arg(long, default_value = "127.0.0.1:8787")]
         http: String,
+        /// Topic in, topic out through this Kafka broker (e.g. 127.0.0.1:19092, which
+        /// `scripts/kafka.sh start` serves): the generator feeds topic PREFIXpayments and the
+        /// outputs go to PREFIXfeatures, PREFIXscores, … (slo stays a file).
+        #[arg(long, value_name = "BROKERS")]
+        kafka: Option<String>,
+        /// The topic prefix with --kafka (default: sluice-demo-<time>-, new topics each run).
+        #[arg(long, requires = "kafka")]
+        topic_prefix: Option<String>,
+        /// The Kafka sinks' guarantee with --kafka: exactly_once (transactions) or at_least_once.
+        #[arg(long, requires = "kafka", default_value = "exactly_once")]
+        delivery: String,
     },
     /// Serve the feature API from a pipeline's state directory, without running the pipeline:
     /// while it is stopped (the last committed values, flagged stale with their age), or
@@ -196,9 +207,7 @@ fn main() -> Result<()> {
             if let Some(d) = display {
                 let _ = d.join();
             }
-            let summary = summary?;
-            let dir = config.sinks.iter().find_map(|s| s.path().and_then(|p| p.parent().map(PathBuf::from))).unwrap_or_default();
-            print!("{}", summary_text(&summary, &dir));
+            print!("{}", summary_text(&summary?, &config));
         }
         Command::Serve { pipeline, demo, listen, feature_log } => {
             let config = match (pipeline, demo) {
@@ -248,7 +257,7 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http } => {
+        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http, kafka, topic_prefix, delivery } => {
             if no_model && shadow.is_some() {
                 anyhow::bail!("--shadow needs a model to shadow: drop --no-model");
             }
@@ -278,10 +287,38 @@ fn main() -> Result<()> {
                 shadow,
                 http: (http != "none").then_some(http),
             };
-            let config = demo_config(&out, &options);
+            let mut config = demo_config(&out, &options);
+            let control = RunControl::default();
+            let mut feeder = None;
+            if let Some(brokers) = &kafka {
+                let delivery: sluice_connectors::kafka::Delivery = serde_json::from_value(serde_json::Value::String(delivery.clone()))
+                    .map_err(|_| anyhow::anyhow!("--delivery {delivery}: it is exactly_once or at_least_once"))?;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let prefix = topic_prefix.unwrap_or_else(|| format!("sluice-demo-{now}-"));
+                let (c, generator, input) = sluice::demo::kafka_demo_config(config, brokers, &prefix, delivery);
+                config = c;
+                sluice_connectors::kafka::ensure_topics(brokers, &Default::default(), &[(&input, generator.partitions)])
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("cannot create the demo's input topic on {brokers} (is a broker there? scripts/kafka.sh start runs one)"))?;
+                eprintln!("sluice demo: feeding topic {input} on {brokers} from the generator");
+                let f = sluice_connectors::kafka::Feeder::start(&generator, brokers, &input, Arc::clone(&control.stop)).map_err(anyhow::Error::msg)?;
+                feeder = Some(f);
+            }
             config.validate()?;
             eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());
-            let control = RunControl::default();
+            // With --kafka the source never ends: once everything is fed, drain (read to the
+            // high watermarks, then finish, so every buffered event comes out).
+            let feeder = feeder.map(|f| {
+                let drain = Arc::clone(&control.drain);
+                std::thread::spawn(move || {
+                    while !f.is_finished() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    let fed = f.join();
+                    drain.store(true, Ordering::Relaxed);
+                    fed
+                })
+            });
             ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
             let done = Arc::new(AtomicBool::new(false));
             let display = spawn_progress(&control, Arc::clone(&done));
@@ -298,7 +335,13 @@ fn main() -> Result<()> {
             let summary = sluice::run(&config, &control);
             done.store(true, Ordering::Relaxed);
             let _ = display.join();
-            print!("{}", summary_text(&summary?, &out));
+            if let Some(f) = feeder {
+                control.stop.store(true, Ordering::Relaxed);
+                control.drain.store(true, Ordering::Relaxed);
+                let fed = f.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))?.map_err(anyhow::Error::msg)?;
+                eprintln!("sluice demo: fed {fed} records to Kafka");
+            }
+            print!("{}", summary_text(&summary?, &config));
         }
         Command::Features { command: FeaturesCommand::Get { entity, server, names, as_of } } => {
             let mut query = Vec::new();

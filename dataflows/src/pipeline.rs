@@ -37,6 +37,9 @@ use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, 
 pub struct RunControl {
     /// Set to stop: sources end their epoch and stop without finishing; state is committed.
     pub stop: Arc<AtomicBool>,
+    /// Set to drain: sources read what exists now (a Kafka partition up to its current high
+    /// watermark) and then finish, so that every buffered event comes out; the run ends.
+    pub drain: Arc<AtomicBool>,
     /// Counters, shared with a progress display.
     pub metrics: Arc<Metrics>,
     /// The HTTP server's address, once it listens.
@@ -255,7 +258,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
 
     let worker_store = Arc::clone(&store);
     let metrics = Arc::clone(&control.metrics);
-    let stop = sluice_connectors::source::StopLine::new(Arc::clone(&control.stop), config.workers, resumed_at_epoch);
+    let stop = sluice_connectors::source::StopLine::new(Arc::clone(&control.stop), config.workers, resumed_at_epoch).draining_on(Arc::clone(&control.drain));
     let guards = timely::execute(timely::Config::process(config.workers), move |worker| -> Result<(), String> {
         sluice_state::sched::set_thread_nice(nice);
         let index = worker.index();

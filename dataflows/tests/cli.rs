@@ -219,3 +219,81 @@ fn features_get_reads_a_running_pipeline() {
     let err = String::from_utf8(no_pipeline.stderr).unwrap();
     assert!(!no_pipeline.status.success() && err.contains("there is no state here: run the pipeline first"), "{err}");
 }
+
+/// Every record of a topic (read from the start until nothing comes for 2 s).
+fn consume_topic(brokers: &str, topic: &str) -> Vec<Vec<u8>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "cli-test")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)).unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..metadata.topics()[0].partitions().len() as i32 {
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let mut last = std::time::Instant::now();
+    while last.elapsed() < std::time::Duration::from_secs(2) {
+        if let Some(m) = consumer.poll(std::time::Duration::from_millis(100)) {
+            out.push(m.unwrap().payload().unwrap_or_default().to_vec());
+            last = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+/// `sluice demo --kafka`: the generator feeds a topic, the pipeline reads it and writes every
+/// stream to topics; once everything is fed the source drains and the demo ends, with every
+/// feature record in the features topic once (the broker of `scripts/kafka.sh start`).
+#[test]
+fn demo_runs_topic_to_topic_through_the_project_broker() {
+    let brokers = std::env::var("SLUICE_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into());
+    let dir = tempfile::tempdir().unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let prefix = format!("cli-{nanos}-");
+    let out = sluice()
+        .current_dir(dir.path())
+        .args([
+            "demo",
+            "--no-model",
+            "--http",
+            "none",
+            "--duration",
+            "2s",
+            "--rate",
+            "5000",
+            "--delivery",
+            "at_least_once",
+            "--kafka",
+            &brokers,
+            "--topic-prefix",
+            &prefix,
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("fed 10000 records to Kafka"), "{stderr}");
+    assert!(stdout.contains("sluice: 10000 records in"), "{stdout}");
+    let features: usize = stdout
+        .split("feature records ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the summary names the feature records");
+    assert!(stdout.contains(&format!("features       → topic {prefix}features on {brokers}")), "{stdout}");
+    let got = consume_topic(&brokers, &format!("{prefix}features"));
+    assert_eq!(got.len(), features, "every feature record in the topic");
+    let mut ids: Vec<String> = got.iter().map(|g| serde_json::from_slice::<serde_json::Value>(g).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), features, "each once");
+    // The generator's 10,000 records less its duplicates and malformed ones: most become features.
+    assert!(features > 9_000, "{features} feature records");
+}

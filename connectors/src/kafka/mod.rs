@@ -6,15 +6,18 @@
 //! |---|---|
 //! | `config.rs` | [`KafkaSourceConfig`], [`KafkaSinkConfig`] |
 //! | `source.rs` | [`KafkaReader`], partition discovery, message key/timestamp/headers for the decoder |
+//! | `feed.rs` | [`Feeder`]: the generator into a topic (`sluice demo --kafka`, the benchmark) |
 //! | `offsets.rs` | [`OffsetPublisher`]: committed positions to the consumer group, lag metrics |
 //! | `sink.rs` | the outbox, the delivery thread, progress records, topic creation |
 
 mod config;
+pub mod feed;
 pub mod offsets;
 pub mod sink;
 mod source;
 
 pub use config::{Delivery, KafkaSinkConfig, KafkaSourceConfig, StartAt, Until};
+pub use feed::Feeder;
 pub use offsets::OffsetPublisher;
 pub use sink::{ensure_topics, kafka_sink, read_progress, start_delivery, DeliveryHandle, DeliveryState};
 pub use source::{consumer, partition_count, reader_name, KafkaReader};

@@ -84,6 +84,8 @@ pub struct KafkaReader {
     last_error: Option<Instant>,
     /// Whether fetching is paused (backpressure).
     paused: bool,
+    /// Asked to end at the high watermark of now (see [`PartitionReader::drain`]).
+    draining: bool,
 }
 
 impl std::fmt::Debug for KafkaReader {
@@ -105,6 +107,7 @@ impl KafkaReader {
             idle_since: None,
             last_error: None,
             paused: false,
+            draining: false,
         }
     }
 
@@ -130,7 +133,7 @@ impl KafkaReader {
                 StartAt::Latest => high.max(0) as u64,
             },
         };
-        if self.config.until == Until::HighWatermark {
+        if self.config.until == Until::HighWatermark || self.draining {
             self.end = Some(high.max(0) as u64);
         }
         let mut assignment = TopicPartitionList::new();
@@ -211,6 +214,23 @@ impl PartitionReader for KafkaReader {
 
     fn position(&self) -> u64 {
         self.position.unwrap_or(0)
+    }
+
+    fn drain(&mut self) {
+        self.draining = true;
+        if self.end.is_some() {
+            return;
+        }
+        if let Some(consumer) = self.consumer.as_ref() {
+            match consumer.fetch_watermarks(&self.config.topic, self.partition, METADATA_TIMEOUT) {
+                Ok((_, high)) => self.end = Some(high.max(0) as u64),
+                // Not connected yet, or the broker is away: the end is read at connect.
+                Err(e) => {
+                    tracing::warn!(partition = %self.name, error = %e, "cannot read the high watermark to drain at; retrying at reconnect");
+                    self.consumer = None;
+                }
+            }
+        }
     }
 
     fn pause(&mut self, paused: bool) {
