@@ -3,12 +3,14 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `lib.rs` | the standard benchmark pipeline and process memory readings |
+//! | `kafka.rs` | topic in → topic out: throughput over a preloaded topic, latency at a fixed rate |
 //! | `lookup.rs` | the feature-lookup load generator (HTTP/1.1 keep-alive, open loop) |
 //! | `bin/sluice-bench.rs` | the driver: `pipeline` prints events/s and peak RSS for 1 and 2 workers |
 //! | `benches/operators.rs` | criterion: decode, dedup, order, features, each alone |
 //!
 //! Figures are recorded with the machine in `bench/RESULTS.md`.
 
+pub mod kafka;
 pub mod lookup;
 
 use std::path::Path;

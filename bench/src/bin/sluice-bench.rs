@@ -72,6 +72,29 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         nice: i32,
     },
+    /// The standard pipeline topic in → topic out through a Kafka broker: events/s over a
+    /// preloaded topic, and latency from input to output message timestamps at a fixed rate;
+    /// exactly-once and at-least-once, for each worker count.
+    Kafka {
+        /// The broker (scripts/kafka.sh start runs tansu there).
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        brokers: String,
+        /// Events in the preloaded topic (throughput runs).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Worker counts, comma-separated.
+        #[arg(long, default_value = "1,2")]
+        workers: String,
+        /// Events per second fed during latency runs (0: no latency runs).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Seconds of feeding per latency run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Allowed lateness of the order operator in latency runs (the latency floor).
+        #[arg(long, default_value = "5s")]
+        lateness: String,
+    },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
         #[arg(long)]
@@ -162,8 +185,31 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, 
     Ok(())
 }
 
+fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lateness: &str) -> Result<()> {
+    use sluice_connectors::kafka::Delivery;
+    let workers: Vec<usize> = workers.split(',').map(|w| w.trim().parse().context("--workers takes numbers, e.g. 1,2")).collect::<Result<_>>()?;
+    let (topic, produce_rate) = sluice_bench::kafka::preload(brokers, &sluice_bench::kafka::traffic(events, 0))?;
+    println!("standard pipeline, Kafka topic in -> topic out (features), broker at {brokers}; {events} events preloaded into a 4-partition topic at {produce_rate:.0} records/s");
+    println!("{:>14}  {:>7}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}", "delivery", "workers", "events/s", "seconds", "features", "p50 ms", "p99 ms");
+    for delivery in [Delivery::ExactlyOnce, Delivery::AtLeastOnce] {
+        let name = if delivery == Delivery::ExactlyOnce { "exactly_once" } else { "at_least_once" };
+        for &w in &workers {
+            let t = sluice_bench::kafka::throughput(brokers, &topic, w, delivery)?;
+            println!("{:>14}  {:>7}  {:>10.0}  {:>10.2}  {:>10}  {:>10}  {:>10}", name, w, t.records as f64 / t.seconds, t.seconds, t.features, "-", "-");
+            if rate > 0 {
+                let l = sluice_bench::kafka::latency(brokers, w, delivery, rate, seconds, lateness)?;
+                let (p50, p99) = l.latency_ms.unwrap_or_default();
+                println!("{:>14}  {:>7}  {:>10}  {:>10.2}  {:>10}  {:>10}  {:>10}", format!("{name}@{rate}/s"), w, "-", l.seconds, l.features, p50, p99);
+            }
+        }
+    }
+    println!("latency: output message timestamp - input message timestamp per feature record, at {rate} events/s for {seconds} s, lateness {lateness} (the order operator's wait is the floor)");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Kafka { brokers, events, workers, rate, seconds, lateness } => kafka(&brokers, events, &workers, rate, seconds, &lateness)?,
         Cmd::Serve { lookups, ingest, seconds, clients, workers, nice } => serve(lookups, ingest, seconds, clients, workers, nice)?,
         Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
             let work = tempfile::tempdir()?;

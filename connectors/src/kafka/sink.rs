@@ -17,7 +17,8 @@
 //! in one transaction: a `read_committed` reader sees every epoch once. At-least-once mode
 //! produces the records idempotently, waits for all acknowledgements, then the progress
 //! record: a crash between the two delivers that one epoch again (its records carry the
-//! header `sluice-epoch`, so repeats can be recognised).
+//! headers `sluice-epoch` and `sluice-seq`, the record's place in the epoch's sorted output,
+//! the same in every copy, so a reader can drop repeats).
 //!
 //! Delivery is off the dataflow's threads; when it fails (a fenced producer, a broker that
 //! refuses), the pipeline stops at the next epoch boundary and the run reports the failure.
@@ -271,9 +272,11 @@ pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> 
 }
 
 /// The message of one output line: key, value, headers.
-fn message(stream: &str, epoch: Epoch, line: &[u8]) -> (Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
+fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
     let v: serde_json::Value = serde_json::from_slice(line).unwrap_or(serde_json::Value::Null);
-    let mut headers = OwnedHeaders::new().insert(Header { key: "sluice-epoch", value: Some(epoch.to_string().as_bytes()) });
+    let mut headers = OwnedHeaders::new()
+        .insert(Header { key: "sluice-epoch", value: Some(epoch.to_string().as_bytes()) })
+        .insert(Header { key: "sluice-seq", value: Some(seq.to_string().as_bytes()) });
     let text = |name: &str| match &v[name] {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Null => None,
@@ -332,8 +335,8 @@ impl Deliverer {
             self.producer.begin_transaction().map_err(|e| kafka("cannot begin a transaction", &self.config, e))?;
         }
         let before = self.producer.context().failures.load(Ordering::Relaxed);
-        for line in lines {
-            let (key, value, headers) = message(&self.config.stream, epoch, line);
+        for (seq, line) in lines.iter().enumerate() {
+            let (key, value, headers) = message(&self.config.stream, epoch, seq, line);
             let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice()).headers(headers);
             if let Some(k) = &key {
                 record = record.key(k.as_slice());
