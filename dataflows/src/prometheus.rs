@@ -155,6 +155,10 @@ pub fn render(m: &Metrics, info: &ExportInfo) -> String {
         for (stream, d) in &info.deliveries {
             let _ = writeln!(out, "sluice_kafka_delivered_epoch{{stream=\"{}\"}} {}", escape(stream), d.delivered.load(Ordering::Relaxed));
         }
+        header(&mut out, "sluice_kafka_delivery_retries_total", "counter", "Epoch deliveries tried again after a retriable error (broker away, timeouts).");
+        for (stream, d) in &info.deliveries {
+            let _ = writeln!(out, "sluice_kafka_delivery_retries_total{{stream=\"{}\"}} {}", escape(stream), d.retries.load(Ordering::Relaxed));
+        }
         header(&mut out, "sluice_kafka_delivered_records_total", "counter", "Records a Kafka sink delivered (this process).");
         for (stream, d) in &info.deliveries {
             let _ = writeln!(out, "sluice_kafka_delivered_records_total{{stream=\"{}\"}} {}", escape(stream), d.records.load(Ordering::Relaxed));

@@ -153,6 +153,54 @@ field = "amount"
     path
 }
 
+/// The feature records of the same records through files, uninterrupted, sorted.
+fn reference(work: &Path, input: &[Vec<Vec<u8>>]) -> Vec<Vec<u8>> {
+    let file_dir = work.join("files");
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let mut paths = Vec::new();
+    for (p, records) in input.iter().enumerate() {
+        let path = file_dir.join(format!("part{p}.jsonl"));
+        let mut text = Vec::new();
+        for r in records {
+            text.extend_from_slice(r);
+            text.push(b'\n');
+        }
+        std::fs::write(&path, text).unwrap();
+        paths.push(format!("{path:?}"));
+    }
+    let source = format!("[[sources]]\ntype = \"file\"\nname = \"payments\"\npaths = [{}]\n", paths.join(", "));
+    let sink = "[[sinks]]\nstream = \"features\"\npath = \"features.jsonl\"\n";
+    let config = pipeline(&file_dir, &source, sink);
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).current_dir(&file_dir).arg("run").arg(&config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut want: Vec<Vec<u8>> = std::fs::read_to_string(file_dir.join("features.jsonl")).unwrap().lines().map(|l| l.as_bytes().to_vec()).collect();
+    want.sort();
+    want
+}
+
+/// Checks `got` against `want`: nothing missing, nothing extra, copies of a record with equal
+/// `sluice-epoch`/`sluice-seq` headers. Returns (repeats, the epochs repeated).
+fn check(got: &[(Vec<u8>, u64, u64)], want: &[Vec<u8>], what: &str) -> (usize, std::collections::BTreeSet<u64>) {
+    let mut copies: BTreeMap<&[u8], Vec<(u64, u64)>> = BTreeMap::new();
+    for (payload, epoch, seq) in got {
+        copies.entry(payload.as_slice()).or_default().push((*epoch, *seq));
+    }
+    let missing = want.iter().filter(|w| !copies.contains_key(w.as_slice())).count();
+    let extra = copies.len() - (want.len() - missing);
+    let mut repeated = std::collections::BTreeSet::new();
+    let mut repeats = 0;
+    for (payload, c) in &copies {
+        if c.len() > 1 {
+            repeats += c.len() - 1;
+            assert!(c.iter().all(|x| *x == c[0]), "{what}: copies of one record with different epoch/seq headers: {c:?} {}", String::from_utf8_lossy(payload));
+            repeated.insert(c[0].0);
+        }
+    }
+    assert_eq!(missing, 0, "{what}: records lost");
+    assert_eq!(extra, 0, "{what}: records an uninterrupted run does not have");
+    (repeats, repeated)
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_epochs() {
     let brokers = brokers();
@@ -207,51 +255,133 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_epochs() {
     }
     assert!(kills >= 2, "the pipeline finished after {kills} kill(s); kill earlier (seed {seed})");
 
-    // The reference: the same records through files, uninterrupted.
-    let file_dir = work.path().join("files");
-    std::fs::create_dir_all(&file_dir).unwrap();
-    let mut paths = Vec::new();
-    for (p, records) in input.iter().enumerate() {
-        let path = file_dir.join(format!("part{p}.jsonl"));
-        let mut text = Vec::new();
-        for r in records {
-            text.extend_from_slice(r);
-            text.push(b'\n');
-        }
-        std::fs::write(&path, text).unwrap();
-        paths.push(format!("{path:?}"));
-    }
-    let source = format!("[[sources]]\ntype = \"file\"\nname = \"payments\"\npaths = [{}]\n", paths.join(", "));
-    let sink = "[[sinks]]\nstream = \"features\"\npath = \"features.jsonl\"\n";
-    let reference = pipeline(&file_dir, &source, sink);
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).current_dir(&file_dir).arg("run").arg(&reference).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut want: Vec<Vec<u8>> = std::fs::read_to_string(file_dir.join("features.jsonl")).unwrap().lines().map(|l| l.as_bytes().to_vec()).collect();
-    want.sort();
+    let want = reference(work.path(), &input);
 
     let got = consume(&brokers, &topic_out);
-    let mut copies: BTreeMap<Vec<u8>, Vec<(u64, u64)>> = BTreeMap::new();
-    for (payload, epoch, seq) in &got {
-        copies.entry(payload.clone()).or_default().push((*epoch, *seq));
-    }
-    let distinct: Vec<Vec<u8>> = copies.keys().cloned().collect();
-    let missing = want.iter().filter(|w| !copies.contains_key(*w)).count();
-    let extra = distinct.len() - (want.len() - missing);
-    let mut repeated_epochs = std::collections::BTreeSet::new();
-    let mut repeats = 0;
-    for (payload, c) in &copies {
-        if c.len() > 1 {
-            repeats += c.len() - 1;
-            assert!(c.iter().all(|x| *x == c[0]), "copies of one record with different epoch/seq headers: {c:?} {}", String::from_utf8_lossy(payload));
-            repeated_epochs.insert(c[0].0);
-        }
-    }
+    let what = format!("kill -9 (seed {seed})");
+    let (repeats, repeated_epochs) = check(&got, &want, &what);
     println!(
-        "kafka kill -9 (seed {seed}): kills {kills}, records {}, delivered {}, repeats {repeats} in epochs {repeated_epochs:?}, missing {missing}",
+        "kafka kill -9 (seed {seed}): kills {kills}, records {}, delivered {}, repeats {repeats} in epochs {repeated_epochs:?}, missing 0",
         want.len(),
         got.len()
     );
-    assert_eq!(missing, 0, "records lost (seed {seed})");
-    assert_eq!(extra, 0, "records that an uninterrupted run does not have (seed {seed})");
     assert!(repeated_epochs.len() <= kills, "{} epochs repeated after {kills} kills (seed {seed})", repeated_epochs.len());
+}
+
+/// A tansu broker that persists (SQLite), on its own port, stopped and started by the test.
+struct Broker {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let child = Command::new(&self.bin)
+            .current_dir(&self.dir)
+            .args(["broker", "--storage-engine", "sqlite://broker.db", "--listener-url", &url, "--advertised-listener-url", &url])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "tansu did not start: {}", std::fs::read_to_string(self.dir.join("broker.log")).unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The broker is stopped for 3 s mid-run and started again (its storage persists): the
+/// pipeline rides it out by itself, and the output is the uninterrupted run's.
+///
+/// Ignored: it fails. After tansu 0.6.0 (SQLite storage) restarts, a new client gets answers,
+/// but the pipeline's clients, reconnected, get nothing for 60 s and more (the source's
+/// consumers, even when replaced by new ones after an error; `socket.timeout.ms` 10 s did not
+/// help). Run it with `cargo test --release -p sluice --test kafka_crash -- --ignored`.
+#[test]
+#[ignore = "fails: the pipeline's clients stall after a tansu restart (see the doc comment)"]
+fn a_broker_restart_mid_run_is_ridden_out() {
+    let bin = std::env::var("SLUICE_TANSU_PERSISTENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice/tools/tansu-libsql/bin/tansu"));
+    assert!(bin.is_file(), "no persistent tansu at {}: run `scripts/kafka.sh persistent` (make test does)", bin.display());
+    let work = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut broker = Broker { bin, dir: work.path().to_path_buf(), port, child: None };
+    broker.start();
+    let brokers = format!("127.0.0.1:{port}");
+    let input = generated(4, 20_000);
+    let (topic_in, topic_out) = ("restart-in", "restart-out");
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(topic_in, 4), (topic_out, 2)]).unwrap();
+    produce(&brokers, topic_in, &input);
+
+    let kafka_dir = work.path().join("kafka");
+    let source = format!("[[sources]]\ntype = \"kafka\"\nname = \"payments\"\nbrokers = \"{brokers}\"\ntopic = \"{topic_in}\"\nuntil = \"high_watermark\"\n");
+    let sink = format!(
+        "[[sinks]]\nstream = \"features\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic_out}\"\ndelivery = \"at_least_once\"\npartitions = 2\n"
+    );
+    let config = pipeline(&kafka_dir, &source, &sink);
+    let log_path = work.path().join("pipeline.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child =
+        Command::new(env!("CARGO_BIN_EXE_sluice")).current_dir(&kafka_dir).arg("run").arg(&config).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(child.try_wait().unwrap().is_none(), "the pipeline ended before the broker went away; give it more input");
+    broker.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.start();
+    let restarted = Instant::now();
+    {
+        let probe: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "probe").create().unwrap();
+        // The restarted broker answers a new client, with the data it had.
+        let (_, high) = probe.fetch_watermarks(topic_in, 0, Duration::from_secs(10)).unwrap();
+        assert_eq!(high, 20_000);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if restarted.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if status.is_none_or(|s| !s.success()) {
+        let tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("Connection refused")).collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        panic!(
+            "the pipeline did not ride out the broker restart ({}):\n{}\n--- broker log ---\n{}",
+            status.map_or("still running 60 s after the restart".to_string(), |s| s.to_string()),
+            tail(&log_path),
+            tail(&work.path().join("broker.log"))
+        );
+    }
+
+    let want = reference(work.path(), &input);
+    let got = consume(&brokers, topic_out);
+    let (repeats, repeated) = check(&got, &want, "broker restart");
+    println!("kafka broker restart: records {}, delivered {}, repeats {repeats} in epochs {repeated:?}, missing 0", want.len(), got.len());
 }

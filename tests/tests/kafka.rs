@@ -390,3 +390,50 @@ fn message_metadata_reaches_the_decoder_and_committed_offsets_reach_the_group() 
     let gauges = control.metrics.kafka_partitions.lock().unwrap().clone();
     assert_eq!(gauges.get(&("payments".to_string(), 0)).map(|g| g.committed), Some(4), "{gauges:?}");
 }
+
+/// A client sluice did not write (confluent-kafka for Python, librdkafka 2.16; `scripts/kafka.sh
+/// pyclient` installs it) produces the input and reads the output with `read_committed`.
+#[test]
+fn an_independent_client_produces_the_input_and_reads_the_output() {
+    let brokers = require_broker();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let pyclient = std::env::var("SLUICE_KAFKA_PYCLIENT").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join(".tools/pyclient"));
+    assert!(pyclient.join("confluent_kafka").is_dir(), "no confluent-kafka in {}: run `scripts/kafka.sh pyclient` (make test does)", pyclient.display());
+    let python = |args: &[&str]| {
+        let out = std::process::Command::new("python3").env("PYTHONPATH", &pyclient).arg(root.join("scripts/kafka_interop.py")).args(args).output().unwrap();
+        assert!(out.status.success(), "kafka_interop.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let work = tempfile::tempdir().unwrap();
+    let input = generated(2, 3_000);
+    let (topic_in, topic_out) = (unique("interop-in"), unique("interop-out"));
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 2), (&topic_out, 2)]).unwrap();
+    let mut files = Vec::new();
+    for (p, records) in input.iter().enumerate() {
+        let path = work.path().join(format!("in{p}.jsonl"));
+        std::fs::write(&path, records.iter().flat_map(|r| r.iter().copied().chain([b'\n'])).collect::<Vec<u8>>()).unwrap();
+        files.push(path.to_string_lossy().into_owned());
+    }
+    let mut args = vec!["produce", brokers.as_str(), topic_in.as_str()];
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(python(&args).trim(), "6000");
+
+    let mut sink = kafka_sink(&brokers, "features", &topic_out, 2);
+    if let SinkConfig::Kafka(k) = &mut sink {
+        k.delivery = Delivery::ExactlyOnce;
+    }
+    let mut config = pipeline(&work.path().join("k"), kafka_source(&brokers, &topic_in, Until::HighWatermark), vec![sink]);
+    config.epoch_records = 500;
+    sluice::run(&config, &RunControl::default()).unwrap();
+
+    let file_dir = work.path().join("files");
+    std::fs::create_dir_all(&file_dir).unwrap();
+    let (want, _) = file_run(&file_dir, &input, 500);
+    let got: Vec<serde_json::Value> = python(&["consume", &brokers, &topic_out]).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(sorted(got.iter().map(|g| g["value"].as_str().unwrap().as_bytes().to_vec()).collect()), sorted(want), "what the independent client reads");
+    for g in &got {
+        let v: serde_json::Value = serde_json::from_str(g["value"].as_str().unwrap()).unwrap();
+        assert_eq!(g["key"], v["entity"]);
+        assert_eq!(g["headers"]["sluice-event-id"], v["id"]);
+    }
+}

@@ -61,11 +61,14 @@ impl Publisher {
                 Err(e) => return self.warn("cannot create the offset-committing consumer", e),
             },
         };
-        self.publish_with(&consumer);
-        self.consumer = Some(consumer);
+        // Keep the consumer only while it works: a fresh one after an error.
+        if self.publish_with(&consumer) {
+            self.consumer = Some(consumer);
+        }
     }
 
-    fn publish_with(&mut self, consumer: &BaseConsumer) {
+    /// One round with `consumer`; false when it failed.
+    fn publish_with(&mut self, consumer: &BaseConsumer) -> bool {
         let partitions = self.config.partitions.unwrap_or(0) as i32;
         let view = self.reader.view();
         let snapshot = view.snapshot();
@@ -77,7 +80,10 @@ impl Publisher {
                     positions.insert(p, position as i64);
                 }
                 Ok(None) => {}
-                Err(e) => return self.warn("cannot read committed positions", e),
+                Err(e) => {
+                    self.warn("cannot read committed positions", e);
+                    return false;
+                }
             }
         }
         drop(snapshot);
@@ -90,19 +96,26 @@ impl Publisher {
             let mut tpl = TopicPartitionList::new();
             for (p, o) in &changed {
                 if let Err(e) = tpl.add_partition_offset(&self.config.topic, *p, Offset::Offset(*o)) {
-                    return self.warn("cannot build the offset list", e);
+                    self.warn("cannot build the offset list", e);
+                    return false;
                 }
             }
             match consumer.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => self.committed.lock().expect("invariant: not poisoned").extend(changed),
-                Err(e) => self.warn("cannot commit offsets to the consumer group", e),
+                Err(e) => {
+                    self.warn("cannot commit offsets to the consumer group", e);
+                    return false;
+                }
             }
         }
         let mut gauges = Vec::new();
         for p in 0..partitions {
             match consumer.fetch_watermarks(&self.config.topic, p, METADATA_TIMEOUT) {
                 Ok((_, high)) => gauges.push((p, KafkaPartitionGauge { high_watermark: high, committed: positions.get(&p).copied().unwrap_or(0) })),
-                Err(e) => return self.warn("cannot read the high watermarks", e),
+                Err(e) => {
+                    self.warn("cannot read the high watermarks", e);
+                    return false;
+                }
             }
         }
         if let Ok(mut m) = self.metrics.kafka_partitions.lock() {
@@ -110,6 +123,7 @@ impl Publisher {
                 m.insert((self.config.name.clone(), p), g);
             }
         }
+        true
     }
 }
 

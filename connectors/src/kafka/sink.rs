@@ -89,6 +89,8 @@ pub struct DeliveryState {
     pub records: AtomicU64,
     /// Records waiting in the producer's queue (librdkafka's in-flight count).
     pub queue_depth: AtomicI64,
+    /// Epoch deliveries retried after a retriable error.
+    pub retries: AtomicU64,
     /// Set by the pipeline once every epoch is committed: deliver what is left and stop.
     pub finish: AtomicBool,
     /// The failure that stopped delivery, if any.
@@ -137,6 +139,43 @@ impl Drop for DeliveryHandle {
 struct Context {
     failures: AtomicU64,
     last_failure: Mutex<Option<String>>,
+    /// A failure no retry can mend (a record too large, no authorisation, a fenced producer).
+    permanent: AtomicBool,
+}
+
+/// Delivery errors that no retry mends: the pipeline stops and says why.
+fn permanent_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::Fatal
+            | RDKafkaErrorCode::InvalidTransactionTimeout
+    )
+}
+
+/// Why an epoch was not delivered, and whether trying it again may work.
+#[derive(Debug)]
+struct DeliveryError {
+    message: String,
+    retriable: bool,
+}
+
+impl DeliveryError {
+    fn from_kafka(what: &str, config: &KafkaSinkConfig, e: &KafkaError) -> Self {
+        let retriable = match e {
+            KafkaError::Transaction(t) => !t.is_fatal() && (t.is_retriable() || t.txn_requires_abort()),
+            other => other.rdkafka_error_code().is_none_or(|c| !permanent_code(c)),
+        };
+        DeliveryError { message: kafka(what, config, e), retriable }
+    }
 }
 
 impl ClientContext for Context {}
@@ -146,6 +185,9 @@ impl ProducerContext for Context {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, _)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
+            if e.rdkafka_error_code().is_some_and(permanent_code) {
+                self.permanent.store(true, Ordering::Relaxed);
+            }
             *self.last_failure.lock().expect("invariant: not poisoned") = Some(e.to_string());
         }
     }
@@ -154,6 +196,8 @@ impl ProducerContext for Context {
 fn client_config(config: &KafkaSinkConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("message.timeout.ms", DEFAULT_MESSAGE_TIMEOUT_MS.to_string());
+    // A request the broker never answers (tansu after a restart) is given up after 10 s.
+    c.set("socket.timeout.ms", "10000");
     // Java clients' partitioner: the same key goes to the same partition as theirs.
     c.set("partitioner", "murmur2_random");
     if config.delivery == Delivery::ExactlyOnce {
@@ -306,6 +350,20 @@ fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u
     (text("entity").map(String::into_bytes), line.to_vec(), headers)
 }
 
+/// A producer with the sink's settings; in exactly-once mode with its transactions initialised
+/// (which fences an older producer with the same transactional id).
+fn new_producer(config: &KafkaSinkConfig) -> Result<BaseProducer<Context>, DeliveryError> {
+    let context = Context { failures: AtomicU64::new(0), last_failure: Mutex::new(None), permanent: AtomicBool::new(false) };
+    let producer: BaseProducer<Context> =
+        client_config(config).create_with_context(context).map_err(|e| DeliveryError::from_kafka("cannot create a producer", config, &e))?;
+    if config.delivery == Delivery::ExactlyOnce {
+        producer
+            .init_transactions(KAFKA_TIMEOUT)
+            .map_err(|e| DeliveryError::from_kafka("cannot start transactions (a broker without them needs `delivery = \"at_least_once\"`)", config, &e))?;
+    }
+    Ok(producer)
+}
+
 struct Deliverer {
     config: KafkaSinkConfig,
     id: String,
@@ -314,7 +372,7 @@ struct Deliverer {
 }
 
 impl Deliverer {
-    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), String> {
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), DeliveryError> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
@@ -323,18 +381,44 @@ impl Deliverer {
                     self.producer.poll(Duration::from_millis(50));
                     record = back;
                 }
-                Err((e, _)) => return Err(kafka("cannot produce", &self.config, e)),
+                Err((e, _)) => return Err(DeliveryError::from_kafka("cannot produce", &self.config, &e)),
             }
         }
     }
 
     /// Delivers one epoch's lines and its progress record.
-    fn deliver(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), String> {
+    ///
+    /// On a retriable error in exactly-once mode the open transaction is aborted, so nothing of
+    /// the epoch is committed; the caller may deliver the epoch again.
+    fn deliver(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
         let exactly_once = self.config.delivery == Delivery::ExactlyOnce;
-        if exactly_once {
-            self.producer.begin_transaction().map_err(|e| kafka("cannot begin a transaction", &self.config, e))?;
+        if !exactly_once {
+            return self.deliver_at_least_once(epoch, lines);
         }
+        self.producer.begin_transaction().map_err(|e| DeliveryError::from_kafka("cannot begin a transaction", &self.config, &e))?;
+        let result = self.deliver_in_transaction(epoch, lines);
+        if let Err(e) = &result {
+            if e.retriable {
+                if let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
+                    return Err(DeliveryError::from_kafka(&format!("cannot abort the failed epoch's transaction ({})", e.message), &self.config, &abort));
+                }
+            }
+        }
+        result
+    }
+
+    fn deliver_at_least_once(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
         let before = self.producer.context().failures.load(Ordering::Relaxed);
+        self.send_lines(epoch, lines)?;
+        // Every record acknowledged before the progress record says the epoch is out.
+        self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
+        self.check(before)?;
+        self.send_progress(epoch, lines.len())?;
+        self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("the progress record was not acknowledged", &self.config, &e))?;
+        self.check(before)
+    }
+
+    fn send_lines(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
         for (seq, line) in lines.iter().enumerate() {
             let (key, value, headers) = message(&self.config.stream, epoch, seq, line);
             let mut record = BaseRecord::to(&self.config.topic).payload(value.as_slice()).headers(headers);
@@ -344,36 +428,35 @@ impl Deliverer {
             self.send(record)?;
             self.producer.poll(Duration::ZERO);
         }
-        if !exactly_once {
-            // Every record acknowledged before the progress record says the epoch is out.
-            self.producer.flush(KAFKA_TIMEOUT).map_err(|e| kafka("records not acknowledged", &self.config, e))?;
-            self.check(before)?;
-        }
-        let progress = serde_json::json!({ "epoch": epoch, "records": lines.len() }).to_string();
-        self.send(BaseRecord::to(&self.progress_topic).key(self.id.as_bytes()).payload(progress.as_bytes()).partition(0))?;
-        if exactly_once {
-            if let Err(e) = self.producer.commit_transaction(KAFKA_TIMEOUT) {
-                let abortable = matches!(&e, KafkaError::Transaction(t) if t.txn_requires_abort());
-                if abortable {
-                    let _ = self.producer.abort_transaction(KAFKA_TIMEOUT);
-                }
-                return Err(kafka(
-                    "cannot commit the epoch's transaction (a broker without transactions, such as tansu, needs `delivery = \"at_least_once\"`)",
-                    &self.config,
-                    e,
-                ));
-            }
-        } else {
-            self.producer.flush(KAFKA_TIMEOUT).map_err(|e| kafka("the progress record was not acknowledged", &self.config, e))?;
-        }
+        Ok(())
+    }
+
+    fn send_progress(&self, epoch: Epoch, records: usize) -> Result<(), DeliveryError> {
+        let progress = serde_json::json!({ "epoch": epoch, "records": records }).to_string();
+        self.send(BaseRecord::to(&self.progress_topic).key(self.id.as_bytes()).payload(progress.as_bytes()).partition(0))
+    }
+
+    fn deliver_in_transaction(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
+        let before = self.producer.context().failures.load(Ordering::Relaxed);
+        self.send_lines(epoch, lines)?;
+        self.send_progress(epoch, lines.len())?;
+        self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(|e| {
+            DeliveryError::from_kafka(
+                "cannot commit the epoch's transaction (a broker without transactions needs `delivery = \"at_least_once\"`)",
+                &self.config,
+                &e,
+            )
+        })?;
         self.check(before)
     }
 
-    fn check(&self, before: u64) -> Result<(), String> {
-        let failures = self.producer.context().failures.load(Ordering::Relaxed) - before;
+    fn check(&self, before: u64) -> Result<(), DeliveryError> {
+        let context = self.producer.context();
+        let failures = context.failures.load(Ordering::Relaxed) - before;
         if failures > 0 {
-            let last = self.producer.context().last_failure.lock().expect("invariant: not poisoned").clone().unwrap_or_default();
-            return Err(kafka(&format!("{failures} record(s) were not delivered"), &self.config, last));
+            let last = context.last_failure.lock().expect("invariant: not poisoned").clone().unwrap_or_default();
+            let retriable = !context.permanent.load(Ordering::Relaxed);
+            return Err(DeliveryError { message: kafka(&format!("{failures} record(s) were not delivered"), &self.config, last), retriable });
         }
         Ok(())
     }
@@ -390,25 +473,18 @@ pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_
     let what = format!("Kafka sink `{}` → topic `{}`", config.stream, config.topic);
     let progress_topic = config.progress_topic();
     ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)]).map_err(ConnectorError::Kafka)?;
-    let context = Context { failures: AtomicU64::new(0), last_failure: Mutex::new(None) };
-    let producer: BaseProducer<Context> =
-        client_config(config).create_with_context(context).map_err(|e| ConnectorError::Kafka(kafka("cannot create a producer", config, e)))?;
-    if config.delivery == Delivery::ExactlyOnce {
-        producer.init_transactions(KAFKA_TIMEOUT).map_err(|e| {
-            ConnectorError::Kafka(kafka("cannot start transactions (a broker without them, such as tansu, needs `delivery = \"at_least_once\"`)", config, e))
-        })?;
-    }
+    let producer = new_producer(config).map_err(|e| ConnectorError::Kafka(e.message))?;
     let delivered = read_progress(config).map_err(ConnectorError::Kafka)?;
     let state = Arc::new(DeliveryState::default());
     state.delivered.store(delivered.map_or(-1, |e| e as i64), Ordering::Release);
-    let deliverer = Deliverer { config: config.clone(), id: config.transactional_id(), progress_topic, producer };
+    let mut deliverer = Deliverer { config: config.clone(), id: config.transactional_id(), progress_topic, producer };
     let thread = std::thread::Builder::new()
         .name("sluice-kafka-sink".into())
         .spawn({
             let state = Arc::clone(&state);
             let what = what.clone();
             move || {
-                if let Err(e) = delivery_loop(&deliverer, &store, &state) {
+                if let Err(e) = delivery_loop(&mut deliverer, &store, &state) {
                     tracing::error!(sink = %what, error = %e, "Kafka delivery stopped; the pipeline stops; undelivered epochs stay in the outbox and go out after a restart");
                     *state.failed.lock().expect("invariant: not poisoned") = Some(e);
                     stop_on_failure.store(true, Ordering::Release);
@@ -419,10 +495,45 @@ pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_
     Ok(DeliveryHandle { state, what, thread: Some(thread) })
 }
 
-fn delivery_loop(d: &Deliverer, store: &Arc<StateStore>, state: &DeliveryState) -> Result<(), String> {
+/// How long an epoch's delivery is retried (the broker away, requests timing out) before the
+/// pipeline stops with the error.
+pub const RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Delivers an epoch, again and again while the errors are retriable (with backoff up to 5 s,
+/// for up to [`RETRY_FOR`]). In at-least-once mode a retried epoch may be delivered twice in
+/// part; its copies carry the same `sluice-epoch` and `sluice-seq` headers. In exactly-once
+/// mode each failed attempt's transaction is aborted.
+fn deliver_with_retries(d: &mut Deliverer, epoch: Epoch, lines: &[Vec<u8>], state: &DeliveryState) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match d.deliver(epoch, lines) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.retriable && started.elapsed() < RETRY_FOR => {
+                state.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(sink = %d.config.stream, epoch, error = %e.message, retry_in_ms = backoff.as_millis() as u64, "Kafka delivery failed; retrying the epoch");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                // A new producer: a client whose broker restarted may keep waiting on requests
+                // the broker forgot (seen with tansu). Exactly-once: its init_transactions
+                // fences the old one.
+                match new_producer(&d.config) {
+                    Ok(p) => d.producer = p,
+                    Err(e) if e.retriable => tracing::warn!(sink = %d.config.stream, error = %e.message, "cannot reconnect yet"),
+                    Err(e) => return Err(e.message),
+                }
+            }
+            Err(e) if e.retriable => return Err(format!("{} (still failing after {} s of retries)", e.message, RETRY_FOR.as_secs())),
+            Err(e) => return Err(e.message),
+        }
+    }
+}
+
+fn delivery_loop(d: &mut Deliverer, store: &Arc<StateStore>, state: &DeliveryState) -> Result<(), String> {
     let reader = StateReader::new(Arc::clone(store));
     let table: Table<BytesCodec> = reader.table(OUTBOX_TABLE).map_err(|e| e.to_string())?;
-    let sink = d.id.as_str();
+    let sink = d.id.clone();
+    let sink = sink.as_str();
     loop {
         let finishing = state.finish.load(Ordering::Acquire);
         let committed = store.resume_epoch();
@@ -441,7 +552,7 @@ fn delivery_loop(d: &Deliverer, store: &Arc<StateStore>, state: &DeliveryState) 
             epochs.entry(epoch_of_key(sink, &k)).or_default().push(v);
         }
         for (epoch, lines) in &epochs {
-            d.deliver(*epoch, lines)?;
+            deliver_with_retries(d, *epoch, lines, state)?;
             state.delivered.store(*epoch as i64, Ordering::Release);
             state.records.fetch_add(lines.len() as u64, Ordering::Relaxed);
         }

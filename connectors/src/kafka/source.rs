@@ -36,6 +36,9 @@ pub fn consumer(source: &KafkaSourceConfig) -> Result<BaseConsumer, ConnectorErr
     // Defaults a source's properties may change. A consumer per partition: its prefetch queue
     // is bounded at 8 MiB rather than librdkafka's 64 MiB.
     c.set("queued.max.messages.kbytes", "8192");
+    // A request the broker never answers (tansu after a restart) is given up after 10 s, not
+    // librdkafka's 60 s, and retried on a new connection.
+    c.set("socket.timeout.ms", "10000");
     for (k, v) in &source.properties {
         c.set(k, v);
     }
@@ -157,7 +160,7 @@ impl PartitionReader for KafkaReader {
 
     fn seek(&mut self, position: u64) -> Result<(), ConnectorError> {
         self.position = Some(position);
-        self.consumer = None;
+        retire(self.consumer.take());
         Ok(())
     }
 
@@ -182,10 +185,14 @@ impl PartitionReader for KafkaReader {
                 None => break,
                 Some(Err(e)) => {
                     if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!(partition = %self.name, error = %e, "Kafka consumer error; retrying");
+                        tracing::warn!(partition = %self.name, error = %e, "Kafka consumer error; reconnecting at the position read so far");
                         self.last_error = Some(Instant::now());
                     }
-                    break;
+                    // A fresh consumer at the next read: one whose broker restarted may wait on
+                    // requests the broker forgot (seen with tansu). sluice keeps the position.
+                    self.position = Some(position);
+                    retire(self.consumer.take());
+                    return Ok(if got > 0 { ReadStatus::More } else { ReadStatus::Waiting });
                 }
                 Some(Ok(m)) => {
                     let offset = m.offset() as u64;
@@ -227,7 +234,7 @@ impl PartitionReader for KafkaReader {
                 // Not connected yet, or the broker is away: the end is read at connect.
                 Err(e) => {
                     tracing::warn!(partition = %self.name, error = %e, "cannot read the high watermark to drain at; retrying at reconnect");
-                    self.consumer = None;
+                    retire(self.consumer.take());
                 }
             }
         }
@@ -246,6 +253,14 @@ impl PartitionReader for KafkaReader {
             // Not fatal: an unpaused consumer only prefetches up to its bounded queue.
             tracing::warn!(partition = %self.name, error = %e, paused, "cannot pause or resume the partition");
         }
+    }
+}
+
+/// Drops a consumer on a thread of its own: closing one waits on its group coordinator, which
+/// must not hold up a worker while the broker is away.
+pub(crate) fn retire(consumer: Option<BaseConsumer>) {
+    if let Some(c) = consumer {
+        let _ = std::thread::Builder::new().name("sluice-kafka-close".into()).spawn(move || drop(c));
     }
 }
 
