@@ -136,3 +136,81 @@ fn each_epoch_is_one_transaction_with_its_progress_record() {
     assert_eq!(again.records_in, 0);
     assert_eq!(consume(&brokers, "features", 2).len(), out.len());
 }
+
+/// A config with an at-least-once sink (the mock shows aborted records to `read_committed`
+/// readers, so the retry of an exactly-once epoch cannot be checked by reading here).
+fn at_least_once(dir: &std::path::Path, brokers: &str) -> PipelineConfig {
+    let mut c = config(dir, brokers, Until::HighWatermark, "sluice-faults");
+    if let SinkConfig::Kafka(k) = &mut c.sinks[0] {
+        k.delivery = Delivery::AtLeastOnce;
+    }
+    c
+}
+
+/// Every brokers down for 3 s mid-run, then slow (200 ms round trips): the pipeline waits,
+/// retries and ends with every feature record delivered; copies of a record (an epoch retried)
+/// carry the same epoch and sequence headers.
+#[test]
+fn brokers_down_and_slow_are_ridden_out() {
+    use rdkafka::message::Headers;
+    let mock = mock();
+    let brokers = mock.bootstrap_servers();
+    produce(&brokers, "payments", &records(0, 4_000));
+    let work = tempfile::tempdir().unwrap();
+    let control = RunControl::default();
+    let metrics = std::sync::Arc::clone(&control.metrics);
+    let config = at_least_once(work.path(), &brokers);
+    let run = std::thread::spawn(move || sluice::run(&config, &control));
+    while metrics.features_out.load(std::sync::atomic::Ordering::Relaxed) < 500 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for b in 1..=3 {
+        mock.broker_down(b).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for b in 1..=3 {
+        mock.broker_round_trip_time(b, Duration::from_millis(200)).unwrap();
+        mock.broker_up(b).unwrap();
+    }
+    let summary = run.join().unwrap().expect("the run rides out the outage");
+    assert_eq!(summary.records_in, 4_000);
+
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "check-faults").set("isolation.level", "read_committed").create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..2 {
+        list.add_partition_offset("features", p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut copies: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut last = Instant::now();
+    while last.elapsed() < Duration::from_secs(3) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let h = m.headers().unwrap();
+            let get = |k: &str| h.iter().find(|x| x.key == k).map(|x| String::from_utf8_lossy(x.value.unwrap()).into_owned()).unwrap();
+            copies.entry(v["id"].as_str().unwrap().to_string()).or_default().push((get("sluice-epoch"), get("sluice-seq")));
+            last = Instant::now();
+        }
+    }
+    assert_eq!(copies.len(), 4_000, "every event's feature record, none lost");
+    for (id, c) in &copies {
+        assert!(c.iter().all(|x| *x == c[0]), "copies of {id} with different headers: {c:?}");
+    }
+}
+
+/// A record the broker refuses for good (here: every produce answered MSG_SIZE_TOO_LARGE)
+/// stops the run with an error naming it; the epoch is not retried for ever.
+#[test]
+fn a_permanent_produce_error_stops_the_run_with_a_clear_error() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = mock();
+    let brokers = mock.bootstrap_servers();
+    produce(&brokers, "payments", &records(0, 400));
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 200]);
+    let work = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let err = sluice::run(&config(work.path(), &brokers, Until::HighWatermark, "sluice-permanent"), &RunControl::default()).unwrap_err().to_string();
+    assert!(err.contains("sink of `features`") && err.contains("too large"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(120), "stopped after {:?}", started.elapsed());
+}

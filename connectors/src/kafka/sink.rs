@@ -392,11 +392,19 @@ impl Deliverer {
     /// the epoch is committed; the caller may deliver the epoch again.
     fn deliver(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
         let exactly_once = self.config.delivery == Delivery::ExactlyOnce;
+        // A record the broker refused for good (too large, not authorised) makes the whole
+        // attempt permanent, whatever error surfaced first.
+        let permanent = |mut e: DeliveryError| {
+            if self.producer.context().permanent.load(Ordering::Relaxed) {
+                e.retriable = false;
+            }
+            e
+        };
         if !exactly_once {
-            return self.deliver_at_least_once(epoch, lines);
+            return self.deliver_at_least_once(epoch, lines).map_err(permanent);
         }
         self.producer.begin_transaction().map_err(|e| DeliveryError::from_kafka("cannot begin a transaction", &self.config, &e))?;
-        let result = self.deliver_in_transaction(epoch, lines);
+        let result = self.deliver_in_transaction(epoch, lines).map_err(permanent);
         if let Err(e) = &result {
             if e.retriable {
                 if let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
