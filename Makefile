@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 DEMO_ARGS ?= --duration 20s
 
-.PHONY: demo test setup build lint bench bench-serve golden clean-demo
+.PHONY: demo test setup build lint bench bench-kafka bench-serve golden clean-demo
 
 setup:
 	@./scripts/setup.sh
@@ -31,6 +31,10 @@ test: lint
 	./scripts/kafka.sh pyclient >/dev/null
 	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" \
 	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace
+
+bench-kafka: setup
+	./scripts/kafka.sh start
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- kafka $(BENCH_ARGS)
 
 bench: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline $(BENCH_ARGS)
