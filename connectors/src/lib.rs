@@ -11,6 +11,7 @@
 //! | `source.rs` | the source operator, [`PartitionReader`], epochs, positions, backpressure |
 //! | `file/` | JSONL file source ([`file::FileReader`]) and sink ([`file::file_sink`]) |
 //! | `generator/` | the synthetic payment traffic generator |
+//! | `webhook/` | webhook signature verification (Standard Webhooks, Stripe, GitHub) |
 //! | `kafka/` | Kafka source ([`kafka::KafkaReader`]) and sink ([`kafka::kafka_sink`], delivery from an outbox) |
 //! | `error.rs` | [`ConnectorError`] |
 //!
@@ -21,6 +22,7 @@ pub mod file;
 pub mod generator;
 pub mod kafka;
 pub mod source;
+pub mod webhook;
 
 use serde::Deserialize;
 
