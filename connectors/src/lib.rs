@@ -11,12 +11,14 @@
 //! | `source.rs` | the source operator, [`PartitionReader`], epochs, positions, backpressure |
 //! | `file/` | JSONL file source ([`file::FileReader`]) and sink ([`file::file_sink`]) |
 //! | `generator/` | the synthetic payment traffic generator |
+//! | `cdc/` | change data capture: the Debezium envelope, tables keyed by primary key |
 //! | `webhook/` | webhook signature verification (Standard Webhooks, Stripe, GitHub) |
 //! | `kafka/` | Kafka source ([`kafka::KafkaReader`]) and sink ([`kafka::kafka_sink`], delivery from an outbox) |
 //! | `error.rs` | [`ConnectorError`] |
 //!
 //! [`registry`] lists every connector; [`SourceConfig`] is what `[[sources]]` entries parse to.
 
+pub mod cdc;
 mod error;
 pub mod file;
 pub mod generator;
