@@ -39,6 +39,10 @@ pub enum ConnectorError {
     /// when the broker comes back.
     #[error("Kafka: {0}")]
     Kafka(String),
+    /// A webhook log read or write failed (the message names the log and the step). An append
+    /// that failed was not acknowledged.
+    #[error("{0}")]
+    WebhookLog(String),
     /// The state layer failed.
     #[error(transparent)]
     State(#[from] sluice_state::StateError),
