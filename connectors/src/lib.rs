@@ -52,6 +52,11 @@ pub fn registry() -> &'static [ConnectorInfo] {
             about: "seeded synthetic payment traffic with duplicates, conflicts, disorder, late and malformed records",
         },
         ConnectorInfo { kind: "kafka", role: "source", about: "one topic, partitions assigned to workers explicitly; offsets kept in sluice's commits" },
+        ConnectorInfo {
+            kind: "webhook",
+            role: "source",
+            about: "HTTP webhooks: signature checked (Standard Webhooks, Stripe, GitHub), logged durably before the 2xx, deduplicated by id",
+        },
         ConnectorInfo { kind: "file", role: "sink", about: "one JSONL file per output stream, sorted and committed per epoch" },
         ConnectorInfo {
             kind: "kafka",
@@ -71,6 +76,8 @@ pub enum SourceConfig {
     Generator(generator::GeneratorConfig),
     /// A Kafka topic.
     Kafka(kafka::KafkaSourceConfig),
+    /// Webhooks over HTTP.
+    Webhook(webhook::WebhookSourceConfig),
 }
 
 impl SourceConfig {
@@ -80,6 +87,7 @@ impl SourceConfig {
             SourceConfig::File(c) => &c.name,
             SourceConfig::Generator(c) => &c.name,
             SourceConfig::Kafka(c) => &c.name,
+            SourceConfig::Webhook(c) => &c.name,
         }
     }
 
@@ -89,6 +97,7 @@ impl SourceConfig {
             SourceConfig::File(c) => c.files().len(),
             SourceConfig::Generator(c) => c.partitions as usize,
             SourceConfig::Kafka(c) => c.partitions.unwrap_or(0) as usize,
+            SourceConfig::Webhook(_) => 1,
         }
     }
 
@@ -123,6 +132,7 @@ impl SourceConfig {
             SourceConfig::File(c) => c.validate(key),
             SourceConfig::Generator(c) => c.validate(key),
             SourceConfig::Kafka(c) => c.validate(key),
+            SourceConfig::Webhook(c) => c.validate(key),
         }
     }
 
@@ -140,6 +150,11 @@ impl SourceConfig {
             }
             SourceConfig::Generator(c) => Box::new(generator::GeneratorReader::new(c, partition as u32)),
             SourceConfig::Kafka(c) => Box::new(kafka::KafkaReader::new(c, partition as u32)),
+            SourceConfig::Webhook(c) => {
+                let dir = c.log_dir.as_deref().expect("invariant: the pipeline sets the log directory before building readers");
+                let log = webhook::WebhookLog::open(dir).expect("invariant: the pipeline opened the log before building readers");
+                Box::new(webhook::WebhookReader::new(&c.name, log))
+            }
         }
     }
 }

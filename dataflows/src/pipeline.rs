@@ -44,6 +44,8 @@ pub struct RunControl {
     pub metrics: Arc<Metrics>,
     /// The HTTP server's address, once it listens.
     pub http_addr: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    /// Webhook sources' addresses by source name, once they listen.
+    pub webhook_addrs: Arc<std::sync::Mutex<std::collections::BTreeMap<String, std::net::SocketAddr>>>,
 }
 
 /// What a run did.
@@ -170,6 +172,11 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let mut resolved = config.clone();
     for (i, s) in resolved.sources.iter_mut().enumerate() {
         s.resolve().map_err(|e| RunError::Connector(format!("sources[{i}] ({}): {e}", s.name())))?;
+        if let sluice_connectors::SourceConfig::Webhook(w) = s {
+            if w.log_dir.is_none() {
+                w.log_dir = Some(resolved.state_dir.join("webhooks").join(&w.name));
+            }
+        }
     }
     let config = &resolved;
     let started = Instant::now();
@@ -201,6 +208,18 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     }
     let delivery_states: Arc<Vec<(String, Arc<sluice_connectors::kafka::DeliveryState>)>> =
         Arc::new(deliveries.iter().map(|(s, h)| (s.clone(), Arc::clone(&h.state))).collect());
+    // Webhook sources: their logs, and their servers (answering only once a webhook is logged).
+    let mut webhook_servers = Vec::new();
+    for s in &config.sources {
+        if let sluice_connectors::SourceConfig::Webhook(w) = s {
+            let dir = w.log_dir.as_deref().expect("invariant: set above");
+            let log = sluice_connectors::webhook::WebhookLog::open(dir).map_err(|e| RunError::Connector(format!("source `{}`: {e}", w.name)))?;
+            let server = sluice_connectors::webhook::WebhookServer::start(w, log, Arc::clone(&control.metrics))
+                .map_err(|e| RunError::Connector(format!("source `{}`: {e}", w.name)))?;
+            control.webhook_addrs.lock().expect("invariant: not poisoned").insert(w.name.clone(), server.addr());
+            webhook_servers.push(server);
+        }
+    }
     // Kafka sources commit sluice's committed positions to their consumer group, for lag tools.
     let mut publishers = Vec::new();
     for s in &config.sources {
@@ -378,6 +397,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     for publisher in publishers {
         publisher.finish();
     }
+    drop(webhook_servers);
     // Then the Kafka sinks deliver every committed epoch left.
     for (stream, handle) in deliveries {
         handle.finish().map_err(|e| RunError::Connector(format!("sink of `{stream}`: {e}")))?;

@@ -165,6 +165,14 @@ pub fn render(m: &Metrics, info: &ExportInfo) -> String {
         }
     }
 
+    if let Ok(w) = m.webhook_requests.lock() {
+        if !w.is_empty() {
+            header(&mut out, "sluice_webhook_requests_total", "counter", "Webhook requests per source and outcome: accepted, duplicate, or why refused.");
+            for ((source, outcome), n) in w.iter() {
+                let _ = writeln!(out, "sluice_webhook_requests_total{{source=\"{}\",outcome=\"{}\"}} {n}", escape(source), escape(outcome));
+            }
+        }
+    }
     header(&mut out, "sluice_latency_seconds", "histogram", "Latency from ingest (decode) to a stage: features, scored, committed (end to end).");
     for stage in Stage::ALL {
         histogram(&mut out, "sluice_latency_seconds", &format!("stage=\"{}\"", stage.name()), &m.latency_snapshot(stage));

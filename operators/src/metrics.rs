@@ -49,6 +49,8 @@ pub struct Metrics {
     pub paused_us_by_partition: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
     /// Kafka source partitions: (source, partition) to their offsets.
     pub kafka_partitions: std::sync::Mutex<std::collections::BTreeMap<(String, i32), KafkaPartitionGauge>>,
+    /// Webhook requests per (source, outcome): `accepted`, `duplicate`, or why refused.
+    pub webhook_requests: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
     /// Dead letters per reason class (the reason up to its first detail).
     pub dead_letter_reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Time sources spent waiting for the dataflow (more than `max_inflight_epochs` open), µs.
@@ -94,6 +96,7 @@ impl Default for Metrics {
             records_by_partition: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             dead_letter_reasons: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             paused_us_by_partition: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            webhook_requests: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             kafka_partitions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             backpressure_us: AtomicU64::new(0),
             inflight_epochs: AtomicU64::new(0),

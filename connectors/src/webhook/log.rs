@@ -43,6 +43,8 @@ pub struct WebhookLog {
     db: DB,
     /// The next offset; held while appending, so appends are serialised.
     next: Mutex<u64>,
+    /// The reader's position (for backpressure: entries logged but not read).
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for WebhookLog {
@@ -100,7 +102,7 @@ impl WebhookLog {
             Some(Err(e)) => return Err(db_error("cannot read", &path, e)),
             None => 0,
         };
-        let log = Arc::new(WebhookLog { path: path.clone(), db, next: Mutex::new(next) });
+        let log = Arc::new(WebhookLog { path: path.clone(), db, next: Mutex::new(next), read: std::sync::atomic::AtomicU64::new(0) });
         logs.insert(path, Arc::downgrade(&log));
         Ok(log)
     }
@@ -133,6 +135,11 @@ impl WebhookLog {
         *self.next.lock().expect("invariant: not poisoned")
     }
 
+    /// Entries logged and not yet read by the pipeline.
+    pub fn backlog(&self) -> u64 {
+        self.end().saturating_sub(self.read.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Up to `max` entries from `from`, as records: the body, with the webhook id as header
     /// `webhook-id` and the receive time as the timestamp.
     ///
@@ -158,12 +165,13 @@ pub struct WebhookReader {
     name: String,
     log: Arc<WebhookLog>,
     position: u64,
+    draining: bool,
 }
 
 impl WebhookReader {
     /// The reader of the log of source `source`.
     pub fn new(source: &str, log: Arc<WebhookLog>) -> Self {
-        WebhookReader { name: format!("webhook:{source}"), log, position: 0 }
+        WebhookReader { name: format!("webhook:{source}"), log, position: 0, draining: false }
     }
 }
 
@@ -183,7 +191,18 @@ impl PartitionReader for WebhookReader {
         if let Some(last) = out[before..].last() {
             self.position = last.offset + 1;
         }
-        Ok(if out.len() - before == records_max { ReadStatus::More } else { ReadStatus::Waiting })
+        self.log.read.store(self.position, std::sync::atomic::Ordering::Relaxed);
+        Ok(if out.len() - before == records_max {
+            ReadStatus::More
+        } else if self.draining && out.len() == before {
+            ReadStatus::End
+        } else {
+            ReadStatus::Waiting
+        })
+    }
+
+    fn drain(&mut self) {
+        self.draining = true;
     }
 
     fn position(&self) -> u64 {

@@ -1,10 +1,14 @@
-//! Webhook ingest. So far: signature verification ([`signature`]) for the common schemes, and
-//! the durable log ([`log`]) a request is written to before it is acknowledged, with the
-//! partition reader the dataflow reads it through. The HTTP server and the source config come
-//! with the rest of the webhook issue.
+//! Webhook ingest: `[[sources]] type = "webhook"` ([`config`]) runs an HTTP server
+//! ([`server`]) whose route verifies the signature ([`signature`]), writes the webhook to a
+//! durable log ([`log`]) and only then answers 2xx; the dataflow reads the log as a partition.
 
+pub mod config;
 pub mod log;
+pub mod server;
 pub mod signature;
+
+pub use config::WebhookSourceConfig;
+pub use server::WebhookServer;
 
 pub use log::{Appended, WebhookLog, WebhookReader};
 pub use signature::{Rejection, Scheme, Verifier};

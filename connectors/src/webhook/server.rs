@@ -1,0 +1,175 @@
+//! The webhook HTTP server of one source (axum on its own tokio runtime thread).
+//!
+//! `POST <route>`: 413 past `body_bytes_max`; 503 past `max_concurrent` requests at once; the
+//! signature checked (400 unreadable, 401 forged or stale); 400 for a body that is not JSON or
+//! has no id; 429 with `Retry-After: 1` while the pipeline is `backlog_max` webhooks behind;
+//! then appended to the log with the WAL synced, and only then 200 (`{"status":"accepted"}`,
+//! or `"duplicate"` for an id already logged: providers redeliver until they get a 2xx). A
+//! failed append (disk full) is answered 503 and nothing is acknowledged. Every outcome is
+//! counted per source (`sluice_webhook_requests_total`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use sluice_operators::Metrics;
+
+use super::config::WebhookSourceConfig;
+use super::log::{Appended, WebhookLog};
+use super::signature::Verifier;
+use crate::ConnectorError;
+
+struct Shared {
+    name: String,
+    verifier: Verifier,
+    log: Arc<WebhookLog>,
+    id_pointer: String,
+    backlog_max: u64,
+    slots: tokio::sync::Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn count(&self, outcome: &str) {
+        if let Ok(mut m) = self.metrics.webhook_requests.lock() {
+            *m.entry((self.name.clone(), outcome.to_string())).or_default() += 1;
+        }
+    }
+
+    fn answer(&self, status: StatusCode, outcome: &str, message: &str) -> Response {
+        self.count(outcome);
+        (status, [("content-type", "application/json")], serde_json::json!({ "status": outcome, "message": message }).to_string()).into_response()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let Ok(_slot) = s.slots.try_acquire() else {
+        return s.answer(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests_at_once", "too many requests at once; retry");
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return s.answer(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.body_text()),
+        Err(e) => return s.answer(StatusCode::BAD_REQUEST, "unreadable_body", &e.body_text()),
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = now_ms();
+    let id_header = match s.verifier.verify(header, &body, now / 1000) {
+        Ok(id) => id,
+        Err(r) => return s.answer(StatusCode::from_u16(r.status()).unwrap_or(StatusCode::UNAUTHORIZED), r.reason(), &r.to_string()),
+    };
+    let json: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return s.answer(StatusCode::BAD_REQUEST, "bad_json", &format!("the body is not JSON: {e}")),
+    };
+    let id = id_header.or_else(|| header("x-github-delivery").map(str::to_string)).or_else(|| match json.pointer(&s.id_pointer) {
+        Some(serde_json::Value::String(v)) if !v.is_empty() => Some(v.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    });
+    let Some(id) = id else {
+        return s.answer(StatusCode::BAD_REQUEST, "no_id", &format!("no webhook id: no id header and nothing at {}", s.id_pointer));
+    };
+    if s.log.backlog() >= s.backlog_max {
+        s.count("backpressure");
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "{\"status\":\"backpressure\"}").into_response();
+    }
+    let log = Arc::clone(&s.log);
+    let appended = tokio::task::spawn_blocking(move || log.append(&id, &body, now)).await;
+    match appended {
+        Ok(Ok(Appended::New(offset))) => {
+            s.count("accepted");
+            (StatusCode::OK, [("content-type", "application/json")], format!("{{\"status\":\"accepted\",\"offset\":{offset}}}")).into_response()
+        }
+        Ok(Ok(Appended::Duplicate(offset))) => {
+            s.count("duplicate");
+            (StatusCode::OK, [("content-type", "application/json")], format!("{{\"status\":\"duplicate\",\"offset\":{offset}}}")).into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::error!(source = %s.name, error = %e, "cannot log a webhook; answering 503");
+            s.answer(StatusCode::SERVICE_UNAVAILABLE, "log_failed", "cannot store the webhook; retry")
+        }
+        Err(e) => s.answer(StatusCode::SERVICE_UNAVAILABLE, "log_failed", &e.to_string()),
+    }
+}
+
+/// A running webhook server; stops when dropped.
+#[derive(Debug)]
+pub struct WebhookServer {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WebhookServer {
+    /// Binds the source's address and serves its route, appending to `log`.
+    ///
+    /// # Errors
+    /// A bad config, or the address cannot be bound.
+    pub fn start(config: &WebhookSourceConfig, log: Arc<WebhookLog>, metrics: Arc<Metrics>) -> Result<Self, ConnectorError> {
+        let key = format!("webhook source `{}`", config.name);
+        let verifier = config.verifier(&key)?;
+        let addr: SocketAddr = config.listen.parse().map_err(|e| ConnectorError::Config { key: format!("{key}.listen"), problem: format!("{e}") })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-webhook")
+            .enable_all()
+            .build()
+            .map_err(|e| ConnectorError::Config { key: key.clone(), problem: format!("cannot start a runtime: {e}") })?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| ConnectorError::Config { key: format!("{key}.listen"), problem: format!("cannot bind {addr}: {e}") })?;
+        let addr = listener.local_addr().map_err(|e| ConnectorError::Config { key: key.clone(), problem: e.to_string() })?;
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            verifier,
+            log,
+            id_pointer: config.id.clone(),
+            backlog_max: config.backlog_max,
+            slots: tokio::sync::Semaphore::new(config.max_concurrent),
+            metrics,
+        });
+        let app = Router::new().route(&config.route(), post(receive)).layer(DefaultBodyLimit::max(config.body_bytes_max)).with_state(shared);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sluice-webhook-main".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "the webhook server failed");
+                    }
+                });
+            })
+            .map_err(|e| ConnectorError::Config { key: key.clone(), problem: format!("cannot start the server thread: {e}") })?;
+        tracing::info!(%addr, route = %config.route(), source = %config.name, "webhook server listening");
+        Ok(WebhookServer { addr, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for WebhookServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
