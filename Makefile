@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 DEMO_ARGS ?= --duration 20s
 
-.PHONY: demo test setup build lint bench bench-kafka bench-serve golden clean-demo
+.PHONY: demo test setup build lint bench bench-kafka bench-webhook bench-serve golden clean-demo
 
 setup:
 	@./scripts/setup.sh
@@ -31,6 +31,9 @@ test: lint
 	./scripts/kafka.sh pyclient >/dev/null
 	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" \
 	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace
+
+bench-webhook: setup
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- webhook $(BENCH_ARGS)
 
 bench-kafka: setup
 	./scripts/kafka.sh start

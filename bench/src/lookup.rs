@@ -15,7 +15,11 @@ pub struct LookupResult {
     pub statuses: (u64, u64, u64),
 }
 
-fn read_response(reader: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> std::io::Result<u16> {
+/// Reads one HTTP/1.1 response (status line, headers, a `content-length` body).
+///
+/// # Errors
+/// The connection fails.
+pub fn read_response(reader: &mut BufReader<TcpStream>, body: &mut Vec<u8>) -> std::io::Result<u16> {
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

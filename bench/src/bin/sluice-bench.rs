@@ -95,6 +95,16 @@ enum Cmd {
         #[arg(long, default_value = "5s")]
         lateness: String,
     },
+    /// Signed webhooks over HTTP into a running pipeline: accepted requests/s and response
+    /// times, each answered after a synced log write.
+    Webhook {
+        /// Client connections (closed loop).
+        #[arg(long, default_value_t = 16)]
+        clients: u64,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
         #[arg(long)]
@@ -209,6 +219,7 @@ fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lat
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Webhook { clients, seconds } => sluice_bench::webhook::run(clients, seconds)?,
         Cmd::Kafka { brokers, events, workers, rate, seconds, lateness } => kafka(&brokers, events, &workers, rate, seconds, &lateness)?,
         Cmd::Serve { lookups, ingest, seconds, clients, workers, nice } => serve(lookups, ingest, seconds, clients, workers, nice)?,
         Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {

@@ -9,15 +9,15 @@
 //! Entries are numbered from 0 in arrival order (the record offset). A webhook id seen before
 //! is not appended again: [`WebhookLog::append`] returns [`Appended::Duplicate`] with the first
 //! copy's offset and the request is answered 2xx all the same (providers redeliver until they
-//! get one). Appends are serialised: each is one synced RocksDB write (a group commit is the
-//! next step for throughput).
+//! get one). Appends made at the same time share one synced write (group commit): the first
+//! to find the writer free writes every append waiting, then wakes their callers.
 //!
 //! A log is opened once per process and directory ([`WebhookLog::open`] returns the same
 //! handle to the server and to the reader).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use sluice_operators::RecordMeta;
@@ -37,12 +37,22 @@ pub enum Appended {
     Duplicate(u64),
 }
 
+/// One append waiting for a group write.
+struct Waiter {
+    id: String,
+    value: Vec<u8>,
+    done: Mutex<Option<Result<Appended, String>>>,
+    wake: Condvar,
+}
+
 /// A durable, deduplicated, append-only log of webhooks.
 pub struct WebhookLog {
     path: PathBuf,
     db: DB,
-    /// The next offset; held while appending, so appends are serialised.
+    /// The next offset; held by the one writing a group.
     next: Mutex<u64>,
+    /// Appends waiting for the next group write.
+    queue: Mutex<Vec<Arc<Waiter>>>,
     /// The reader's position (for backpressure: entries logged but not read).
     read: std::sync::atomic::AtomicU64,
 }
@@ -102,7 +112,8 @@ impl WebhookLog {
             Some(Err(e)) => return Err(db_error("cannot read", &path, e)),
             None => 0,
         };
-        let log = Arc::new(WebhookLog { path: path.clone(), db, next: Mutex::new(next), read: std::sync::atomic::AtomicU64::new(0) });
+        let log =
+            Arc::new(WebhookLog { path: path.clone(), db, next: Mutex::new(next), queue: Mutex::new(Vec::new()), read: std::sync::atomic::AtomicU64::new(0) });
         logs.insert(path, Arc::downgrade(&log));
         Ok(log)
     }
@@ -112,22 +123,83 @@ impl WebhookLog {
     /// # Errors
     /// The write failed (disk full, I/O error): the request must not be acknowledged.
     pub fn append(&self, id: &str, body: &[u8], received_ms: i64) -> Result<Appended, ConnectorError> {
+        let me = Arc::new(Waiter { id: id.to_string(), value: encode(received_ms, id, body), done: Mutex::new(None), wake: Condvar::new() });
+        self.queue.lock().expect("invariant: not poisoned").push(Arc::clone(&me));
+        loop {
+            if let Some(result) = me.done.lock().expect("invariant: not poisoned").take() {
+                return result.map_err(ConnectorError::WebhookLog);
+            }
+            match self.next.try_lock() {
+                Ok(mut next) => {
+                    let group = std::mem::take(&mut *self.queue.lock().expect("invariant: not poisoned"));
+                    if !group.is_empty() {
+                        self.write_group(&mut next, &group);
+                    }
+                }
+                Err(_) => {
+                    let done = me.done.lock().expect("invariant: not poisoned");
+                    if done.is_none() {
+                        // Woken by the writer; the timeout covers a writer that finished
+                        // between our try_lock and this wait.
+                        let _ = me.wake.wait_timeout(done, std::time::Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a group of appends in one synced batch and hands each its result.
+    fn write_group(&self, next: &mut u64, group: &[Arc<Waiter>]) {
         let events = self.db.cf_handle(EVENTS).expect("invariant: opened with it");
         let ids = self.db.cf_handle(IDS).expect("invariant: opened with it");
-        let mut next = self.next.lock().expect("invariant: not poisoned");
-        if let Some(seen) = self.db.get_cf(ids, id.as_bytes()).map_err(|e| db_error("cannot read", &self.path, e))? {
-            let offset = u64::from_be_bytes(seen.as_slice().try_into().map_err(|_| db_error("corrupt id entry", &self.path, id))?);
-            return Ok(Appended::Duplicate(offset));
-        }
-        let offset = *next;
         let mut batch = WriteBatch::default();
-        batch.put_cf(events, offset.to_be_bytes(), encode(received_ms, id, body));
-        batch.put_cf(ids, id.as_bytes(), offset.to_be_bytes());
+        let mut in_group: HashMap<&str, u64> = HashMap::new();
+        let mut results: Vec<Result<Appended, String>> = Vec::with_capacity(group.len());
+        let mut offset = *next;
+        for w in group {
+            let seen = match in_group.get(w.id.as_str()) {
+                Some(o) => Ok(Some(*o)),
+                None => match self.db.get_cf(ids, w.id.as_bytes()) {
+                    Ok(Some(v)) => v
+                        .as_slice()
+                        .try_into()
+                        .map(|b| Some(u64::from_be_bytes(b)))
+                        .map_err(|_| format!("webhook log {}: corrupt id entry {}", self.path.display(), w.id)),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(format!("webhook log {}: cannot read: {e}", self.path.display())),
+                },
+            };
+            results.push(match seen {
+                Ok(Some(o)) => Ok(Appended::Duplicate(o)),
+                Ok(None) => {
+                    batch.put_cf(events, offset.to_be_bytes(), &w.value);
+                    batch.put_cf(ids, w.id.as_bytes(), offset.to_be_bytes());
+                    in_group.insert(&w.id, offset);
+                    offset += 1;
+                    Ok(Appended::New(offset - 1))
+                }
+                Err(e) => Err(e),
+            });
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(batch, &wo).map_err(|e| db_error("cannot append", &self.path, e))?;
-        *next = offset + 1;
-        Ok(Appended::New(offset))
+        let written = if batch.is_empty() { Ok(()) } else { self.db.write_opt(batch, &wo) };
+        if let Err(e) = &written {
+            // Nothing of the group is stored.
+            let message = format!("webhook log {}: cannot append: {e}", self.path.display());
+            for r in results.iter_mut() {
+                // New ones, and repeats of an id first seen in this group: none is stored.
+                if matches!(r, Ok(Appended::New(_))) || matches!(r, Ok(Appended::Duplicate(o)) if *o >= *next) {
+                    *r = Err(message.clone());
+                }
+            }
+        } else {
+            *next = offset;
+        }
+        for (w, r) in group.iter().zip(results) {
+            *w.done.lock().expect("invariant: not poisoned") = Some(r);
+            w.wake.notify_one();
+        }
     }
 
     /// The offset the next webhook will get (= the number appended).
