@@ -81,19 +81,10 @@ fn kafka_pipeline(
 
 /// The benchmark's generated traffic (the standard pipeline's mix), `rate` 0 = unpaced.
 pub fn traffic(events: u64, rate: u64) -> GeneratorConfig {
-    let mut g = GeneratorConfig::named("bench");
-    g.partitions = 4;
-    g.events = events;
-    g.customers = 100_000;
+    let mut g = crate::standard_traffic(events, 100_000);
     g.rate = rate;
     g.step_us = 4_000_000u64.checked_div(rate).unwrap_or(40);
     g.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    g.duplicate_pct = 1.0;
-    g.conflict_pct = 0.1;
-    g.out_of_order_pct = 5.0;
-    g.disorder_ms = 1_000;
-    g.late_pct = 0.1;
-    g.malformed_pct = 0.1;
     g
 }
 

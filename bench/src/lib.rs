@@ -34,6 +34,23 @@ pub struct Models<'a> {
     pub monitor: bool,
 }
 
+/// The standard benchmark traffic: 4 unpaced partitions (25k events/s of event time each), 1%
+/// duplicates, 0.1% conflicts, 5% out of order by up to 1 s, 0.1% late, 0.1% malformed.
+pub fn standard_traffic(events: u64, customers: u64) -> GeneratorConfig {
+    let mut g = GeneratorConfig::named("bench");
+    g.partitions = 4;
+    g.events = events;
+    g.customers = customers;
+    g.step_us = 40;
+    g.duplicate_pct = 1.0;
+    g.conflict_pct = 0.1;
+    g.out_of_order_pct = 5.0;
+    g.disorder_ms = 1_000;
+    g.late_pct = 0.1;
+    g.malformed_pct = 0.1;
+    g
+}
+
 /// The standard pipeline of the performance bar: generator (unpaced) → decode → dedup → order
 /// → 6 features → file sink, with `events` events over 4 partitions and the given allowed
 /// lateness (the standard is `5s`) and records per partition per epoch (the standard is 20000),
@@ -42,17 +59,7 @@ pub struct Models<'a> {
 /// # Panics
 /// Never for valid arguments: the built config is validated.
 pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u64, lateness: &str, epoch_records: usize, models: Models<'_>) -> PipelineConfig {
-    let mut g = GeneratorConfig::named("bench");
-    g.partitions = 4;
-    g.events = events;
-    g.customers = customers;
-    g.step_us = 40; // 25k events/s of event time per partition
-    g.duplicate_pct = 1.0;
-    g.conflict_pct = 0.1;
-    g.out_of_order_pct = 5.0;
-    g.disorder_ms = 1_000;
-    g.late_pct = 0.1;
-    g.malformed_pct = 0.1;
+    let g = standard_traffic(events, customers);
     let text = format!(
         "state_dir = {:?}\nepoch_records = {epoch_records}\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created_ms\"\n[[sources]]\ntype = \"generator\"\nname = \"x\"\n",
         work.join("state")
