@@ -31,7 +31,10 @@ fn nanos() -> u128 {
 }
 
 /// The generator's records per partition (duplicates, conflicts, disorder, late, malformed).
-fn generated(partitions: u32, per_partition: u64) -> Vec<Vec<Vec<u8>>> {
+/// `late_pct`: the share of records later than the allowed lateness; whether such a record is
+/// dropped depends on how far the other partitions had been read when it came, so a run that
+/// reads the partitions at a different pace than the reference may differ there.
+fn generated(partitions: u32, per_partition: u64, late_pct: f64) -> Vec<Vec<Vec<u8>>> {
     let mut g = GeneratorConfig::named("payments");
     g.partitions = partitions;
     g.events = per_partition * u64::from(partitions);
@@ -39,7 +42,7 @@ fn generated(partitions: u32, per_partition: u64) -> Vec<Vec<Vec<u8>>> {
     g.duplicate_pct = 2.0;
     g.conflict_pct = 0.2;
     g.out_of_order_pct = 5.0;
-    g.late_pct = 0.3;
+    g.late_pct = late_pct;
     g.malformed_pct = 0.5;
     g.start_ms = 1_790_000_000_000;
     (0..partitions)
@@ -77,7 +80,8 @@ fn produce(brokers: &str, topic: &str, partitions: &[Vec<Vec<u8>>]) {
 }
 
 /// Every record of a topic with its `sluice-epoch` and `sluice-seq` headers.
-fn consume(brokers: &str, topic: &str) -> Vec<(Vec<u8>, u64, u64)> {
+/// Reads until nothing has come for `idle`.
+fn consume(brokers: &str, topic: &str, idle: Duration) -> Vec<(Vec<u8>, u64, u64)> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("crash-check-{}", nanos()))
@@ -93,7 +97,7 @@ fn consume(brokers: &str, topic: &str) -> Vec<(Vec<u8>, u64, u64)> {
     consumer.assign(&list).unwrap();
     let mut out = Vec::new();
     let mut last = Instant::now();
-    while last.elapsed() < Duration::from_secs(2) {
+    while last.elapsed() < idle {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
             let header = |name: &str| {
@@ -205,7 +209,7 @@ fn check(got: &[(Vec<u8>, u64, u64)], want: &[Vec<u8>], what: &str) -> (usize, s
 fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_epochs() {
     let brokers = brokers();
     let work = tempfile::tempdir().unwrap();
-    let input = generated(4, 20_000);
+    let input = generated(4, 20_000, 0.3);
     let (topic_in, topic_out) = (format!("crash-in-{}", nanos()), format!("crash-out-{}", nanos()));
     sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 4), (&topic_out, 2)]).unwrap();
     produce(&brokers, &topic_in, &input);
@@ -257,7 +261,7 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_epochs() {
 
     let want = reference(work.path(), &input);
 
-    let got = consume(&brokers, &topic_out);
+    let got = consume(&brokers, &topic_out, Duration::from_secs(2));
     let what = format!("kill -9 (seed {seed})");
     let (repeats, repeated_epochs) = check(&got, &want, &what);
     println!(
@@ -312,13 +316,17 @@ impl Drop for Broker {
 /// The broker is stopped for 3 s mid-run and started again (its storage persists): the
 /// pipeline rides it out by itself, and the output is the uninterrupted run's.
 ///
-/// Ignored: it fails. After tansu 0.6.0 (SQLite storage) restarts, it answers a new client's
-/// ListOffsets (the watermarks check below passes), but the pipeline's Fetch and Produce
-/// requests get no answer: librdkafka times them out after `socket.timeout.ms` (10 s) and
-/// retries, for 60 s and more, with the consumers replaced by new ones after each error. Run it
-/// with `cargo test --release -p sluice --test kafka_crash -- --ignored`.
+/// Ignored: tansu 0.6.0 on SQLite (the only persistent engine that builds here) does not hold
+/// up under this load, restart or not. Seen here (librdkafka debug logs): Fetch round trips of
+/// 1–3 s; requests unanswered until `socket.timeout.ms`; a retried idempotent Produce answered
+/// by closing the connection (`DuplicateSequenceNumber` then `BrokenPipe` in its log); after a
+/// restart, connections closed by the broker about 1 s after they come up, and finally Metadata
+/// requests of a new client unanswered for 10 s. With 4 × 2,000 records the pipeline did ride
+/// out the restart and finish; the output matched except for records later than the allowed
+/// lateness, whose fate depends on the pace at which partitions are read (hence `late_pct` 0
+/// here). Run it with `cargo test --release -p sluice --test kafka_crash -- --ignored`.
 #[test]
-#[ignore = "fails: the pipeline's clients stall after a tansu restart (see the doc comment)"]
+#[ignore = "tansu's SQLite engine stalls under this load (see the doc comment)"]
 fn a_broker_restart_mid_run_is_ridden_out() {
     let bin = std::env::var("SLUICE_TANSU_PERSISTENT")
         .map(std::path::PathBuf::from)
@@ -329,7 +337,7 @@ fn a_broker_restart_mid_run_is_ridden_out() {
     let mut broker = Broker { bin, dir: work.path().to_path_buf(), port, child: None };
     broker.start();
     let brokers = format!("127.0.0.1:{port}");
-    let input = generated(4, 20_000);
+    let input = generated(4, 5_000, 0.0);
     let (topic_in, topic_out) = ("restart-in", "restart-out");
     sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(topic_in, 4), (topic_out, 2)]).unwrap();
     produce(&brokers, topic_in, &input);
@@ -354,13 +362,13 @@ fn a_broker_restart_mid_run_is_ridden_out() {
         let probe: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "probe").create().unwrap();
         // The restarted broker answers a new client, with the data it had.
         let (_, high) = probe.fetch_watermarks(topic_in, 0, Duration::from_secs(10)).unwrap();
-        assert_eq!(high, 20_000);
+        assert_eq!(high, 5_000);
     }
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
         }
-        if restarted.elapsed() > Duration::from_secs(60) {
+        if restarted.elapsed() > Duration::from_secs(120) {
             child.kill().unwrap();
             child.wait().unwrap();
             break None;
@@ -375,14 +383,14 @@ fn a_broker_restart_mid_run_is_ridden_out() {
         };
         panic!(
             "the pipeline did not ride out the broker restart ({}):\n{}\n--- broker log ---\n{}",
-            status.map_or("still running 60 s after the restart".to_string(), |s| s.to_string()),
+            status.map_or("still running 120 s after the restart".to_string(), |s| s.to_string()),
             tail(&log_path),
             tail(&work.path().join("broker.log"))
         );
     }
 
     let want = reference(work.path(), &input);
-    let got = consume(&brokers, topic_out);
+    let got = consume(&brokers, topic_out, Duration::from_secs(15));
     let (repeats, repeated) = check(&got, &want, "broker restart");
     println!("kafka broker restart: records {}, delivered {}, repeats {repeats} in epochs {repeated:?}, missing 0", want.len(), got.len());
 }
