@@ -33,6 +33,7 @@ pub mod event;
 pub mod features;
 pub mod metrics;
 pub mod order;
+pub mod reconcile;
 pub mod score;
 pub mod slo;
 pub mod stats;
