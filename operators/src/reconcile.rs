@@ -370,13 +370,16 @@ pub fn reconcile<'scope>(
 
 type PairingUpdate = ((String, Pairing), Epoch, isize);
 
+/// An epoch's pairing changes (payment, pairing, diff) and its largest event time.
+type EpochInput = (Vec<(String, Pairing, isize)>, Option<i64>);
+
 /// Per payment: the row for its current pairing and the clock; re-evaluated when the pairing
 /// changes and when the clock passes a one-sided payment's settle time.
 fn settle<'scope>(pairs: Stream<'scope, Epoch, Vec<PairingUpdate>>, clock: Stream<'scope, Epoch, Vec<(Epoch, i64)>>, settle_ms: i64) -> Stream<'scope, Epoch, Vec<(Reconciled, Epoch, isize)>> {
     let exchange = Exchange::new(|((payment, _), _, _): &PairingUpdate| hash_of(payment));
     pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<(Reconciled, Epoch, isize)>>, _, _, _, _>(clock, exchange, Pipeline, "ReconcileSettle", move |cap, _| {
         let mut cap = Some(cap);
-        let mut pending: BTreeMap<Epoch, (Vec<(String, Pairing, isize)>, Option<i64>)> = BTreeMap::new();
+        let mut pending: BTreeMap<Epoch, EpochInput> = BTreeMap::new();
         let mut pairings: HashMap<String, Pairing> = HashMap::new();
         let mut rows: HashMap<String, Reconciled> = HashMap::new();
         // One-sided payments not yet overdue, by the time after which they are.
