@@ -10,7 +10,8 @@ use sluice_operators::slo::{Objective, SloConfig};
 use sluice_operators::{parse_duration_ms, DriftConfig, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
 
 /// The output streams a sink can take.
-pub const STREAMS: [&str; 9] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift", "slo"];
+pub const STREAMS: [&str; 11] =
+    ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift", "slo", "reconciliation", "reconciliation_summary"];
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn bad(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), problem: problem.into() }
 }
 
@@ -180,6 +181,9 @@ pub struct PipelineConfig {
     /// The sinks: one per output stream at most; streams without one are counted only.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// A reconciliation pipeline instead of the feature pipeline (see [`crate::reconcile`]).
+    #[serde(default)]
+    pub reconcile: Option<crate::reconcile::ReconcileConfig>,
 }
 
 fn default_workers() -> usize {
@@ -355,6 +359,13 @@ impl PipelineConfig {
             }
         }
         self.durations()?;
+        if let Some(r) = &self.reconcile {
+            let names: Vec<&str> = self.sources.iter().map(|s| s.name()).collect();
+            r.validate(&names, &self.event)?;
+            if !self.features.is_empty() || self.model.is_some() || self.drift.is_some() {
+                return Err(bad("reconcile", "a reconciliation pipeline has no [[features]], [model] or [drift]"));
+            }
+        }
         if let Some(server) = &self.server {
             if !(0..=19).contains(&server.dataflow_nice) {
                 return Err(bad("server.dataflow_nice", format!("{} is not between 0 and 19", server.dataflow_nice)));

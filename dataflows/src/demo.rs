@@ -164,6 +164,7 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         slo_interval: "2s".into(),
         server: options.http.as_ref().map(|listen| ServerSection::new(listen)),
         sinks: DEMO_STREAMS.iter().map(|s| sink(s)).collect(),
+        reconcile: None,
     }
 }
 

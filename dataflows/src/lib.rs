@@ -23,6 +23,8 @@ pub mod monitor;
 pub mod outputs;
 pub mod pipeline;
 pub mod prometheus;
+pub mod reconcile;
+pub mod reconcile_demo;
 pub mod reference;
 pub mod serve;
 pub mod server;

@@ -85,6 +85,14 @@ enum Command {
         /// The Kafka sinks' guarantee with --kafka: exactly_once (transactions) or at_least_once.
         #[arg(long, requires = "kafka", default_value = "exactly_once")]
         delivery: String,
+        /// The reconciliation demo instead: generated provider webhooks against a generated
+        /// ledger change stream (late, duplicated, out of order, disagreeing), reconciled per
+        /// payment into reconciliation.jsonl (a changelog) and reconciliation_summary.jsonl.
+        #[arg(long, conflicts_with = "kafka")]
+        reconcile: bool,
+        /// Payments with --reconcile.
+        #[arg(long, default_value_t = 100_000)]
+        payments: u64,
     },
     /// Serve the feature API from a pipeline's state directory, without running the pipeline:
     /// while it is stopped (the last committed values, flagged stale with their age), or
@@ -257,7 +265,24 @@ fn main() -> Result<()> {
                 }
             }
         }
-        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http, kafka, topic_prefix, delivery } => {
+        Command::Demo { reconcile: true, workers, out, payments, .. } => {
+            if out.exists() {
+                std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
+            }
+            let inputs = sluice::reconcile_demo::write_inputs(&out.join("inputs"), payments, 42).context("cannot write the demo's inputs")?;
+            eprintln!(
+                "sluice demo --reconcile: {payments} payments: {} provider webhooks, {} ledger changes (in {}/inputs/); outputs in {}/",
+                inputs.provider_records,
+                inputs.ledger_records,
+                out.display(),
+                out.display()
+            );
+            let config = sluice::reconcile_demo::demo_config(&out, &inputs, workers);
+            let control = RunControl::default();
+            let summary = sluice::run(&config, &control)?;
+            print!("{}", sluice::reconcile_demo::summary_text(&summary, &out)?);
+        }
+        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http, kafka, topic_prefix, delivery, .. } => {
             if no_model && shadow.is_some() {
                 anyhow::bail!("--shadow needs a model to shadow: drop --no-model");
             }

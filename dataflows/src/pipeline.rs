@@ -86,6 +86,7 @@ pub struct RunSummary {
 /// Every table a pipeline declares.
 pub fn tables() -> Vec<TableSpec> {
     let mut t = sluice_operators::decode::tables();
+    t.extend(crate::reconcile::tables());
     t.extend(sluice_operators::dedup::tables());
     t.extend(sluice_operators::order::tables());
     t.extend(sluice_operators::features::tables());
@@ -297,19 +298,6 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             }
             let items = source::build(scope, readers, settings, Rc::clone(&state), probe.clone(), Arc::clone(&stop), Arc::clone(&metrics))
                 .map_err(|e| e.to_string())?;
-            let decoder = Decoder::new(&config.event).map_err(|e| e.to_string())?;
-            let (events, dead, progress) = items.decode(decoder, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
-            let progress = progress.broadcast();
-            let partitions = config.partitions();
-            let dedup = DedupConfig { ttl_ms: durations.ttl_ms, lateness_ms: durations.lateness_ms, partitions };
-            let (firsts, conflicts) = events.dedup(progress.clone(), dedup, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
-            let order = OrderConfig { lateness_ms: durations.lateness_ms, late: config.order.late, partitions };
-            let (ordered, late) = firsts.order(progress.clone(), order, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
-            let events_for_drift = config.drift.as_ref().filter(|d| !d.categories.is_empty()).map(|_| ordered.clone());
-            let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| e.to_string())?;
-            let feature_names = set.names.clone();
-            let features = ordered.features(set, config.feature_cache_entities, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
-
             let sink = |lines: Stream<'_, Epoch, Vec<OutputLine>>, stream: &str| -> Result<(), String> {
                 match config.sinks.iter().find(|s| s.stream() == stream) {
                     Some(sluice_connectors::SinkConfig::File(s)) => {
@@ -325,6 +313,22 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
                 }
                 Ok(())
             };
+            if let Some(r) = &config.reconcile {
+                return crate::reconcile::build(items, r, &config.event, &names, &state, &metrics, &sink);
+            }
+            let decoder = Decoder::new(&config.event).map_err(|e| e.to_string())?;
+            let (events, dead, progress) = items.decode(decoder, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let progress = progress.broadcast();
+            let partitions = config.partitions();
+            let dedup = DedupConfig { ttl_ms: durations.ttl_ms, lateness_ms: durations.lateness_ms, partitions };
+            let (firsts, conflicts) = events.dedup(progress.clone(), dedup, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let order = OrderConfig { lateness_ms: durations.lateness_ms, late: config.order.late, partitions };
+            let (ordered, late) = firsts.order(progress.clone(), order, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+            let events_for_drift = config.drift.as_ref().filter(|d| !d.categories.is_empty()).map(|_| ordered.clone());
+            let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| e.to_string())?;
+            let feature_names = set.names.clone();
+            let features = ordered.features(set, config.feature_cache_entities, Rc::clone(&state), Arc::clone(&metrics)).map_err(|e| e.to_string())?;
+
             let mut scores_for_drift = None;
             if let Some(models) = &models {
                 let scored = features.clone().score(models.clone(), &feature_names, Arc::clone(&metrics)).map_err(|e| e.to_string())?;

@@ -329,8 +329,7 @@ pub fn reconcile<'scope>(
     settle_ms: i64,
 ) -> VecCollection<'scope, Epoch, Reconciled> {
     // The clock: each worker's largest event time per batch, to every worker.
-    let times =
-        provider.clone().inner.map(|(e, t, _)| (t, e.time_ms)).concat(ledger.clone().inner.flat_map(|(v, t, _)| v.row.map(|r| (t, r.time_ms))));
+    let times = provider.clone().inner.map(|(e, t, _)| (t, e.time_ms)).concat(ledger.clone().inner.flat_map(|(v, t, _)| v.row.map(|r| (t, r.time_ms))));
     let clock = times
         .unary_frontier::<CapacityContainerBuilder<Vec<(Epoch, i64)>>, _, _, _>(Pipeline, "ReconcileClock", |cap, _| {
             let mut held = HeldCapabilities::new(vec![cap]);
@@ -375,101 +374,111 @@ type EpochInput = (Vec<(String, Pairing, isize)>, Option<i64>);
 
 /// Per payment: the row for its current pairing and the clock; re-evaluated when the pairing
 /// changes and when the clock passes a one-sided payment's settle time.
-fn settle<'scope>(pairs: Stream<'scope, Epoch, Vec<PairingUpdate>>, clock: Stream<'scope, Epoch, Vec<(Epoch, i64)>>, settle_ms: i64) -> Stream<'scope, Epoch, Vec<(Reconciled, Epoch, isize)>> {
+fn settle<'scope>(
+    pairs: Stream<'scope, Epoch, Vec<PairingUpdate>>,
+    clock: Stream<'scope, Epoch, Vec<(Epoch, i64)>>,
+    settle_ms: i64,
+) -> Stream<'scope, Epoch, Vec<(Reconciled, Epoch, isize)>> {
     let exchange = Exchange::new(|((payment, _), _, _): &PairingUpdate| hash_of(payment));
-    pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<(Reconciled, Epoch, isize)>>, _, _, _, _>(clock, exchange, Pipeline, "ReconcileSettle", move |cap, _| {
-        let mut cap = Some(cap);
-        let mut pending: BTreeMap<Epoch, EpochInput> = BTreeMap::new();
-        let mut pairings: HashMap<String, Pairing> = HashMap::new();
-        let mut rows: HashMap<String, Reconciled> = HashMap::new();
-        // One-sided payments not yet overdue, by the time after which they are.
-        let mut deadlines: BTreeSet<(i64, String)> = BTreeSet::new();
-        let mut clock_ms: Option<i64> = None;
-        move |(pairs_in, pairs_frontier), (clock_in, clock_frontier), output| {
-            // By the time in the data: a container's stamp may be earlier.
-            pairs_in.for_each_stamp(|_, data| {
-                for ((payment, pairing), time, diff) in data.flat_map(|d| d.drain(..)) {
-                    pending.entry(time).or_default().0.push((payment, pairing, diff));
-                }
-            });
-            clock_in.for_each_stamp(|_, data| {
-                for (epoch, max) in data.flat_map(|d| d.drain(..)) {
-                    let slot = &mut pending.entry(epoch).or_default().1;
-                    *slot = Some(slot.map_or(max, |s: i64| s.max(max)));
-                }
-            });
-            let frontier = match (pairs_frontier.frontier().first(), clock_frontier.frontier().first()) {
-                (Some(a), Some(b)) => Some(*a.min(b)),
-                (a, b) => a.or(b).copied(),
-            };
-            while let Some(entry) = pending.first_entry() {
-                let epoch = *entry.key();
-                if frontier.is_some_and(|f| epoch >= f) {
-                    break;
-                }
-                let (mut changes, max) = entry.remove();
-                if let Some(max) = max {
-                    clock_ms = Some(clock_ms.map_or(max, |c| c.max(max)));
-                }
-                // Retractions before insertions, so that a payment's new pairing wins.
-                changes.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-                let mut touched: BTreeSet<String> = BTreeSet::new();
-                for (payment, pairing, diff) in changes {
-                    if diff < 0 {
-                        if pairings.get(&payment) == Some(&pairing) {
-                            pairings.remove(&payment);
-                        }
-                    } else {
-                        pairings.insert(payment.clone(), pairing);
+    pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<(Reconciled, Epoch, isize)>>, _, _, _, _>(
+        clock,
+        exchange,
+        Pipeline,
+        "ReconcileSettle",
+        move |cap, _| {
+            let mut cap = Some(cap);
+            let mut pending: BTreeMap<Epoch, EpochInput> = BTreeMap::new();
+            let mut pairings: HashMap<String, Pairing> = HashMap::new();
+            let mut rows: HashMap<String, Reconciled> = HashMap::new();
+            // One-sided payments not yet overdue, by the time after which they are.
+            let mut deadlines: BTreeSet<(i64, String)> = BTreeSet::new();
+            let mut clock_ms: Option<i64> = None;
+            move |(pairs_in, pairs_frontier), (clock_in, clock_frontier), output| {
+                // By the time in the data: a container's stamp may be earlier.
+                pairs_in.for_each_stamp(|_, data| {
+                    for ((payment, pairing), time, diff) in data.flat_map(|d| d.drain(..)) {
+                        pending.entry(time).or_default().0.push((payment, pairing, diff));
                     }
-                    touched.insert(payment);
-                }
-                // Payments whose settle time the clock has passed.
-                if let Some(c) = clock_ms {
-                    while let Some(first) = deadlines.first() {
-                        if first.0 >= c {
-                            break;
+                });
+                clock_in.for_each_stamp(|_, data| {
+                    for (epoch, max) in data.flat_map(|d| d.drain(..)) {
+                        let slot = &mut pending.entry(epoch).or_default().1;
+                        *slot = Some(slot.map_or(max, |s: i64| s.max(max)));
+                    }
+                });
+                let frontier = match (pairs_frontier.frontier().first(), clock_frontier.frontier().first()) {
+                    (Some(a), Some(b)) => Some(*a.min(b)),
+                    (a, b) => a.or(b).copied(),
+                };
+                while let Some(entry) = pending.first_entry() {
+                    let epoch = *entry.key();
+                    if frontier.is_some_and(|f| epoch >= f) {
+                        break;
+                    }
+                    let (mut changes, max) = entry.remove();
+                    if let Some(max) = max {
+                        clock_ms = Some(clock_ms.map_or(max, |c| c.max(max)));
+                    }
+                    // Retractions before insertions, so that a payment's new pairing wins.
+                    changes.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+                    let mut touched: BTreeSet<String> = BTreeSet::new();
+                    for (payment, pairing, diff) in changes {
+                        if diff < 0 {
+                            if pairings.get(&payment) == Some(&pairing) {
+                                pairings.remove(&payment);
+                            }
+                        } else {
+                            pairings.insert(payment.clone(), pairing);
                         }
-                        let (_, payment) = deadlines.pop_first().expect("invariant: not empty");
                         touched.insert(payment);
                     }
+                    // Payments whose settle time the clock has passed.
+                    if let Some(c) = clock_ms {
+                        while let Some(first) = deadlines.first() {
+                            if first.0 >= c {
+                                break;
+                            }
+                            let (_, payment) = deadlines.pop_first().expect("invariant: not empty");
+                            touched.insert(payment);
+                        }
+                    }
+                    let at = cap.as_ref().expect("invariant: held until the inputs end").delayed(&epoch);
+                    let mut session = output.session(&at);
+                    for payment in touched {
+                        let new = pairings.get(&payment).and_then(|p| reconciled(&payment, p, clock_ms, settle_ms));
+                        if let Some(old) = rows.get(&payment) {
+                            if let Some(deadline) = deadline_of(old, settle_ms) {
+                                deadlines.remove(&(deadline, payment.clone()));
+                            }
+                        }
+                        if let Some(row) = &new {
+                            if row.status == Status::Pending {
+                                let deadline = deadline_of(row, settle_ms).expect("invariant: a pending row is one-sided");
+                                deadlines.insert((deadline, payment.clone()));
+                            }
+                        }
+                        let old = match &new {
+                            Some(row) => rows.insert(payment.clone(), row.clone()),
+                            None => rows.remove(&payment),
+                        };
+                        if old != new {
+                            if let Some(old) = old {
+                                session.give((old, epoch, -1));
+                            }
+                            if let Some(new) = new {
+                                session.give((new, epoch, 1));
+                            }
+                        }
+                    }
                 }
-                let at = cap.as_ref().expect("invariant: held until the inputs end").delayed(&epoch);
-                let mut session = output.session(&at);
-                for payment in touched {
-                    let new = pairings.get(&payment).and_then(|p| reconciled(&payment, p, clock_ms, settle_ms));
-                    if let Some(old) = rows.get(&payment) {
-                        if let Some(deadline) = deadline_of(old, settle_ms) {
-                            deadlines.remove(&(deadline, payment.clone()));
-                        }
-                    }
-                    if let Some(row) = &new {
-                        if row.status == Status::Pending {
-                            let deadline = deadline_of(row, settle_ms).expect("invariant: a pending row is one-sided");
-                            deadlines.insert((deadline, payment.clone()));
-                        }
-                    }
-                    let old = match &new {
-                        Some(row) => rows.insert(payment.clone(), row.clone()),
-                        None => rows.remove(&payment),
-                    };
-                    if old != new {
-                        if let Some(old) = old {
-                            session.give((old, epoch, -1));
-                        }
-                        if let Some(new) = new {
-                            session.give((new, epoch, 1));
-                        }
-                    }
+                match (frontier, cap.as_mut()) {
+                    (Some(f), Some(c)) => c.downgrade(&f),
+                    (None, _) => cap = None,
+                    _ => {}
                 }
             }
-            match (frontier, cap.as_mut()) {
-                (Some(f), Some(c)) => c.downgrade(&f),
-                (None, _) => cap = None,
-                _ => {}
-            }
-        }
-    })
+        },
+    )
 }
 
 /// The clock value after which a pending row is overdue.
@@ -519,38 +528,42 @@ impl Totals {
 /// The totals after each epoch that changed them, on worker 0. Changes at epochs before
 /// `emit_from` (a replay of committed input) count but are not emitted.
 pub fn summarize<'scope>(changes: Stream<'scope, Epoch, Vec<(Reconciled, Epoch, isize)>>, emit_from: Epoch) -> Stream<'scope, Epoch, Vec<Summary>> {
-    changes.unary_frontier::<CapacityContainerBuilder<Vec<Summary>>, _, _, _>(Exchange::new(|_: &(Reconciled, Epoch, isize)| 0), "ReconcileSummary", move |cap, _| {
-        let mut cap = Some(cap);
-        let mut pending: BTreeMap<Epoch, Vec<(Reconciled, isize)>> = BTreeMap::new();
-        let mut totals = Totals::default();
-        move |(input, frontier), output| {
-            input.for_each_stamp(|_, data| {
-                for (r, time, d) in data.flat_map(|d| d.drain(..)) {
-                    pending.entry(time).or_default().push((r, d));
+    changes.unary_frontier::<CapacityContainerBuilder<Vec<Summary>>, _, _, _>(
+        Exchange::new(|_: &(Reconciled, Epoch, isize)| 0),
+        "ReconcileSummary",
+        move |cap, _| {
+            let mut cap = Some(cap);
+            let mut pending: BTreeMap<Epoch, Vec<(Reconciled, isize)>> = BTreeMap::new();
+            let mut totals = Totals::default();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|_, data| {
+                    for (r, time, d) in data.flat_map(|d| d.drain(..)) {
+                        pending.entry(time).or_default().push((r, d));
+                    }
+                });
+                let frontier = frontier.frontier().first().copied();
+                while let Some(entry) = pending.first_entry() {
+                    let epoch = *entry.key();
+                    if frontier.is_some_and(|f| epoch >= f) {
+                        break;
+                    }
+                    let changes = entry.remove();
+                    for (row, diff) in &changes {
+                        totals.apply(row, *diff);
+                    }
+                    if epoch >= emit_from && !changes.is_empty() {
+                        let at = cap.as_ref().expect("invariant: held until the input ends").delayed(&epoch);
+                        output.session(&at).give(totals.summary());
+                    }
                 }
-            });
-            let frontier = frontier.frontier().first().copied();
-            while let Some(entry) = pending.first_entry() {
-                let epoch = *entry.key();
-                if frontier.is_some_and(|f| epoch >= f) {
-                    break;
-                }
-                let changes = entry.remove();
-                for (row, diff) in &changes {
-                    totals.apply(row, *diff);
-                }
-                if epoch >= emit_from && !changes.is_empty() {
-                    let at = cap.as_ref().expect("invariant: held until the input ends").delayed(&epoch);
-                    output.session(&at).give(totals.summary());
+                match (frontier, cap.as_mut()) {
+                    (Some(f), Some(c)) => c.downgrade(&f),
+                    (None, _) => cap = None,
+                    _ => {}
                 }
             }
-            match (frontier, cap.as_mut()) {
-                (Some(f), Some(c)) => c.downgrade(&f),
-                (None, _) => cap = None,
-                _ => {}
-            }
-        }
-    })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -564,14 +577,7 @@ mod tests {
     type Change = (Epoch, isize, String, &'static str);
 
     fn charge(payment: &str, event: &str, time_ms: i64, amount: i64, status: &str) -> ProviderEvent {
-        ProviderEvent {
-            payment_id: payment.into(),
-            event_id: event.into(),
-            time_ms,
-            amount,
-            currency: "USD".into(),
-            status: status.into(),
-        }
+        ProviderEvent { payment_id: payment.into(), event_id: event.into(), time_ms, amount, currency: "USD".into(), status: status.into() }
     }
 
     fn row(payment: &str, position: u64, time_ms: i64, amount: i64, status: &str) -> LedgerVersion {
@@ -590,11 +596,7 @@ mod tests {
                 let (p_in, provider) = scope.new_collection::<ProviderEvent, isize>();
                 let (l_in, ledger) = scope.new_collection::<LedgerVersion, isize>();
                 let sink = Arc::clone(&sink);
-                let probe = reconcile(provider, ledger, settle_ms)
-                    .inner
-                    .inspect(move |(r, t, d)| sink.lock().unwrap().push((*t, *d, r.clone())))
-                    .probe()
-                    .0;
+                let probe = reconcile(provider, ledger, settle_ms).inner.inspect(move |(r, t, d)| sink.lock().unwrap().push((*t, *d, r.clone()))).probe().0;
                 (p_in, l_in, probe)
             });
             for (i, (events, versions)) in epochs.into_iter().enumerate() {
@@ -658,10 +660,7 @@ mod tests {
     #[test]
     fn duplicate_webhooks_are_applied_once() {
         let e = charge("p1", "evt_1", 1_000, 1000, "succeeded");
-        let (changes, _) = run(
-            vec![(vec![e.clone(); 50], vec![row("p1", 10, 1_000, 1000, "succeeded")]), (vec![e.clone(), e], vec![])],
-            60_000,
-        );
+        let (changes, _) = run(vec![(vec![e.clone(); 50], vec![row("p1", 10, 1_000, 1000, "succeeded")]), (vec![e.clone(), e], vec![])], 60_000);
         assert_eq!(changes, vec![c(1, 1, "p1", "matched")]);
     }
 
