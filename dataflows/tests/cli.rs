@@ -297,3 +297,20 @@ fn demo_runs_topic_to_topic_through_the_project_broker() {
     // The generator's 10,000 records less its duplicates and malformed ones: most become features.
     assert!(features > 9_000, "{features} feature records");
 }
+
+#[test]
+fn demo_reconcile_writes_a_changelog_and_prints_the_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sluice().current_dir(dir.path()).args(["demo", "--reconcile", "--payments", "3000", "--out", "rdemo"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3000 payments"), "{stderr}");
+    // 3,000 payments: every one has a row at the end, and the totals say so.
+    let counts = stdout.lines().find(|l| l.starts_with("payments by status:")).unwrap_or_else(|| panic!("{stdout}"));
+    let total: i64 = counts.split_whitespace().filter_map(|w| w.parse::<i64>().ok()).sum();
+    assert_eq!(total, 3000, "{stdout}");
+    assert!(stdout.contains("0 dead letters"), "{stdout}");
+    let changelog = std::fs::read_to_string(dir.path().join("rdemo/reconciliation.jsonl")).unwrap();
+    let net: i64 = changelog.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["diff"].as_i64().unwrap()).sum();
+    assert_eq!(net, 3000);
+}

@@ -105,6 +105,13 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// The reconciliation pipeline on the demo's generated webhooks and ledger changes (files
+    /// in, files out): input records/s and changelog updates/s, 1 and 2 workers.
+    Reconcile {
+        /// Payments (about 1.1 webhooks and 2 ledger changes each).
+        #[arg(long, default_value_t = 500_000)]
+        payments: u64,
+    },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
         #[arg(long)]
@@ -220,6 +227,7 @@ fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lat
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Webhook { clients, seconds } => sluice_bench::webhook::run(clients, seconds)?,
+        Cmd::Reconcile { payments } => reconcile(payments)?,
         Cmd::Kafka { brokers, events, workers, rate, seconds, lateness } => kafka(&brokers, events, &workers, rate, seconds, &lateness)?,
         Cmd::Serve { lookups, ingest, seconds, clients, workers, nice } => serve(lookups, ingest, seconds, clients, workers, nice)?,
         Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
@@ -301,6 +309,31 @@ fn main() -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `sluice-bench reconcile`.
+fn reconcile(payments: u64) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let inputs = sluice::reconcile_demo::write_inputs(&work.path().join("inputs"), payments, 42)?;
+    println!(
+        "reconciliation: {payments} payments, {} provider webhooks + {} ledger changes (files in, files out; settle 30 s)",
+        inputs.provider_records, inputs.ledger_records
+    );
+    for workers in [1, 2] {
+        let out = work.path().join(format!("w{workers}"));
+        let config = sluice::reconcile_demo::demo_config(&out, &inputs, workers);
+        let summary = sluice::run(&config, &sluice::RunControl::default())?;
+        let changelog = std::fs::read_to_string(out.join("reconciliation.jsonl"))?;
+        let updates = changelog.lines().count();
+        let secs = summary.elapsed.as_secs_f64();
+        println!(
+            "  {workers} worker(s): {:.2} s, {:.0} input records/s, {:.0} changelog updates/s ({updates} updates)",
+            secs,
+            summary.records_in as f64 / secs,
+            updates as f64 / secs
+        );
     }
     Ok(())
 }
