@@ -42,6 +42,10 @@ fn now_s() -> i64 {
 }
 
 fn config(dir: &std::path::Path) -> PipelineConfig {
+    config_with(dir, "")
+}
+
+fn config_with(dir: &std::path::Path, source_extra: &str) -> PipelineConfig {
     let text = format!(
         r#"state_dir = {state:?}
 epoch_ms = 50
@@ -59,6 +63,7 @@ listen = "127.0.0.1:0"
 scheme = "standard"
 secrets = ["whsec_c2x1aWNlLW9sZC1zZWNyZXQ=", "{SECRET}"]
 body_bytes_max = 2000
+{source_extra}
 [order]
 lateness = "1s"
 [[features]]
@@ -173,4 +178,88 @@ fn signed_webhooks_are_logged_before_the_2xx_and_applied_once() {
         (n("accepted"), n("duplicate"), n("bad_signature"), n("stale_timestamp"), n("missing_header"), n("too_large"), n("bad_json")),
         (4, 50, 2, 1, 1, 1, 1)
     );
+}
+
+/// Starts the pipeline; its webhook address, and a function that drains and ends it.
+fn start(config: PipelineConfig) -> (SocketAddr, impl FnOnce()) {
+    let control = RunControl::default();
+    let (addrs, drain) = (std::sync::Arc::clone(&control.webhook_addrs), std::sync::Arc::clone(&control.drain));
+    let run = std::thread::spawn(move || sluice::run(&config, &control));
+    let addr = loop {
+        if let Some(a) = addrs.lock().unwrap().get("psp").copied() {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (addr, move || {
+        drain.store(true, std::sync::atomic::Ordering::Relaxed);
+        run.join().unwrap().unwrap();
+    })
+}
+
+/// Reads until the server closes the connection; what it sent and when it closed.
+fn until_closed(s: &mut TcpStream) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).to_string(), started.elapsed())
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop) = start(config_with(dir.path(), "header_timeout_ms = 400\nbody_timeout_ms = 400"));
+    // Half a header, then nothing: closed after the header timeout, without an answer.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /webhooks/psp HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let (got, after) = until_closed(&mut s);
+    assert!(after >= Duration::from_millis(350) && after < Duration::from_secs(5), "{after:?}");
+    assert!(!got.contains("200"), "{got}");
+    // A connection that sends nothing at all: the same.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let (_, after) = until_closed(&mut s);
+    assert!(after >= Duration::from_millis(350) && after < Duration::from_secs(5), "{after:?}");
+    // A whole header and a tenth of the body: 408 after the body timeout.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /webhooks/psp HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"id\":\"e\"").unwrap();
+    let (got, after) = until_closed(&mut s);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(after >= Duration::from_millis(350) && after < Duration::from_secs(5), "{after:?}");
+    // A keep-alive connection idle after its answer: closed too.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"POST /webhooks/psp HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+    let (got, after) = until_closed(&mut s);
+    assert!(got.starts_with("HTTP/1.1 400"), "unsigned: {got}");
+    assert!(after < Duration::from_secs(5), "{after:?}");
+    stop();
+}
+
+#[test]
+fn a_pipeline_too_far_behind_answers_429_with_retry_after() {
+    // The server and its log without a pipeline reading it: the backlog only grows.
+    let dir = tempfile::tempdir().unwrap();
+    let config: sluice_connectors::webhook::WebhookSourceConfig =
+        toml::from_str(&format!("name = \"psp\"\nlisten = \"127.0.0.1:0\"\nscheme = \"standard\"\nsecrets = [\"{SECRET}\"]\nbacklog_max = 2\n")).unwrap();
+    let log = sluice_connectors::webhook::WebhookLog::open(dir.path()).unwrap();
+    let server = sluice_connectors::webhook::WebhookServer::start(&config, std::sync::Arc::clone(&log), std::sync::Arc::default()).unwrap();
+    let now = now_s();
+    let send = |id: &str| {
+        let body = format!(r#"{{"id":"{id}","customer":"c1","created_ms":1790000000000,"amount":1}}"#);
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        let req = format!(
+            "POST /webhooks/psp HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\nwebhook-id: {id}\r\nwebhook-timestamp: {now}\r\nwebhook-signature: {}\r\n\r\n{body}",
+            body.len(),
+            sign(id, now, &body)
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        until_closed(&mut s).0
+    };
+    assert!(send("evt_1").starts_with("HTTP/1.1 200"));
+    assert!(send("evt_2").starts_with("HTTP/1.1 200"));
+    // Two logged and unread: the third is refused with Retry-After, and not logged.
+    let refused = send("evt_3");
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.to_ascii_lowercase().contains("retry-after: 1"), "{refused}");
+    assert_eq!(log.backlog(), 2);
 }

@@ -43,6 +43,21 @@ pub struct WebhookSourceConfig {
     /// The log's directory (default: `<state_dir>/webhooks/<name>`, set at start).
     #[serde(default)]
     pub log_dir: Option<PathBuf>,
+    /// A connection that has not sent a request's whole header this long after it opened or
+    /// after its previous response (an idle keep-alive connection too) is closed (ms).
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// A request whose body has not all arrived this long after its header is answered 408 (ms).
+    #[serde(default = "default_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_body_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_tolerance() -> i64 {

@@ -6,14 +6,16 @@
 //! then appended to the log with the WAL synced, and only then 200 (`{"status":"accepted"}`,
 //! or `"duplicate"` for an id already logged: providers redeliver until they get a 2xx). A
 //! failed append (disk full) is answered 503 and nothing is acknowledged. Every outcome is
-//! counted per source (`sluice_webhook_requests_total`).
+//! counted per source (`sluice_webhook_requests_total`). Slow clients: a connection that has
+//! not sent a whole request header `header_timeout_ms` after it opened (or after its previous
+//! answer, when kept alive) is closed; a body not all there `body_timeout_ms` after its header
+//! is answered 408.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -33,6 +35,8 @@ struct Shared {
     backlog_max: u64,
     slots: tokio::sync::Semaphore,
     metrics: Arc<Metrics>,
+    body_bytes_max: usize,
+    body_timeout: Duration,
 }
 
 impl Shared {
@@ -52,14 +56,18 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::body::Body) -> Response {
     let Ok(_slot) = s.slots.try_acquire() else {
         return s.answer(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests_at_once", "too many requests at once; retry");
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return s.answer(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &e.body_text()),
-        Err(e) => return s.answer(StatusCode::BAD_REQUEST, "unreadable_body", &e.body_text()),
+    // A slow client's body is given `body_timeout` (it holds a slot meanwhile).
+    let body = match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, s.body_bytes_max)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) if is_too_large(&e) => {
+            return s.answer(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("the body is larger than {} bytes", s.body_bytes_max))
+        }
+        Ok(Err(e)) => return s.answer(StatusCode::BAD_REQUEST, "unreadable_body", &e.to_string()),
+        Err(_) => return s.answer(StatusCode::REQUEST_TIMEOUT, "body_timeout", &format!("the body did not arrive within {:?}", s.body_timeout)),
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = now_ms();
@@ -102,6 +110,17 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Result<
     }
 }
 
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// A running webhook server; stops when dropped.
 #[derive(Debug)]
 pub struct WebhookServer {
@@ -137,18 +156,42 @@ impl WebhookServer {
             backlog_max: config.backlog_max,
             slots: tokio::sync::Semaphore::new(config.max_concurrent),
             metrics,
+            body_bytes_max: config.body_bytes_max,
+            body_timeout: Duration::from_millis(config.body_timeout_ms.max(1)),
         });
-        let app = Router::new().route(&config.route(), post(receive)).layer(DefaultBodyLimit::max(config.body_bytes_max)).with_state(shared);
+        let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
+        let app = Router::new().route(&config.route(), post(receive)).with_state(shared);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sluice-webhook-main".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!(error = %e, "the webhook server failed");
+                    // hyper's HTTP/1 server with a header read timeout (axum::serve sets none):
+                    // slow and idle connections are closed.
+                    let mut rx = rx;
+                    loop {
+                        let accepted = tokio::select! {
+                            _ = &mut rx => break,
+                            a = listener.accept() => a,
+                        };
+                        let stream = match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "webhook server: accept failed");
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        };
+                        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                        tokio::spawn(async move {
+                            let connection = hyper::server::conn::http1::Builder::new()
+                                .timer(hyper_util::rt::TokioTimer::new())
+                                .header_read_timeout(header_timeout)
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                            if let Err(e) = connection.await {
+                                tracing::debug!(error = %e, "webhook connection closed");
+                            }
+                        });
                     }
                 });
             })
