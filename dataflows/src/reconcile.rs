@@ -179,28 +179,22 @@ enum Input {
 }
 
 impl Input {
-    fn log_key(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(48);
-        match self {
-            Input::Provider(e) => {
-                k.push(b'p');
-                k.extend_from_slice(e.payment_id.as_bytes());
-                k.push(0);
-                k.extend_from_slice(e.event_id.as_bytes());
-                // A redelivery with other content is kept apart (the reduce picks one).
-                k.push(0);
-                k.extend_from_slice(&xxh(&bincode::serialize(e).unwrap_or_default()).to_be_bytes());
-            }
-            Input::Ledger(v) => {
-                k.push(b'l');
-                k.extend_from_slice(v.payment_id.as_bytes());
-                k.push(0);
-                k.extend_from_slice(&v.position.to_be_bytes());
-                k.push(0);
-                k.extend_from_slice(&xxh(&bincode::serialize(v).unwrap_or_default()).to_be_bytes());
-            }
-        }
-        k
+    /// The log entry: key (side, payment, event id or position, content hash, so that a
+    /// redelivery with other content is kept apart) and value (the input, encoded).
+    fn log_entry(&self) -> (Vec<u8>, Vec<u8>) {
+        let value = bincode::serialize(self).expect("invariant: serializable");
+        let (side, payment, tail) = match self {
+            Input::Provider(e) => (b'p', &e.payment_id, e.event_id.as_bytes().to_vec()),
+            Input::Ledger(v) => (b'l', &v.payment_id, v.position.to_be_bytes().to_vec()),
+        };
+        let mut k = Vec::with_capacity(payment.len() + tail.len() + 11);
+        k.push(side);
+        k.extend_from_slice(payment.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&tail);
+        k.push(0);
+        k.extend_from_slice(&xxh(&value).to_be_bytes());
+        (k, value)
     }
 }
 
@@ -413,7 +407,8 @@ pub fn build<'scope>(
                     match result {
                         Ok(Some(i)) => {
                             m.decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            st.put_raw(epoch, table.index(), &i.log_key(), bincode::serialize(&i).expect("invariant: serializable"));
+                            let (key, value) = i.log_entry();
+                            st.put_raw(epoch, table.index(), &key, value);
                             session.give((Ok(i), epoch));
                         }
                         Ok(None) => {}

@@ -87,29 +87,19 @@ pub struct LedgerVersion {
 /// The provider's side of a payment: its latest event.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProviderView {
-    /// The latest event's id.
-    pub event_id: String,
-    /// The latest event's time.
-    pub time_ms: i64,
     /// The earliest event's time (when the payment was first seen at the provider).
     pub first_ms: i64,
-    /// Amount (minor units).
-    pub amount: i64,
-    /// Currency.
-    pub currency: String,
-    /// Status.
-    pub status: String,
+    /// The latest event's values.
+    pub latest: ProviderValues,
 }
 
 /// The ledger's side of a payment: its latest version, if not deleted.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct LedgerView {
-    /// The latest version's position.
-    pub position: u64,
     /// The earliest time among the row's versions.
     pub first_ms: i64,
-    /// The latest values.
-    pub row: LedgerRow,
+    /// The latest version's values.
+    pub latest: LedgerValues,
 }
 
 /// A payment's reconciliation status.
@@ -237,12 +227,8 @@ pub fn provider_view<'a>(events: impl IntoIterator<Item = &'a ProviderEvent>) ->
         }
     }
     latest.map(|e| ProviderView {
-        event_id: e.event_id.clone(),
-        time_ms: e.time_ms,
         first_ms: first,
-        amount: e.amount,
-        currency: e.currency.clone(),
-        status: e.status.clone(),
+        latest: ProviderValues { event_id: e.event_id.clone(), time_ms: e.time_ms, amount: e.amount, currency: e.currency.clone(), status: e.status.clone() },
     })
 }
 
@@ -260,20 +246,29 @@ pub fn ledger_view<'a>(versions: impl IntoIterator<Item = &'a LedgerVersion>) ->
         }
     }
     let latest = latest?;
-    latest.row.as_ref().map(|row| LedgerView { position: latest.position, first_ms: first, row: row.clone() })
+    latest.row.as_ref().map(|row| LedgerView {
+        first_ms: first,
+        latest: LedgerValues {
+            position: latest.position,
+            time_ms: row.time_ms,
+            amount: row.amount,
+            currency: row.currency.clone(),
+            status: row.status.clone(),
+        },
+    })
 }
 
 /// The status of a payment given both sides, the clock (the largest event time seen, if any)
 /// and the settle time. `None` when neither side has it.
 pub fn status_of(provider: Option<&ProviderView>, ledger: Option<&LedgerView>, clock_ms: Option<i64>, settle_ms: i64) -> Option<Status> {
     let overdue = |first: i64| clock_ms.is_some_and(|c| c > first.saturating_add(settle_ms));
-    Some(match (provider, ledger) {
-        (Some(p), Some(l)) if p.currency != l.row.currency => Status::CurrencyMismatch,
-        (Some(p), Some(l)) if p.amount != l.row.amount => Status::AmountMismatch,
-        (Some(p), Some(l)) if p.status != l.row.status => Status::StatusMismatch,
+    Some(match (provider.map(|p| &p.latest), ledger.map(|l| &l.latest)) {
+        (Some(p), Some(l)) if p.currency != l.currency => Status::CurrencyMismatch,
+        (Some(p), Some(l)) if p.amount != l.amount => Status::AmountMismatch,
+        (Some(p), Some(l)) if p.status != l.status => Status::StatusMismatch,
         (Some(_), Some(_)) => Status::Matched,
-        (Some(p), None) if overdue(p.first_ms) => Status::MissingInLedger,
-        (None, Some(l)) if overdue(l.first_ms) => Status::MissingAtProvider,
+        (Some(_), None) if overdue(provider.map_or(0, |p| p.first_ms)) => Status::MissingInLedger,
+        (None, Some(_)) if overdue(ledger.map_or(0, |l| l.first_ms)) => Status::MissingAtProvider,
         (Some(_), None) | (None, Some(_)) => Status::Pending,
         (None, None) => return None,
     })
@@ -290,20 +285,8 @@ pub fn reconciled(payment_id: &str, pairing: &Pairing, clock_ms: Option<i64>, se
     Some(Reconciled {
         payment_id: payment_id.to_string(),
         status,
-        provider: pairing.provider.as_ref().map(|p| ProviderValues {
-            event_id: p.event_id.clone(),
-            time_ms: p.time_ms,
-            amount: p.amount,
-            currency: p.currency.clone(),
-            status: p.status.clone(),
-        }),
-        ledger: pairing.ledger.as_ref().map(|l| LedgerValues {
-            position: l.position,
-            time_ms: l.row.time_ms,
-            amount: l.row.amount,
-            currency: l.row.currency.clone(),
-            status: l.row.status.clone(),
-        }),
+        provider: pairing.provider.as_ref().map(|p| p.latest.clone()),
+        ledger: pairing.ledger.as_ref().map(|l| l.latest.clone()),
         since_ms,
     })
 }
