@@ -24,9 +24,12 @@ lint: setup
 
 # Everything in release: RocksDB is built once, and the end-to-end tests are heavy. The Kafka
 # tests need the project's broker (tansu, scripts/kafka.sh; SLUICE_KAFKA_PORT moves it) and
-# an independent client (confluent-kafka for Python). The broker-restart test, ignored while it
-# fails, needs a tansu that persists: `scripts/kafka.sh persistent` builds one (25 minutes, once).
+# an independent client (confluent-kafka for Python). The broker-restart test, ignored (tansu's
+# SQLite engine stalls under its load), needs a tansu that persists: `scripts/kafka.sh
+# persistent` builds one (25 minutes, once). The CDC tests need PostgreSQL 15 with wal2json
+# (scripts/postgres.sh; SLUICE_PG_PORT moves it, SLUICE_PG_CONNINFO points the tests elsewhere).
 test: lint
+	./scripts/postgres.sh start
 	./scripts/kafka.sh start
 	./scripts/kafka.sh pyclient >/dev/null
 	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" \

@@ -43,6 +43,9 @@ pub enum ConnectorError {
     /// that failed was not acknowledged.
     #[error("{0}")]
     WebhookLog(String),
+    /// PostgreSQL (logical decoding) failed; the message names the source and the step.
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// The state layer failed.
     #[error(transparent)]
     State(#[from] sluice_state::StateError),

@@ -57,6 +57,11 @@ pub fn registry() -> &'static [ConnectorInfo] {
             role: "source",
             about: "HTTP webhooks: signature checked (Standard Webhooks, Stripe, GitHub), logged durably before the 2xx, deduplicated by id",
         },
+        ConnectorInfo {
+            kind: "postgres",
+            role: "source",
+            about: "PostgreSQL changes by logical decoding (wal2json) from a replication slot, as Debezium-shaped records; the slot advanced only to committed positions",
+        },
         ConnectorInfo { kind: "file", role: "sink", about: "one JSONL file per output stream, sorted and committed per epoch" },
         ConnectorInfo {
             kind: "kafka",
@@ -78,6 +83,8 @@ pub enum SourceConfig {
     Kafka(kafka::KafkaSourceConfig),
     /// Webhooks over HTTP.
     Webhook(webhook::WebhookSourceConfig),
+    /// PostgreSQL's changes (logical decoding, wal2json).
+    Postgres(cdc::postgres::PostgresSourceConfig),
 }
 
 impl SourceConfig {
@@ -88,6 +95,7 @@ impl SourceConfig {
             SourceConfig::Generator(c) => &c.name,
             SourceConfig::Kafka(c) => &c.name,
             SourceConfig::Webhook(c) => &c.name,
+            SourceConfig::Postgres(c) => &c.name,
         }
     }
 
@@ -97,7 +105,7 @@ impl SourceConfig {
             SourceConfig::File(c) => c.files().len(),
             SourceConfig::Generator(c) => c.partitions as usize,
             SourceConfig::Kafka(c) => c.partitions.unwrap_or(0) as usize,
-            SourceConfig::Webhook(_) => 1,
+            SourceConfig::Webhook(_) | SourceConfig::Postgres(_) => 1,
         }
     }
 
@@ -107,6 +115,9 @@ impl SourceConfig {
     /// The broker cannot be reached, or the topic does not exist or has fewer partitions than
     /// configured.
     pub fn resolve(&mut self) -> Result<(), ConnectorError> {
+        if let SourceConfig::Postgres(c) = self {
+            c.ensure_slot()?;
+        }
         if let SourceConfig::Kafka(c) = self {
             let found = kafka::partition_count(c)?;
             match c.partitions {
@@ -133,6 +144,7 @@ impl SourceConfig {
             SourceConfig::Generator(c) => c.validate(key),
             SourceConfig::Kafka(c) => c.validate(key),
             SourceConfig::Webhook(c) => c.validate(key),
+            SourceConfig::Postgres(c) => c.validate(key),
         }
     }
 
@@ -155,6 +167,7 @@ impl SourceConfig {
                 let log = webhook::WebhookLog::open(dir).expect("invariant: the pipeline opened the log before building readers");
                 Box::new(webhook::WebhookReader::new(&c.name, log))
             }
+            SourceConfig::Postgres(c) => Box::new(cdc::postgres::PostgresReader::new(c)),
         }
     }
 }

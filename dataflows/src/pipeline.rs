@@ -230,6 +230,15 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             publishers.push(publisher);
         }
     }
+    // PostgreSQL sources: their slots advance to the committed positions.
+    let mut advancers = Vec::new();
+    for s in &config.sources {
+        if let sluice_connectors::SourceConfig::Postgres(p) = s {
+            let advancer = sluice_connectors::cdc::postgres::SlotAdvancer::start(p, Arc::clone(&store))
+                .map_err(|e| RunError::Connector(format!("source `{}`: {e}", p.name)))?;
+            advancers.push(advancer);
+        }
+    }
     if resumed_at_epoch > 0 {
         tracing::info!(epoch = resumed_at_epoch, state = %config.state_dir.display(), "resuming from committed state");
     }
@@ -400,6 +409,9 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     store.sync()?;
     for publisher in publishers {
         publisher.finish();
+    }
+    for advancer in advancers {
+        advancer.finish();
     }
     drop(webhook_servers);
     // Then the Kafka sinks deliver every committed epoch left.
