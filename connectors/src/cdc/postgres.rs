@@ -18,7 +18,7 @@
 //! Order and position: transactions come whole, in commit order; the partition's position is
 //! the commit LSN of the last transaction read, stored in the epoch commit like any source's.
 //! After a restart the reader skips transactions at or before it. The slot is only advanced
-//! ([`SlotAdvancer`]) to committed positions, so PostgreSQL keeps every change sluice has not
+//! ([`SlotAdvancer`], every 200 ms) to committed positions, so PostgreSQL keeps every change sluice has not
 //! committed, and nothing is lost to a crash. A transaction is never split between epochs.
 
 use std::collections::VecDeque;
@@ -332,7 +332,7 @@ impl PartitionReader for PostgresReader {
     }
 }
 
-/// Advances the source's slot to its committed position (once a second), so that PostgreSQL
+/// Advances the source's slot to its committed position (every 200 ms), so that PostgreSQL
 /// can recycle the WAL sluice no longer needs; never past what is committed.
 #[derive(Debug)]
 pub struct SlotAdvancer {
@@ -363,7 +363,9 @@ impl SlotAdvancer {
                     loop {
                         let stopping = stop.load(Ordering::Acquire);
                         if stopping || Instant::now() >= next {
-                            next = Instant::now() + Duration::from_secs(1);
+                            // Often: until the slot moves, each read decodes again what the
+                            // previous ones read.
+                            next = Instant::now() + Duration::from_millis(200);
                             let committed = reader.view().snapshot().get(&table, name.as_bytes()).ok().flatten().unwrap_or(0);
                             if committed > advanced {
                                 let result = match client.as_mut() {
