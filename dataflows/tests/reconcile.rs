@@ -74,16 +74,16 @@ path = "dead_letters.jsonl"
 type State = BTreeMap<String, (String, Option<i64>, Option<i64>)>;
 
 /// From the input files alone: the latest provider event by (time, id), the latest ledger
-/// version by LSN, the clock, and the status rules of the README.
+/// version by LSN, each side's clock, and the status rules of the README.
 fn expected(inputs: &DemoInputs) -> State {
     let mut provider: BTreeMap<String, (i64, String, i64, String, String, i64)> = BTreeMap::new();
     let mut ledger: BTreeMap<String, (u64, i64, String, String, i64)> = BTreeMap::new();
-    let mut clock = i64::MIN;
+    let (mut provider_clock, mut ledger_clock) = (i64::MIN, i64::MIN);
     for line in std::fs::read_to_string(&inputs.provider).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();
         let o = &v["data"]["object"];
         let (t, id) = (v["created"].as_i64().unwrap(), v["id"].as_str().unwrap().to_string());
-        clock = clock.max(t);
+        provider_clock = provider_clock.max(t);
         let e = (t, id, o["amount"].as_i64().unwrap(), o["currency"].as_str().unwrap().to_uppercase(), o["status"].as_str().unwrap().to_string(), t);
         let slot = provider.entry(o["id"].as_str().unwrap().to_string()).or_insert_with(|| e.clone());
         let first = slot.5.min(t);
@@ -96,7 +96,7 @@ fn expected(inputs: &DemoInputs) -> State {
         let v: Value = serde_json::from_str(line).unwrap();
         let a = &v["after"];
         let t = a["updated_ms"].as_i64().unwrap();
-        clock = clock.max(t);
+        ledger_clock = ledger_clock.max(t);
         let lsn = v["source"]["lsn"].as_u64().unwrap();
         let e = (lsn, a["amount"].as_i64().unwrap(), a["currency"].as_str().unwrap().to_string(), a["status"].as_str().unwrap().to_string(), t);
         let slot = ledger.entry(a["payment_id"].as_str().unwrap().to_string()).or_insert_with(|| e.clone());
@@ -117,8 +117,8 @@ fn expected(inputs: &DemoInputs) -> State {
                 (Some(p), Some(l)) if p.2 != l.1 => "amount_mismatch",
                 (Some(p), Some(l)) if p.4 != l.3 => "status_mismatch",
                 (Some(_), Some(_)) => "matched",
-                (Some(p), None) if clock - p.5 > SETTLE_MS => "missing_in_ledger",
-                (None, Some(l)) if clock - l.4 > SETTLE_MS => "missing_at_provider",
+                (Some(p), None) if ledger_clock - p.5 > SETTLE_MS => "missing_in_ledger",
+                (None, Some(l)) if provider_clock - l.4 > SETTLE_MS => "missing_at_provider",
                 _ => "pending",
             };
             (id.clone(), (status.to_string(), p.map(|p| p.2), l.map(|l| l.1)))
@@ -346,8 +346,8 @@ path = "summary.jsonl"
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(kills >= 2, "the run ended before the kills ({kills} kills)");
     let (got, ins, ret) = replay(dir.path());
-    // The clock ends at t + n (the update); settle 30 s is longer than the whole span, so the
-    // payments the provider lacks are pending; the rest match (the update fixed every 10th).
+    // The provider's clock ends at t + n - 1; settle 30 s is longer than the whole span, so
+    // the payments the provider lacks are pending; the rest match (the update fixed every 10th).
     let want: State = (0..n)
         .map(|i| {
             let status = if i % 7 == 0 { "pending" } else { "matched" };

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   provider events ──┐                         ┌──> reconciled rows (changes: -old, +new)
-//!                     ├─> reduce per payment ──>┤ settle (clock: max event time seen)
-//!   ledger versions ──┘   (both sides' views)   └─< clock
+//!                     ├─> reduce per payment ──>┤ settle
+//!   ledger versions ──┘   (both sides' views)   └─< clocks (each side's largest event time)
 //! ```
 //!
 //! - **Provider side**: the view of a payment is its latest event by event time (ties by event
@@ -15,15 +15,17 @@
 //!   LSN for CDC); the latest wins, a delete removes the row. A version seen twice (a connector
 //!   replaying after its restart) changes nothing.
 //! - **Status** of a payment with both sides: `currency_mismatch`, else `amount_mismatch`, else
-//!   `status_mismatch`, else `matched`. With one side only: `pending` until the clock (the
-//!   largest event time seen on either input) is more than `settle_ms` past the side's first
-//!   event time, then `missing_in_ledger` (provider only) or `missing_at_provider` (ledger only).
+//!   `status_mismatch`, else `matched`. With one side only: `pending` until the *other*
+//!   side's clock (the largest event time seen on that input) is more than `settle_ms` past the
+//!   present side's first event time, then `missing_in_ledger` (provider only) or
+//!   `missing_at_provider` (ledger only). A side whose stream lags (a CDC connector behind)
+//!   declares nothing missing until it has caught up past the settle time.
 //! - **Output**: every change of a payment's row is a retraction of the old row (diff −1) and an
 //!   insertion of the new one (+1), in the epoch whose input caused it. Given the same input per
 //!   epoch, the output is the same for any number of workers.
 //!
-//! Example: ledger row p1 = 10.00 USD `succeeded` at epoch 1 → `(+1, p1 pending)`; the clock
-//! passes the settle time at epoch 2 → `(−1, p1 pending), (+1, p1 missing_at_provider)`; the
+//! Example: ledger row p1 = 10.00 USD `succeeded` at epoch 1 → `(+1, p1 pending)`; the
+//! provider's clock passes the settle time at epoch 2 → `(−1, p1 pending), (+1, p1 missing_at_provider)`; the
 //! provider's late webhook for p1 (10.00 USD `succeeded`) at epoch 3 →
 //! `(−1, p1 missing_at_provider), (+1, p1 matched)`.
 
@@ -258,25 +260,52 @@ pub fn ledger_view<'a>(versions: impl IntoIterator<Item = &'a LedgerVersion>) ->
     })
 }
 
-/// The status of a payment given both sides, the clock (the largest event time seen, if any)
-/// and the settle time. `None` when neither side has it.
-pub fn status_of(provider: Option<&ProviderView>, ledger: Option<&LedgerView>, clock_ms: Option<i64>, settle_ms: i64) -> Option<Status> {
-    let overdue = |first: i64| clock_ms.is_some_and(|c| c > first.saturating_add(settle_ms));
+/// Each side's clock: the largest event time seen on its input (`None`: nothing yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clocks {
+    /// The provider's.
+    pub provider: Option<i64>,
+    /// The ledger's.
+    pub ledger: Option<i64>,
+}
+
+impl Clocks {
+    fn get(&self, side: usize) -> Option<i64> {
+        if side == PROVIDER {
+            self.provider
+        } else {
+            self.ledger
+        }
+    }
+
+    fn advance(&mut self, side: usize, time: i64) {
+        let slot = if side == PROVIDER { &mut self.provider } else { &mut self.ledger };
+        *slot = Some(slot.map_or(time, |c| c.max(time)));
+    }
+}
+
+const PROVIDER: usize = 0;
+const LEDGER: usize = 1;
+
+/// The status of a payment given both sides, the clocks and the settle time. `None` when
+/// neither side has it.
+pub fn status_of(provider: Option<&ProviderView>, ledger: Option<&LedgerView>, clocks: Clocks, settle_ms: i64) -> Option<Status> {
+    let overdue = |clock: Option<i64>, first: i64| clock.is_some_and(|c| c > first.saturating_add(settle_ms));
     Some(match (provider.map(|p| &p.latest), ledger.map(|l| &l.latest)) {
         (Some(p), Some(l)) if p.currency != l.currency => Status::CurrencyMismatch,
         (Some(p), Some(l)) if p.amount != l.amount => Status::AmountMismatch,
         (Some(p), Some(l)) if p.status != l.status => Status::StatusMismatch,
         (Some(_), Some(_)) => Status::Matched,
-        (Some(_), None) if overdue(provider.map_or(0, |p| p.first_ms)) => Status::MissingInLedger,
-        (None, Some(_)) if overdue(ledger.map_or(0, |l| l.first_ms)) => Status::MissingAtProvider,
+        (Some(_), None) if overdue(clocks.ledger, provider.map_or(0, |p| p.first_ms)) => Status::MissingInLedger,
+        (None, Some(_)) if overdue(clocks.provider, ledger.map_or(0, |l| l.first_ms)) => Status::MissingAtProvider,
         (Some(_), None) | (None, Some(_)) => Status::Pending,
         (None, None) => return None,
     })
 }
 
 /// The row of a payment (see [`status_of`]).
-pub fn reconciled(payment_id: &str, pairing: &Pairing, clock_ms: Option<i64>, settle_ms: i64) -> Option<Reconciled> {
-    let status = status_of(pairing.provider.as_ref(), pairing.ledger.as_ref(), clock_ms, settle_ms)?;
+pub fn reconciled(payment_id: &str, pairing: &Pairing, clocks: Clocks, settle_ms: i64) -> Option<Reconciled> {
+    let status = status_of(pairing.provider.as_ref(), pairing.ledger.as_ref(), clocks, settle_ms)?;
     let since_ms = match (&pairing.provider, &pairing.ledger) {
         (Some(p), None) => Some(p.first_ms),
         (None, Some(l)) => Some(l.first_ms),
@@ -305,27 +334,31 @@ fn hash_of(key: &str) -> u64 {
 
 /// The reconciliation of `provider` events against `ledger` versions (both insert-only
 /// collections), as a collection of [`Reconciled`] rows: one per payment, changing as input
-/// arrives and as the clock passes settle times.
+/// arrives and as the clocks pass settle times.
 pub fn reconcile<'scope>(
     provider: VecCollection<'scope, Epoch, ProviderEvent>,
     ledger: VecCollection<'scope, Epoch, LedgerVersion>,
     settle_ms: i64,
 ) -> VecCollection<'scope, Epoch, Reconciled> {
-    // The clock: each worker's largest event time per batch, to every worker.
-    let times = provider.clone().inner.map(|(e, t, _)| (t, e.time_ms)).concat(ledger.clone().inner.flat_map(|(v, t, _)| v.row.map(|r| (t, r.time_ms))));
+    // The clocks: each worker's largest event time per side and batch, to every worker.
+    let times = provider
+        .clone()
+        .inner
+        .map(|(e, t, _)| (t, PROVIDER, e.time_ms))
+        .concat(ledger.clone().inner.flat_map(|(v, t, _)| v.row.map(|r| (t, LEDGER, r.time_ms))));
     let clock = times
-        .unary_frontier::<CapacityContainerBuilder<Vec<(Epoch, i64)>>, _, _, _>(Pipeline, "ReconcileClock", |cap, _| {
+        .unary_frontier::<CapacityContainerBuilder<Vec<ClockTick>>, _, _, _>(Pipeline, "ReconcileClock", |cap, _| {
             let mut held = HeldCapabilities::new(vec![cap]);
             move |(input, frontier), output| {
-                let mut max: BTreeMap<Epoch, i64> = BTreeMap::new();
+                let mut max: BTreeMap<(Epoch, usize), i64> = BTreeMap::new();
                 input.for_each_stamp(|_, data| {
-                    for (epoch, time) in data.flat_map(|d| d.drain(..)) {
-                        let slot = max.entry(epoch).or_insert(time);
+                    for (epoch, side, time) in data.flat_map(|d| d.drain(..)) {
+                        let slot = max.entry((epoch, side)).or_insert(time);
                         *slot = (*slot).max(time);
                     }
                 });
-                for (epoch, time) in max {
-                    output.session(&held.at(0, epoch)).give((epoch, time));
+                for ((epoch, side), time) in max {
+                    output.session(&held.at(0, epoch)).give((epoch, side, time));
                 }
                 held.downgrade(frontier.frontier().first().copied());
             }
@@ -352,14 +385,17 @@ pub fn reconcile<'scope>(
 
 type PairingUpdate = ((String, Pairing), Epoch, isize);
 
-/// An epoch's pairing changes (payment, pairing, diff) and its largest event time.
-type EpochInput = (Vec<(String, Pairing, isize)>, Option<i64>);
+/// (epoch, side, the side's largest event time in that epoch on one worker).
+type ClockTick = (Epoch, usize, i64);
 
-/// Per payment: the row for its current pairing and the clock; re-evaluated when the pairing
-/// changes and when the clock passes a one-sided payment's settle time.
+/// An epoch's pairing changes (payment, pairing, diff) and each side's largest event time.
+type EpochInput = (Vec<(String, Pairing, isize)>, [Option<i64>; 2]);
+
+/// Per payment: the row for its current pairing and the clocks; re-evaluated when the pairing
+/// changes and when the other side's clock passes a one-sided payment's settle time.
 fn settle<'scope>(
     pairs: Stream<'scope, Epoch, Vec<PairingUpdate>>,
-    clock: Stream<'scope, Epoch, Vec<(Epoch, i64)>>,
+    clock: Stream<'scope, Epoch, Vec<ClockTick>>,
     settle_ms: i64,
 ) -> Stream<'scope, Epoch, Vec<(Reconciled, Epoch, isize)>> {
     let exchange = Exchange::new(|((payment, _), _, _): &PairingUpdate| hash_of(payment));
@@ -373,9 +409,10 @@ fn settle<'scope>(
             let mut pending: BTreeMap<Epoch, EpochInput> = BTreeMap::new();
             let mut pairings: HashMap<String, Pairing> = HashMap::new();
             let mut rows: HashMap<String, Reconciled> = HashMap::new();
-            // One-sided payments not yet overdue, by the time after which they are.
-            let mut deadlines: BTreeSet<(i64, String)> = BTreeSet::new();
-            let mut clock_ms: Option<i64> = None;
+            // One-sided payments not yet overdue, by the other side's clock time after which
+            // they are: [waiting on the provider's clock, on the ledger's].
+            let mut deadlines: [BTreeSet<(i64, String)>; 2] = Default::default();
+            let mut clocks = Clocks::default();
             move |(pairs_in, pairs_frontier), (clock_in, clock_frontier), output| {
                 // By the time in the data: a container's stamp may be earlier.
                 pairs_in.for_each_stamp(|_, data| {
@@ -384,8 +421,8 @@ fn settle<'scope>(
                     }
                 });
                 clock_in.for_each_stamp(|_, data| {
-                    for (epoch, max) in data.flat_map(|d| d.drain(..)) {
-                        let slot = &mut pending.entry(epoch).or_default().1;
+                    for (epoch, side, max) in data.flat_map(|d| d.drain(..)) {
+                        let slot = &mut pending.entry(epoch).or_default().1[side];
                         *slot = Some(slot.map_or(max, |s: i64| s.max(max)));
                     }
                 });
@@ -399,8 +436,10 @@ fn settle<'scope>(
                         break;
                     }
                     let (mut changes, max) = entry.remove();
-                    if let Some(max) = max {
-                        clock_ms = Some(clock_ms.map_or(max, |c| c.max(max)));
+                    for (side, m) in max.into_iter().enumerate() {
+                        if let Some(m) = m {
+                            clocks.advance(side, m);
+                        }
                     }
                     // Retractions before insertions, so that a payment's new pairing wins.
                     changes.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
@@ -415,30 +454,24 @@ fn settle<'scope>(
                         }
                         touched.insert(payment);
                     }
-                    // Payments whose settle time the clock has passed.
-                    if let Some(c) = clock_ms {
-                        while let Some(first) = deadlines.first() {
-                            if first.0 >= c {
-                                break;
-                            }
-                            let (_, payment) = deadlines.pop_first().expect("invariant: not empty");
+                    // Payments whose settle time the other side's clock has passed.
+                    for (side, waiting) in deadlines.iter_mut().enumerate() {
+                        let Some(c) = clocks.get(side) else { continue };
+                        while waiting.first().is_some_and(|first| first.0 < c) {
+                            let (_, payment) = waiting.pop_first().expect("invariant: not empty");
                             touched.insert(payment);
                         }
                     }
                     let at = cap.as_ref().expect("invariant: held until the inputs end").delayed(&epoch);
                     let mut session = output.session(&at);
                     for payment in touched {
-                        let new = pairings.get(&payment).and_then(|p| reconciled(&payment, p, clock_ms, settle_ms));
-                        if let Some(old) = rows.get(&payment) {
-                            if let Some(deadline) = deadline_of(old, settle_ms) {
-                                deadlines.remove(&(deadline, payment.clone()));
-                            }
+                        let new = pairings.get(&payment).and_then(|p| reconciled(&payment, p, clocks, settle_ms));
+                        if let Some((side, deadline)) = rows.get(&payment).and_then(|old| deadline_of(old, settle_ms)) {
+                            deadlines[side].remove(&(deadline, payment.clone()));
                         }
-                        if let Some(row) = &new {
-                            if row.status == Status::Pending {
-                                let deadline = deadline_of(row, settle_ms).expect("invariant: a pending row is one-sided");
-                                deadlines.insert((deadline, payment.clone()));
-                            }
+                        if let Some(row) = new.as_ref().filter(|r| r.status == Status::Pending) {
+                            let (side, deadline) = deadline_of(row, settle_ms).expect("invariant: a pending row is one-sided");
+                            deadlines[side].insert((deadline, payment.clone()));
                         }
                         let old = match &new {
                             Some(row) => rows.insert(payment.clone(), row.clone()),
@@ -464,9 +497,10 @@ fn settle<'scope>(
     )
 }
 
-/// The clock value after which a pending row is overdue.
-fn deadline_of(row: &Reconciled, settle_ms: i64) -> Option<i64> {
-    row.since_ms.map(|s| s.saturating_add(settle_ms))
+/// The clock (the other side's) and its value after which a one-sided row is overdue.
+fn deadline_of(row: &Reconciled, settle_ms: i64) -> Option<(usize, i64)> {
+    let side = if row.provider.is_some() { LEDGER } else { PROVIDER };
+    row.since_ms.map(|s| (side, s.saturating_add(settle_ms)))
 }
 
 /// Totals of the reconciliation after an epoch.
@@ -706,6 +740,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lagging_side_declares_nothing_missing_until_it_catches_up() {
+        let (changes, _) = run(
+            vec![
+                // The provider's stream runs 100 s ahead; the ledger's is at 0.
+                (vec![charge("p1", "evt_1", 0, 100, "succeeded"), charge("p2", "evt_2", 100_000, 100, "succeeded")], vec![row("p0", 1, 0, 5, "succeeded")]),
+                // The ledger catches up to 50 s: p1 (first seen at 0) is now missing from it.
+                (vec![], vec![row("p2", 2, 50_000, 100, "succeeded")]),
+            ],
+            10_000,
+        );
+        assert_eq!(
+            changes,
+            vec![
+                // p0 is missing at the provider at once: the provider's clock is far ahead.
+                c(1, 1, "p0", "missing_at_provider"),
+                c(1, 1, "p1", "pending"),
+                c(1, 1, "p2", "pending"),
+                c(2, -1, "p1", "pending"),
+                c(2, -1, "p2", "pending"),
+                c(2, 1, "p1", "missing_in_ledger"),
+                c(2, 1, "p2", "matched"),
+            ]
+        );
+    }
+
+    #[test]
     fn currency_and_status_mismatches_are_told_apart() {
         let mut eur = charge("p1", "evt_1", 1_000, 1000, "succeeded");
         eur.currency = "EUR".into();
@@ -721,7 +781,9 @@ mod tests {
 
     /// From scratch, with nothing of the incremental code: the rows after all input so far.
     fn recompute(provider: &[ProviderEvent], ledger: &[LedgerVersion], settle_ms: i64) -> BTreeMap<String, (Status, Option<i64>, Option<i64>)> {
-        let clock = provider.iter().map(|e| e.time_ms).chain(ledger.iter().filter_map(|v| v.row.as_ref().map(|r| r.time_ms))).max();
+        let provider_clock = provider.iter().map(|e| e.time_ms).max();
+        let ledger_clock = ledger.iter().filter_map(|v| v.row.as_ref().map(|r| r.time_ms)).max();
+        let overdue = |clock: Option<i64>, first: Option<i64>| clock.is_some_and(|c| c - first.unwrap() > settle_ms);
         let ids: BTreeSet<&String> = provider.iter().map(|e| &e.payment_id).chain(ledger.iter().map(|v| &v.payment_id)).collect();
         let mut out = BTreeMap::new();
         for id in ids {
@@ -745,14 +807,14 @@ mod tests {
                     }
                 }
                 (Some(_), None) => {
-                    if clock.unwrap() - p_first.unwrap() > settle_ms {
+                    if overdue(ledger_clock, p_first) {
                         Status::MissingInLedger
                     } else {
                         Status::Pending
                     }
                 }
                 (None, Some(_)) => {
-                    if clock.unwrap() - l_first.unwrap() > settle_ms {
+                    if overdue(provider_clock, l_first) {
                         Status::MissingAtProvider
                     } else {
                         Status::Pending
