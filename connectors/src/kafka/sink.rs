@@ -347,7 +347,9 @@ fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u
             headers = headers.insert(Header { key: header, value: Some(value.as_bytes()) });
         }
     }
-    (text("entity").map(String::into_bytes), line.to_vec(), headers)
+    // The message key: the entity, or the payment of a reconciliation changelog line (so that
+    // a payment's changes stay in order on one partition).
+    (text("entity").or_else(|| text("payment_id")).map(String::into_bytes), line.to_vec(), headers)
 }
 
 /// A producer with the sink's settings; in exactly-once mode with its transactions initialised
