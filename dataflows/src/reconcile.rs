@@ -335,7 +335,6 @@ type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, &str)
 ///
 /// # Errors
 /// The configuration, or the state.
-#[allow(clippy::too_many_arguments)]
 pub fn build<'scope>(
     items: Stream<'scope, Epoch, Vec<SourceItem>>,
     config: &ReconcileConfig,
