@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_operators::{Epoch, Metrics, Origin, PartitionMark, RawRecord, RecordMeta, SourceItem};
+use sluice_state::protocol::failpoint;
 use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
@@ -254,6 +255,7 @@ pub fn build<'scope>(
                     };
                     if !buffer.is_empty() {
                         p.last_record = Instant::now();
+                        failpoint("source.read");
                     }
                     p.in_epoch += buffer.len();
                     metrics.add_partition_records(p.index, buffer.len() as u64);

@@ -143,6 +143,10 @@ pub struct PipelineConfig {
     /// RocksDB block cache, in MiB.
     #[serde(default = "default_state_cache_mb")]
     pub state_cache_mb: usize,
+    /// Commits wait (loudly) while the state directory's disk has less free space than this,
+    /// in MiB, and go on once there is; webhooks are answered 503 meanwhile.
+    #[serde(default = "default_state_min_free_mb")]
+    pub state_min_free_mb: u64,
     /// Entities whose decoded feature state is cached in memory, per worker.
     #[serde(default = "default_feature_cache_entities")]
     pub feature_cache_entities: usize,
@@ -198,6 +202,10 @@ fn default_epoch_ms() -> u64 {
 fn default_max_inflight_epochs() -> u64 {
     4
 }
+fn default_state_min_free_mb() -> u64 {
+    128
+}
+
 fn default_state_cache_mb() -> usize {
     64
 }

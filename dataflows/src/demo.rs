@@ -141,6 +141,7 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         epoch_ms: 100,
         max_inflight_epochs: 4,
         state_cache_mb: 64,
+        state_min_free_mb: 128,
         feature_cache_entities: 200_000,
         event: payment_schema(),
         sources: vec![SourceConfig::Generator(generator)],

@@ -14,9 +14,11 @@
 //! | `reference.rs` | `sluice drift reference`: drift reference files from samples |
 //! | `serve.rs` | feature serving: `/v1/features/{entity}`, `/v1/features:batch` from committed snapshots |
 //! | `server.rs` | the HTTP server (axum): `/metrics`, `/healthz` |
+//! | `checkpoint.rs` | `sluice checkpoint list\|inspect` and the restart report: what a state directory holds |
 //! | `demo.rs` | `sluice demo`: the embedded default pipeline and its progress display |
 //! | `main.rs` | the command line |
 
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod monitor;

@@ -122,8 +122,58 @@ enum Command {
         #[command(subcommand)]
         command: DriftCommand,
     },
+    /// What a pipeline's state directory holds (works beside a running pipeline).
+    Checkpoint {
+        #[command(subcommand)]
+        command: CheckpointCommand,
+    },
     /// List the connectors.
     Connectors,
+}
+
+/// Which state directory: a pipeline file's `state_dir`, or a directory.
+#[derive(Debug, clap::Args)]
+struct StateTarget {
+    /// The pipeline file (TOML) whose state to read.
+    #[arg(required_unless_present = "state", conflicts_with = "state")]
+    pipeline: Option<PathBuf>,
+    /// The state directory itself.
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+}
+
+impl StateTarget {
+    fn dir(&self) -> Result<PathBuf> {
+        match (&self.pipeline, &self.state) {
+            (_, Some(dir)) => Ok(dir.clone()),
+            (Some(p), None) => Ok(PipelineConfig::load(p).context("invalid pipeline")?.state_dir),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
+
+    fn inspect(&self) -> Result<sluice::checkpoint::Inspection> {
+        let dir = self.dir()?;
+        let reader = sluice_state::StateReader::follow(&dir).with_context(|| format!("cannot read the state in {}", dir.display()))?;
+        sluice::checkpoint::inspect(&reader, &dir).with_context(|| format!("cannot read the state in {}", dir.display()))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// One line per committed state: its epoch, when, and the positions a run resumes from.
+    List {
+        #[command(flatten)]
+        target: StateTarget,
+    },
+    /// Everything the committed state holds: epoch, source positions, file sink lengths,
+    /// undelivered Kafka outbox epochs, tables and their sizes.
+    Inspect {
+        #[command(flatten)]
+        target: StateTarget,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +459,18 @@ fn main() -> Result<()> {
                 .map(|(c, s)| format!("{c}: {}", s.count()))
                 .collect();
             println!("{}: reference of {} ({skipped} lines skipped)", out.display(), counts.join(", "));
+        }
+        Command::Checkpoint { command: CheckpointCommand::List { target } } => {
+            let i = target.inspect()?;
+            println!("{}  {}", i.path.display(), i.summary());
+        }
+        Command::Checkpoint { command: CheckpointCommand::Inspect { target, json } } => {
+            let i = target.inspect()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&i.json())?);
+            } else {
+                print!("{}", i.text());
+            }
         }
         Command::Connectors => {
             for c in sluice_connectors::registry() {

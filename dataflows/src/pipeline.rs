@@ -194,9 +194,15 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         None => None,
     };
     let nice = config.server.as_ref().map_or(0, |s| s.dataflow_nice);
-    let options = StateOptions { cache_bytes: config.state_cache_mb << 20, background_nice: nice, ..StateOptions::default() };
+    let options = StateOptions {
+        cache_bytes: config.state_cache_mb << 20,
+        background_nice: nice,
+        min_free_bytes: config.state_min_free_mb << 20,
+        ..StateOptions::default()
+    };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;
     let resumed_at_epoch = store.resume_epoch();
+    let opened_in = started.elapsed();
     // Kafka sinks deliver from the outbox on their own threads, from the first committed
     // epoch they have not delivered.
     let mut deliveries = Vec::new();
@@ -215,7 +221,11 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         if let sluice_connectors::SourceConfig::Webhook(w) = s {
             let dir = w.log_dir.as_deref().expect("invariant: set above");
             let log = sluice_connectors::webhook::WebhookLog::open(dir).map_err(|e| RunError::Connector(format!("source `{}`: {e}", w.name)))?;
-            let server = sluice_connectors::webhook::WebhookServer::start(w, log, Arc::clone(&control.metrics))
+            let gate: sluice_connectors::webhook::Gate = {
+                let store = Arc::clone(&store);
+                Arc::new(move || store.commit_stalled())
+            };
+            let server = sluice_connectors::webhook::WebhookServer::start(w, log, Arc::clone(&control.metrics), gate)
                 .map_err(|e| RunError::Connector(format!("source `{}`: {e}", w.name)))?;
             control.webhook_addrs.lock().expect("invariant: not poisoned").insert(w.name.clone(), server.addr());
             webhook_servers.push(server);
@@ -240,7 +250,15 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         }
     }
     if resumed_at_epoch > 0 {
-        tracing::info!(epoch = resumed_at_epoch, state = %config.state_dir.display(), "resuming from committed state");
+        // The restart report: what was recovered, and how long opening the state took.
+        let recovered = crate::checkpoint::inspect(&sluice_state::StateReader::new(Arc::clone(&store)), &config.state_dir)?;
+        tracing::info!(
+            epoch = resumed_at_epoch - 1,
+            state = %config.state_dir.display(),
+            open_ms = opened_in.as_millis() as u64,
+            "recovered {}",
+            recovered.summary()
+        );
     }
 
     let mut names = Vec::new();
@@ -381,6 +399,9 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
             if index == 0 {
                 let resume = worker_store.resume_epoch();
                 if resume != seen_resume {
+                    if seen_resume == resumed_at_epoch && resumed_at_epoch > 0 {
+                        tracing::info!(epoch = resume - 1, ms = started.elapsed().as_millis() as u64, "first commit after recovery");
+                    }
                     seen_resume = resume;
                     let now = sluice_operators::event::now_us();
                     metrics.last_commit_ms.store(now / 1000, Ordering::Relaxed);

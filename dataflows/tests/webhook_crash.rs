@@ -1,36 +1,14 @@
 //! kill -9 of `sluice run` right after a batch of webhooks was answered 2xx: after a restart,
 //! every acknowledged webhook is in the output, none twice.
 
-use std::io::{Read, Write};
+mod common;
+
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use hmac::{Hmac, Mac};
-
-const KEY: &[u8] = b"sluice-webhook-test-key";
-
-fn sign(id: &str, ts: i64, body: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(KEY).unwrap();
-    mac.update(format!("{id}.{ts}.{body}").as_bytes());
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-fn post(addr: SocketAddr, id: &str, body: &str) -> Option<u16> {
-    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "POST /webhooks/psp HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\nwebhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {}\r\n\r\n{body}",
-        body.len(),
-        sign(id, ts, body)
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split(' ').nth(1).and_then(|c| c.parse().ok())
-}
+use common::{post, KEY};
 
 #[test]
 fn every_acknowledged_webhook_survives_a_kill_9_once() {
@@ -131,5 +109,7 @@ path = "features.jsonl"
     ids.sort();
     let mut want = acknowledged.clone();
     want.sort();
+    let (duplicates, lost) = common::diff_counts(&ids, &want);
+    common::Report { scenario: "webhook-acks".into(), kills: 3, events: want.len(), duplicates, lost, recoveries: Vec::new() }.print();
     assert_eq!(ids, want, "every acknowledged webhook once");
 }

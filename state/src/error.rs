@@ -15,6 +15,18 @@ pub enum StateError {
         #[source]
         source: rocksdb::Error,
     },
+    /// RocksDB found the state directory corrupt (a truncated or damaged table file, a missing
+    /// file, a checksum mismatch). Nothing is read from it: resuming from a damaged state could
+    /// produce wrong output.
+    #[error(
+        "the state directory {path} is corrupt ({detail}); sluice will not resume from it. Restore the directory from a backup, or move it aside and run again: a run without state reads its sources from the beginning and rewrites its file sinks"
+    )]
+    Corrupt {
+        /// The state directory.
+        path: PathBuf,
+        /// What RocksDB reported.
+        detail: String,
+    },
     /// A stored value could not be decoded by its table's codec: the state directory was
     /// written by an incompatible version, or is corrupt.
     #[error("table `{table}`: cannot decode stored value: {reason}")]
@@ -44,6 +56,9 @@ pub enum StateError {
 
 impl StateError {
     pub(crate) fn rocks(path: &std::path::Path, source: rocksdb::Error) -> Self {
+        if source.kind() == rocksdb::ErrorKind::Corruption {
+            return StateError::Corrupt { path: path.to_path_buf(), detail: source.into_string() };
+        }
         StateError::Rocks { path: path.to_path_buf(), source }
     }
 }

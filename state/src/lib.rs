@@ -16,6 +16,7 @@
 //! | `store.rs` | [`StateStore`]: the RocksDB instance, its options, and the commit of epochs |
 //! | `worker.rs` | [`WorkerState`]: one worker's staged, not yet committed changes, read through |
 //! | `snapshot.rs` | [`StateReader`] and [`Snapshot`]: consistent reads from any thread |
+//! | `protocol.rs` | the epoch commit protocol: its named steps, crash outcomes, failpoints |
 //!
 //! # How the pieces relate
 //!
@@ -41,11 +42,12 @@ mod worker;
 
 pub use codec::{BytesCodec, Codec, F64Codec, I64Codec, JsonCodec, U64Codec};
 pub use error::StateError;
-pub use snapshot::{Snapshot, StateReader, View, FOLLOW_INTERVAL};
+pub use snapshot::{Snapshot, StateReader, TableInfo, View, FOLLOW_INTERVAL};
 pub use store::{CommitInfo, StateOptions, StateStore};
 pub use table::{ttl_stamp, Table, TableSpec};
 pub use worker::WorkerState;
 
+pub mod protocol;
 pub mod sched;
 
 /// A timely epoch number: the unit of commit.

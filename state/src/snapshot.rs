@@ -208,6 +208,41 @@ impl View {
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot { db: &self.instance.db, path: &self.instance.path, snapshot: self.instance.db.snapshot() }
     }
+
+    /// Every table the state holds (declared by this run or not), with RocksDB's estimates of
+    /// its size.
+    ///
+    /// # Errors
+    /// RocksDB errors listing the tables.
+    pub fn tables(&self) -> Result<Vec<TableInfo>, StateError> {
+        let (db, path) = (&self.instance.db, &self.instance.path);
+        let names = DB::list_cf(&Options::default(), path).map_err(|e| StateError::rocks(path, e))?;
+        let mut out = Vec::new();
+        for name in names.into_iter().filter(|n| n != "default" && n != META_CF) {
+            let Some(cf) = db.cf_handle(&name) else { continue };
+            let int = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+            out.push(TableInfo {
+                keys: int("rocksdb.estimate-num-keys"),
+                sst_bytes: int("rocksdb.total-sst-files-size"),
+                memtable_bytes: int("rocksdb.cur-size-all-mem-tables"),
+                name,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A table and RocksDB's estimates of its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The table (column family) name.
+    pub name: String,
+    /// Estimated number of keys (deleted ones may still count until compacted).
+    pub keys: u64,
+    /// Bytes in SST files.
+    pub sst_bytes: u64,
+    /// Bytes in memtables (not yet flushed; in the WAL).
+    pub memtable_bytes: u64,
 }
 
 /// A consistent view of the committed state.
@@ -262,6 +297,16 @@ impl Snapshot<'_> {
     /// RocksDB read errors.
     pub fn resume_epoch(&self) -> Result<Epoch, StateError> {
         self.meta::<U64Codec>(KEY_RESUME_EPOCH).map(|e| e.unwrap_or(0))
+    }
+
+    /// The layout tag the directory was written with (`sluice-state/1`).
+    ///
+    /// # Errors
+    /// RocksDB read errors.
+    pub fn layout(&self) -> Result<Option<String>, StateError> {
+        let meta = self.db.cf_handle(META_CF).expect("invariant: meta is open");
+        let raw = self.snapshot.get_cf(meta, KEY_LAYOUT).map_err(|e| StateError::rocks(self.path, e))?;
+        Ok(raw.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     /// The wall time (ms since the Unix epoch) of the commit in view; `None` before the first.

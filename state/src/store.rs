@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -12,6 +12,7 @@ use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::codec::{Codec, U64Codec};
+use crate::protocol::failpoint;
 use crate::table::{ttl_stamp, Table, TableSpec};
 use crate::worker::{Stage, WorkerState};
 use crate::{Epoch, StateError};
@@ -38,11 +39,15 @@ pub struct StateOptions {
     /// process). A positive level lets latency-sensitive threads (the feature server) preempt
     /// the write path on a loaded machine.
     pub background_nice: i32,
+    /// Commits wait while the state directory's file system has less free space than this
+    /// (RocksDB needs room to flush and compact; a write that fails for want of space would
+    /// stop the database). Logged loudly; [`StateStore::commit_stalled`] says why.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StateOptions {
     fn default() -> Self {
-        StateOptions { cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, sync_commits: true, background_nice: 0 }
+        StateOptions { cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, sync_commits: true, background_nice: 0, min_free_bytes: 128 << 20 }
     }
 }
 
@@ -87,6 +92,11 @@ struct Writer {
     /// (batches written, the first failure, the last commit's figures).
     done: Mutex<(u64, Option<String>, Option<CommitInfo>)>,
     written: Condvar,
+    min_free_bytes: u64,
+    /// Why commits are waiting (the disk is full), while they are.
+    stalled: Mutex<Option<String>>,
+    /// Set when the store closes: a commit waiting for space gives up.
+    closing: AtomicBool,
 }
 
 /// The state of one pipeline process: one RocksDB instance, one column family per table.
@@ -105,6 +115,7 @@ pub struct StateStore {
 
 impl Drop for StateStore {
     fn drop(&mut self) {
+        self.writer.closing.store(true, Ordering::Release);
         if let Ok(mut queue) = self.queue.lock() {
             queue.sender = None;
         }
@@ -237,6 +248,9 @@ impl StateStore {
             resume_epoch: AtomicU64::new(resume_epoch),
             done: Mutex::new((0, None, None)),
             written: Condvar::new(),
+            min_free_bytes: options.min_free_bytes,
+            stalled: Mutex::new(None),
+            closing: AtomicBool::new(false),
         });
         let (sender, receiver) = sync_channel::<Job>(WRITER_QUEUE_BATCHES);
         let thread = std::thread::Builder::new()
@@ -352,6 +366,12 @@ impl StateStore {
         self.db.delete_range_cf(cf, from, to).map_err(|e| StateError::rocks(&self.path, e))
     }
 
+    /// Why commits are waiting, while they are (the state's disk is too full); `None` when
+    /// they flow. Sources that acknowledge to senders (webhooks) refuse new data meanwhile.
+    pub fn commit_stalled(&self) -> Option<String> {
+        self.writer.stalled.lock().expect("invariant: not poisoned").clone()
+    }
+
     /// The last commit's figures, if any commit was written by this process.
     pub fn last_commit(&self) -> Option<CommitInfo> {
         self.writer.done.lock().expect("invariant: writer lock not poisoned").2.clone()
@@ -398,6 +418,46 @@ impl StateStore {
 }
 
 impl Writer {
+    /// Waits while the state's file system has less than `min_free_bytes` free: the batch
+    /// stays in memory, the workers block handing in more (the sources stop reading), and the
+    /// commit goes ahead once space is free. Gives up only when the store closes.
+    fn wait_for_space(&self) -> Result<(), StateError> {
+        let mut since: Option<Instant> = None;
+        loop {
+            let free = free_bytes(&self.path);
+            match free {
+                Some(free) if free < self.min_free_bytes => {
+                    if since.is_none() {
+                        let reason = format!(
+                            "the state directory {} has {} MiB free, less than the {} MiB kept free (state_min_free_mb)",
+                            self.path.display(),
+                            free >> 20,
+                            self.min_free_bytes >> 20
+                        );
+                        tracing::error!(
+                            "DISK FULL: {reason}; commits are stopped, nothing new is acknowledged (webhooks get 503), committed data is safe; sluice goes on by itself once space is freed"
+                        );
+                        *self.stalled.lock().expect("invariant: not poisoned") = Some(reason);
+                        since = Some(Instant::now());
+                    }
+                    if self.closing.load(Ordering::Acquire) {
+                        return Err(StateError::CommitFailed(
+                            "stopped while waiting for disk space; the epoch is not committed and is produced again by the next run".into(),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                _ => {
+                    if let Some(since) = since {
+                        *self.stalled.lock().expect("invariant: not poisoned") = None;
+                        tracing::warn!(waited_ms = since.elapsed().as_millis() as u64, "disk space is back; commits resume");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     fn cf(&self, index: usize) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(&self.names[index]).expect("invariant: declared tables are open")
     }
@@ -444,10 +504,30 @@ impl Writer {
         batch.put_cf(meta, KEY_COMMITTED_AT_MS, bytes);
         let mut wo = WriteOptions::default();
         wo.set_sync(self.sync_commits);
+        self.wait_for_space()?;
+        failpoint("commit.batch");
         self.db.write_opt(batch, &wo).map_err(|e| StateError::rocks(&self.path, e))?;
+        failpoint("commit.synced");
         self.resume_epoch.store(resume, Ordering::Release);
         Ok(CommitInfo { resume_epoch: resume, changes, duration: started.elapsed() })
     }
+}
+
+/// Bytes available to this process on the file system holding `path` (`None`: unknown).
+#[allow(unsafe_code)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a NUL-terminated string and `stat` points to writable memory of the
+    // struct's size; statvfs writes only there.
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if result != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 #[cfg(test)]

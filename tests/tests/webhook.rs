@@ -242,7 +242,9 @@ fn a_pipeline_too_far_behind_answers_429_with_retry_after() {
     let config: sluice_connectors::webhook::WebhookSourceConfig =
         toml::from_str(&format!("name = \"psp\"\nlisten = \"127.0.0.1:0\"\nscheme = \"standard\"\nsecrets = [\"{SECRET}\"]\nbacklog_max = 2\n")).unwrap();
     let log = sluice_connectors::webhook::WebhookLog::open(dir.path()).unwrap();
-    let server = sluice_connectors::webhook::WebhookServer::start(&config, std::sync::Arc::clone(&log), std::sync::Arc::default()).unwrap();
+    let server =
+        sluice_connectors::webhook::WebhookServer::start(&config, std::sync::Arc::clone(&log), std::sync::Arc::default(), std::sync::Arc::new(|| None))
+            .unwrap();
     let now = now_s();
     let send = |id: &str| {
         let body = format!(r#"{{"id":"{id}","customer":"c1","created_ms":1790000000000,"amount":1}}"#);

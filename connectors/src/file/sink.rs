@@ -18,6 +18,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use sluice_operators::epoch::HeldCapabilities;
 use sluice_operators::{Epoch, Origin};
+use sluice_state::protocol::failpoint;
 use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -123,10 +124,13 @@ pub fn file_sink<'scope>(
                 wrote = true;
             }
             if wrote {
-                let synced = out.file.flush().and_then(|()| out.file.get_ref().sync_data());
+                let flushed = out.file.flush();
+                failpoint("sink.file.written");
+                let synced = flushed.and_then(|()| out.file.get_ref().sync_data());
                 if let Err(e) = synced {
                     panic!("file sink {}: cannot sync: {e}; the epoch is not committed and will be produced again after a restart", out.path.display());
                 }
+                failpoint("sink.file.synced");
             }
             held.downgrade(frontier);
         }

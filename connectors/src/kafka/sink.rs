@@ -43,6 +43,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_operators::epoch::HeldCapabilities;
 use sluice_operators::Epoch;
+use sluice_state::protocol::failpoint;
 use sluice_state::{BytesCodec, StateReader, StateStore, Table, TableSpec, WorkerState};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -423,9 +424,12 @@ impl Deliverer {
         // Every record acknowledged before the progress record says the epoch is out.
         self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
         self.check(before)?;
+        failpoint("sink.kafka.produced");
         self.send_progress(epoch, lines.len())?;
         self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("the progress record was not acknowledged", &self.config, &e))?;
-        self.check(before)
+        self.check(before)?;
+        failpoint("sink.kafka.progress");
+        Ok(())
     }
 
     fn send_lines(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
@@ -450,6 +454,7 @@ impl Deliverer {
         let before = self.producer.context().failures.load(Ordering::Relaxed);
         self.send_lines(epoch, lines)?;
         self.send_progress(epoch, lines.len())?;
+        failpoint("sink.kafka.produced");
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(|e| {
             DeliveryError::from_kafka(
                 "cannot commit the epoch's transaction (a broker without transactions needs `delivery = \"at_least_once\"`)",
@@ -457,7 +462,9 @@ impl Deliverer {
                 &e,
             )
         })?;
-        self.check(before)
+        self.check(before)?;
+        failpoint("sink.kafka.progress");
+        Ok(())
     }
 
     fn check(&self, before: u64) -> Result<(), DeliveryError> {
@@ -572,6 +579,7 @@ fn delivery_loop(d: &mut Deliverer, store: &Arc<StateStore>, state: &DeliverySta
         }
         if let Some(last) = epochs.keys().last() {
             store.discard_range(&table, &outbox_key(sink, 0, 0), &outbox_key(sink, last + 1, 0)).map_err(|e| e.to_string())?;
+            failpoint("sink.kafka.discarded");
         }
         state.queue_depth.store(i64::from(d.producer.in_flight_count()), Ordering::Relaxed);
         if finishing && epochs.is_empty() {
@@ -635,6 +643,7 @@ pub fn kafka_sink<'scope>(
                 for (seq, line) in lines.into_iter().enumerate() {
                     state.put_blind(epoch, &table, &outbox_key(&sink, epoch, seq as u32), line.bytes);
                 }
+                failpoint("sink.kafka.staged");
             }
             held.downgrade(through);
         }

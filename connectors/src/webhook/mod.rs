@@ -8,7 +8,7 @@ pub mod server;
 pub mod signature;
 
 pub use config::WebhookSourceConfig;
-pub use server::WebhookServer;
+pub use server::{Gate, WebhookServer};
 
 pub use log::{Appended, WebhookLog, WebhookReader};
 pub use signature::{Rejection, Scheme, Verifier};

@@ -27,7 +27,12 @@ use super::log::{Appended, WebhookLog};
 use super::signature::Verifier;
 use crate::ConnectorError;
 
+/// Says why the pipeline cannot take data now (its state disk is full), or `None`: while it
+/// says so, webhooks are answered 503 with Retry-After and nothing is logged.
+pub type Gate = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 struct Shared {
+    gate: Gate,
     name: String,
     verifier: Verifier,
     log: Arc<WebhookLog>,
@@ -60,6 +65,11 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::b
     let Ok(_slot) = s.slots.try_acquire() else {
         return s.answer(StatusCode::SERVICE_UNAVAILABLE, "too_many_requests_at_once", "too many requests at once; retry");
     };
+    if let Some(reason) = (s.gate)() {
+        s.count("unavailable");
+        let body = serde_json::json!({ "status": "unavailable", "message": format!("not accepting webhooks: {reason}; retry") }).to_string();
+        return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/json"), ("retry-after", "5")], body).into_response();
+    }
     // A slow client's body is given `body_timeout` (it holds a slot meanwhile).
     let body = match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, s.body_bytes_max)).await {
         Ok(Ok(b)) => b,
@@ -92,7 +102,14 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::b
         return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "{\"status\":\"backpressure\"}").into_response();
     }
     let log = Arc::clone(&s.log);
-    let appended = tokio::task::spawn_blocking(move || log.append(&id, &body, now)).await;
+    let appended = tokio::task::spawn_blocking(move || {
+        let appended = log.append(&id, &body, now);
+        if appended.is_ok() {
+            sluice_state::protocol::failpoint("webhook.logged");
+        }
+        appended
+    })
+    .await;
     match appended {
         Ok(Ok(Appended::New(offset))) => {
             s.count("accepted");
@@ -134,7 +151,7 @@ impl WebhookServer {
     ///
     /// # Errors
     /// A bad config, or the address cannot be bound.
-    pub fn start(config: &WebhookSourceConfig, log: Arc<WebhookLog>, metrics: Arc<Metrics>) -> Result<Self, ConnectorError> {
+    pub fn start(config: &WebhookSourceConfig, log: Arc<WebhookLog>, metrics: Arc<Metrics>, gate: Gate) -> Result<Self, ConnectorError> {
         let key = format!("webhook source `{}`", config.name);
         let verifier = config.verifier(&key)?;
         let addr: SocketAddr = config.listen.parse().map_err(|e| ConnectorError::Config { key: format!("{key}.listen"), problem: format!("{e}") })?;
@@ -149,6 +166,7 @@ impl WebhookServer {
             .map_err(|e| ConnectorError::Config { key: format!("{key}.listen"), problem: format!("cannot bind {addr}: {e}") })?;
         let addr = listener.local_addr().map_err(|e| ConnectorError::Config { key: key.clone(), problem: e.to_string() })?;
         let shared = Arc::new(Shared {
+            gate,
             name: config.name.clone(),
             verifier,
             log,
