@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 DEMO_ARGS ?= --duration 20s
 
-.PHONY: demo test setup build lint bench bench-kafka bench-webhook bench-serve bench-reconcile golden clean-demo
+.PHONY: demo test setup build lint bench bench-kafka bench-webhook bench-serve bench-reconcile bench-recovery bench-commit golden clean-demo
 
 setup:
 	@./scripts/setup.sh
@@ -37,6 +37,12 @@ test: lint
 
 bench-webhook: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- webhook $(BENCH_ARGS)
+
+bench-recovery: setup
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- recovery $(BENCH_ARGS)
+
+bench-commit: setup
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- commit-cost $(BENCH_ARGS)
 
 bench-reconcile: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- reconcile $(BENCH_ARGS)

@@ -5,6 +5,7 @@
 //! | `lib.rs` | the standard benchmark pipeline and process memory readings |
 //! | `kafka.rs` | topic in → topic out: throughput over a preloaded topic, latency at a fixed rate |
 //! | `webhook.rs` | signed webhooks over HTTP into a running pipeline: requests/s and response times |
+//! | `recovery.rs` | recovery time after kill -9 with ~1M entities; the cost of synced commits per `epoch_ms` |
 //! | `lookup.rs` | the feature-lookup load generator (HTTP/1.1 keep-alive, open loop) |
 //! | `bin/sluice-bench.rs` | the driver: `pipeline` prints events/s and peak RSS for 1 and 2 workers |
 //! | `benches/operators.rs` | criterion: decode, dedup, order, features, each alone |
@@ -13,6 +14,7 @@
 
 pub mod kafka;
 pub mod lookup;
+pub mod recovery;
 pub mod webhook;
 
 use std::path::Path;

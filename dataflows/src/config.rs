@@ -147,6 +147,12 @@ pub struct PipelineConfig {
     /// in MiB, and go on once there is; webhooks are answered 503 meanwhile.
     #[serde(default = "default_state_min_free_mb")]
     pub state_min_free_mb: u64,
+    /// Sync the state's write-ahead log at every commit (default true). `false` survives a
+    /// killed process (the OS still writes the log) but not a power loss or kernel crash,
+    /// after which already-delivered epochs could be recomputed: only for measuring what the
+    /// sync costs (`sluice-bench commit-cost`).
+    #[serde(default = "default_true")]
+    pub state_sync: bool,
     /// Entities whose decoded feature state is cached in memory, per worker.
     #[serde(default = "default_feature_cache_entities")]
     pub feature_cache_entities: usize,
@@ -202,6 +208,10 @@ fn default_epoch_ms() -> u64 {
 fn default_max_inflight_epochs() -> u64 {
     4
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_state_min_free_mb() -> u64 {
     128
 }

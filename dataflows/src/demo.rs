@@ -142,6 +142,7 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         max_inflight_epochs: 4,
         state_cache_mb: 64,
         state_min_free_mb: 128,
+        state_sync: true,
         feature_cache_entities: 200_000,
         event: payment_schema(),
         sources: vec![SourceConfig::Generator(generator)],

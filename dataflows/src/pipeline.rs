@@ -198,6 +198,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         cache_bytes: config.state_cache_mb << 20,
         background_nice: nice,
         min_free_bytes: config.state_min_free_mb << 20,
+        sync_commits: config.state_sync,
         ..StateOptions::default()
     };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;

@@ -194,6 +194,7 @@ pub fn demo_config(dir: &Path, inputs: &DemoInputs, workers: usize) -> PipelineC
         max_inflight_epochs: 4,
         state_cache_mb: 64,
         state_min_free_mb: 128,
+        state_sync: true,
         feature_cache_entities: 1_000,
         event: provider_schema(),
         sources: vec![file("webhooks", &inputs.provider), file("ledger", &inputs.ledger)],

@@ -206,7 +206,7 @@ impl View {
     /// A point-in-time view. Commits are whole epochs in one batch, so a snapshot sees every
     /// table as of one committed epoch.
     pub fn snapshot(&self) -> Snapshot<'_> {
-        Snapshot { db: &self.instance.db, path: &self.instance.path, snapshot: self.instance.db.snapshot() }
+        Snapshot { db: &self.instance.db, path: &self.instance.path, snapshot: self.instance.db.snapshot(), secondary: self.instance._own_dir.is_some() }
     }
 
     /// Every table the state holds (declared by this run or not), with RocksDB's estimates of
@@ -250,6 +250,7 @@ pub struct Snapshot<'a> {
     db: &'a DB,
     path: &'a Path,
     snapshot: SnapshotWithThreadMode<'a, DB>,
+    secondary: bool,
 }
 
 impl Snapshot<'_> {
@@ -272,7 +273,11 @@ impl Snapshot<'_> {
     pub fn range<C: Codec>(&self, table: &Table<C>, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<crate::worker::Entry>, StateError> {
         let cf = self.db.cf_handle(table.name()).ok_or_else(|| StateError::UnknownTable(table.name().to_string()))?;
         let mut options = rocksdb::ReadOptions::default();
-        options.set_snapshot(&self.snapshot);
+        // A secondary instance does not support snapshots in iterators; it never changes
+        // after its open (followers reopen rather than catch up), so it needs none.
+        if !self.secondary {
+            options.set_snapshot(&self.snapshot);
+        }
         options.set_iterate_upper_bound(to.to_vec());
         let mut out = Vec::new();
         for item in self.db.iterator_cf_opt(cf, options, rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward)) {

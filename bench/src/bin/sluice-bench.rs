@@ -112,6 +112,27 @@ enum Cmd {
         #[arg(long, default_value_t = 500_000)]
         payments: u64,
     },
+    /// Recovery after kill -9 with about `entities` entities of state: time to open the state
+    /// and to the first new committed epoch, per restart.
+    Recovery {
+        #[arg(long, default_value_t = 1_000_000)]
+        entities: u64,
+        #[arg(long, default_value_t = 5)]
+        restarts: usize,
+        /// Seconds the first run fills the state before its kill.
+        #[arg(long, default_value_t = 45)]
+        fill_seconds: u64,
+    },
+    /// The throughput cost of syncing the state's WAL at each commit, for several `epoch_ms`.
+    CommitCost {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value = "10,50,200,1000")]
+        epoch_ms: String,
+    },
+    /// The recovery benchmark's pipeline process (used by `recovery`).
+    #[command(hide = true)]
+    Child { work: std::path::PathBuf, entities: u64 },
     /// One run (used by `pipeline`); prints one line of key=value figures.
     One {
         #[arg(long)]
@@ -226,6 +247,9 @@ fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lat
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Cmd::Recovery { entities, restarts, fill_seconds } => sluice_bench::recovery::recovery(entities, restarts, fill_seconds)?,
+        Cmd::CommitCost { events, epoch_ms } => sluice_bench::recovery::commit_cost(events, &epoch_ms)?,
+        Cmd::Child { work, entities } => sluice_bench::recovery::child(&work, entities)?,
         Cmd::Webhook { clients, seconds } => sluice_bench::webhook::run(clients, seconds)?,
         Cmd::Reconcile { payments } => reconcile(payments)?,
         Cmd::Kafka { brokers, events, workers, rate, seconds, lateness } => kafka(&brokers, events, &workers, rate, seconds, &lateness)?,
