@@ -155,9 +155,9 @@ impl Inspection {
             let _ = writeln!(s, "  {k:<48} epochs {first}..={last}, {n} records");
         }
         let _ = writeln!(s, "tables (RocksDB estimates)");
-        let _ = writeln!(s, "  {:<24} {:>12} {:>14} {:>14}", "table", "keys", "sst bytes", "memtable bytes");
+        let _ = writeln!(s, "  {:<24} {:>14} {:>14} {:>14}", "table", "entries (est.)", "sst bytes", "memtable bytes");
         for t in &self.tables {
-            let _ = writeln!(s, "  {:<24} {:>12} {:>14} {:>14}", t.name, t.keys, t.sst_bytes, t.memtable_bytes);
+            let _ = writeln!(s, "  {:<24} {:>14} {:>14} {:>14}", t.name, t.keys, t.sst_bytes, t.memtable_bytes);
         }
         s
     }

@@ -314,3 +314,46 @@ fn demo_reconcile_writes_a_changelog_and_prints_the_totals() {
     let net: i64 = changelog.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["diff"].as_i64().unwrap()).sum();
     assert_eq!(net, 3000);
 }
+
+#[test]
+fn checkpoint_inspect_shows_the_committed_positions_and_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::copy(golden(), &pipeline).unwrap();
+    for part in ["part0.jsonl", "part1.jsonl"] {
+        std::fs::copy(golden().with_file_name(part), dir.path().join(part)).unwrap();
+    }
+    let out = sluice().current_dir(dir.path()).arg("run").arg(&pipeline).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = sluice().current_dir(dir.path()).args(["checkpoint", "inspect", "--json"]).arg(&pipeline).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A finished run: each file source is committed at its end (its length in bytes), each
+    // file sink at the length of its file.
+    let positions: Vec<u64> = v["positions"].as_array().unwrap().iter().map(|p| p["position"].as_u64().unwrap()).collect();
+    let lengths: Vec<u64> = ["part0.jsonl", "part1.jsonl"].iter().map(|p| std::fs::metadata(dir.path().join(p)).unwrap().len()).collect();
+    assert_eq!(positions, lengths, "{v}");
+    let sinks = v["file_sinks"].as_array().unwrap();
+    assert_eq!(sinks.len(), 4, "{v}");
+    for s in sinks {
+        let name = s["sink"].as_str().unwrap().strip_prefix("file:").unwrap();
+        let len = std::fs::metadata(dir.path().join("out").join(format!("{name}.jsonl"))).unwrap().len();
+        assert_eq!(s["bytes"].as_u64().unwrap(), len, "{name}");
+    }
+    assert_eq!(v["layout"], "sluice-state/1");
+    let resume = v["resume_epoch"].as_u64().unwrap();
+    assert!(resume > 0 && v["committed_epoch"].as_u64() == Some(resume - 1), "{v}");
+    assert!(v["tables"].as_array().unwrap().iter().any(|t| t["name"] == "features"), "{v}");
+
+    let out = sluice().current_dir(dir.path()).args(["checkpoint", "list"]).arg(&pipeline).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("epoch {} committed at", resume - 1)), "{text}");
+    assert!(text.contains(&format!("={}", lengths[0])) && text.contains(&format!("={}", lengths[1])), "{text}");
+
+    // No state there: a clear error.
+    let out = sluice().current_dir(dir.path()).args(["checkpoint", "inspect", "--state", "nowhere"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("there is no state here"), "{err}");
+}

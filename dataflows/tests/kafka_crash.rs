@@ -5,6 +5,8 @@
 //! kill); its copies carry the same `sluice-epoch` and `sluice-seq` headers, so a reader can
 //! drop them.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -270,6 +272,173 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_in_flight_epochs() {
         got.len()
     );
     assert!(repeated_epochs.len() <= kills, "{} epochs repeated after {kills} kills (seed {seed})", repeated_epochs.len());
+}
+
+/// One SIGKILL at each step of the commit protocol that concerns a Kafka source or sink
+/// (state/src/protocol.rs), against the project's broker with the at-least-once sink: nothing
+/// lost, and what is repeated is one epoch, in flight at the kill, its copies with equal headers.
+#[test]
+fn a_kill_at_each_step_of_the_commit_protocol_loses_nothing_with_a_kafka_sink() {
+    let brokers = brokers();
+    let work = tempfile::tempdir().unwrap();
+    let input = generated(4, 5_000, 0.0);
+    let records: usize = input.iter().map(Vec::len).sum();
+    let topic_in = format!("matrix-in-{}", nanos());
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 4)]).unwrap();
+    produce(&brokers, &topic_in, &input);
+    let want = reference(work.path(), &input);
+    // Hits are counted per process: `source.read` per read, the others about once per epoch.
+    for spec in [
+        "source.read@20",
+        "sink.kafka.staged@5",
+        "commit.batch@5",
+        "commit.synced@5",
+        "sink.kafka.produced@5",
+        "sink.kafka.progress@5",
+        "sink.kafka.discarded@5",
+    ] {
+        let name = spec.split('@').next().unwrap();
+        let topic_out = format!("matrix-out-{}", nanos());
+        sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_out, 2)]).unwrap();
+        let source =
+            format!("[[sources]]\ntype = \"kafka\"\nname = \"payments\"\nbrokers = \"{brokers}\"\ntopic = \"{topic_in}\"\nuntil = \"high_watermark\"\n");
+        let sink = format!(
+            "[[sinks]]\nstream = \"features\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"{topic_out}\"\ndelivery = \"at_least_once\"\npartitions = 2\n"
+        );
+        let dir = work.path().join(name);
+        let config = pipeline(&dir, &source, &sink);
+        common::run_to_failpoint(&dir, &config, spec);
+        let recovery = common::run_to_end(&dir, &config);
+        let got = consume(&brokers, &topic_out, Duration::from_secs(2));
+        let (repeats, repeated) = check(&got, &want, spec);
+        common::Report {
+            scenario: format!("kafka-kill@{name}"),
+            kills: 1,
+            events: records,
+            duplicates: repeats,
+            lost: 0,
+            recoveries: recovery.into_iter().collect(),
+        }
+        .print();
+        assert!(repeated.len() <= 1, "{spec}: {} epochs repeated after one kill: {repeated:?}", repeated.len());
+    }
+}
+
+/// A TCP proxy in front of a broker that can be taken down: connections cut, new ones refused.
+struct Proxy {
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(listen: u16, target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&down);
+        std::thread::spawn(move || {
+            let mut open: Vec<std::net::TcpStream> = Vec::new();
+            loop {
+                let listener = std::net::TcpListener::bind(("127.0.0.1", listen)).unwrap();
+                listener.set_nonblocking(true).unwrap();
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            client.set_nonblocking(false).unwrap();
+                            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                            for (mut from, mut to) in
+                                [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server.try_clone().unwrap(), client.try_clone().unwrap())]
+                            {
+                                std::thread::spawn(move || {
+                                    let _ = std::io::copy(&mut from, &mut to);
+                                    let _ = from.shutdown(std::net::Shutdown::Both);
+                                    let _ = to.shutdown(std::net::Shutdown::Both);
+                                });
+                            }
+                            open.push(client);
+                            open.push(server);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                // Down: no listener, every connection cut.
+                drop(listener);
+                for c in open.drain(..) {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
+                while flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Proxy { down }
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The broker unreachable for 30 s mid-run (a tansu of the test's own, behind a proxy that cuts
+/// every connection and refuses new ones), then back: the pipeline rides it out without a fatal
+/// error; nothing lost, repeats only of epochs in flight.
+#[test]
+fn the_broker_down_for_30_seconds_mid_run_is_ridden_out() {
+    let bin =
+        std::env::var("SLUICE_TANSU").map(std::path::PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/tansu/tansu"));
+    assert!(bin.is_file(), "no tansu at {}: run `scripts/kafka.sh start` (make test does)", bin.display());
+    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    let work = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(work.path().join("broker.log")).unwrap();
+    let mut broker = Command::new(&bin)
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &format!("tcp://127.0.0.1:{broker_port}"),
+            "--advertised-listener-url",
+            &format!("tcp://127.0.0.1:{proxy_port}"),
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "tansu did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let proxy = Proxy::start(proxy_port, broker_port);
+    let brokers = format!("127.0.0.1:{proxy_port}");
+    let input = generated(4, 20_000, 0.0);
+    let records: usize = input.iter().map(Vec::len).sum();
+    sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[("down-in", 4), ("down-out", 2)]).unwrap();
+    produce(&brokers, "down-in", &input);
+    let want = reference(work.path(), &input);
+
+    let dir = work.path().join("kafka");
+    let source = format!("[[sources]]\ntype = \"kafka\"\nname = \"payments\"\nbrokers = \"{brokers}\"\ntopic = \"down-in\"\nuntil = \"high_watermark\"\n");
+    let sink = format!(
+        "[[sinks]]\nstream = \"features\"\ntype = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"down-out\"\ndelivery = \"at_least_once\"\npartitions = 2\n"
+    );
+    let config = pipeline(&dir, &source, &sink);
+    let mut run = common::spawn(&dir, &config, &[]);
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(run.child_running(), "the pipeline ended before the broker went away:\n{}", run.text());
+    proxy.set_down(true);
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(run.child_running(), "the pipeline gave up while the broker was away:\n{}", run.text());
+    proxy.set_down(false);
+    let back = Instant::now();
+    let (status, text) = run.wait(Duration::from_secs(180));
+    assert!(status.success(), "the pipeline did not finish after the broker came back ({status}):\n{text}");
+    let finished = back.elapsed();
+    let got = consume(&brokers, "down-out", Duration::from_secs(3));
+    let (repeats, repeated) = check(&got, &want, "broker down 30 s");
+    common::Report { scenario: "kafka-broker-down-30s".into(), kills: 0, events: records, duplicates: repeats, lost: 0, recoveries: vec![finished] }.print();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    assert!(repeated.len() <= 2, "epochs repeated: {repeated:?}");
 }
 
 /// A tansu broker that persists (SQLite), on its own port, stopped and started by the test.

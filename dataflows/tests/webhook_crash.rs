@@ -46,15 +46,12 @@ path = "features.jsonl"
         ),
     )
     .unwrap();
-    let start = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .current_dir(dir.path())
-            .arg("run")
-            .arg(&pipeline)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+    let start_with = |failpoint: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        if let Some(f) = failpoint {
+            command.env("SLUICE_FAILPOINT", f);
+        }
+        let child = command.current_dir(dir.path()).arg("run").arg(&pipeline).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let started = Instant::now();
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(20), "the webhook server did not come up");
@@ -62,6 +59,7 @@ path = "features.jsonl"
         }
         child
     };
+    let start = || start_with(None);
     let t0 = 1_790_000_000_000i64;
     let body = |i: usize| format!(r#"{{"id":"evt_{i}","customer":"c{}","created_ms":{}}}"#, i % 7, t0 + i as i64 * 10);
     let mut acknowledged = Vec::new();
@@ -83,9 +81,24 @@ path = "features.jsonl"
         child.wait().unwrap();
     }
     assert_eq!(acknowledged.len(), 120, "every request was acknowledged");
+    // A kill between the synced log write and the answer (the failpoint `webhook.logged`): the
+    // sender sees no answer and retries after the restart; the retry is answered as a
+    // duplicate, and the webhook is in the output once.
+    let mut child = start_with(Some("webhook.logged@3"));
+    for _ in 0..2 {
+        assert_eq!(post(addr, &format!("evt_{next}"), &body(next)), Some(200));
+        acknowledged.push(format!("evt_{next}"));
+        next += 1;
+    }
+    assert_eq!(post(addr, &format!("evt_{next}"), &body(next)), None, "no answer from a process killed before answering");
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    let unanswered = next;
     // The last run: a webhook far ahead in event time moves the watermark past everything, then
     // Ctrl-C stops at an epoch boundary with the output committed.
     let mut child = start();
+    assert_eq!(post(addr, &format!("evt_{unanswered}"), &body(unanswered)), Some(200), "the retry of the unanswered webhook");
+    acknowledged.push(format!("evt_{unanswered}"));
     let far = format!(r#"{{"id":"evt_far","customer":"z","created_ms":{}}}"#, t0 + 3_600_000);
     assert_eq!(post(addr, "evt_far", &far), Some(200));
     let path = dir.path().join("features.jsonl");
@@ -110,6 +123,6 @@ path = "features.jsonl"
     let mut want = acknowledged.clone();
     want.sort();
     let (duplicates, lost) = common::diff_counts(&ids, &want);
-    common::Report { scenario: "webhook-acks".into(), kills: 3, events: want.len(), duplicates, lost, recoveries: Vec::new() }.print();
+    common::Report { scenario: "webhook-acks".into(), kills: 4, events: want.len(), duplicates, lost, recoveries: Vec::new() }.print();
     assert_eq!(ids, want, "every acknowledged webhook once");
 }
