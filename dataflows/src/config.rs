@@ -153,6 +153,14 @@ pub struct PipelineConfig {
     /// sync costs (`sluice-bench commit-cost`).
     #[serde(default = "default_true")]
     pub state_sync: bool,
+    /// Take a checkpoint of the committed state this often (`10m`; `off`: never), into
+    /// `<state_dir>/checkpoints/`, to restore from (`sluice checkpoint restore`) when the live
+    /// state cannot be trusted.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: String,
+    /// Complete checkpoints kept.
+    #[serde(default = "default_checkpoints_kept")]
+    pub checkpoints_kept: usize,
     /// Entities whose decoded feature state is cached in memory, per worker.
     #[serde(default = "default_feature_cache_entities")]
     pub feature_cache_entities: usize,
@@ -208,6 +216,14 @@ fn default_epoch_ms() -> u64 {
 fn default_max_inflight_epochs() -> u64 {
     4
 }
+fn default_checkpoint_every() -> String {
+    "10m".into()
+}
+
+fn default_checkpoints_kept() -> usize {
+    2
+}
+
 fn default_true() -> bool {
     true
 }
@@ -232,6 +248,8 @@ pub struct Durations {
     pub lateness_ms: i64,
     /// `order.idle_timeout`.
     pub idle_timeout_ms: i64,
+    /// `checkpoint_every` (`None`: off).
+    pub checkpoint_every_ms: Option<i64>,
 }
 
 impl PipelineConfig {
@@ -343,6 +361,10 @@ impl PipelineConfig {
             ttl_ms: parse_duration_ms(&self.dedup.ttl).map_err(|p| bad("dedup.ttl", p))?,
             lateness_ms: parse_duration_ms(&self.order.lateness).map_err(|p| bad("order.lateness", p))?,
             idle_timeout_ms: parse_duration_ms(&self.order.idle_timeout).map_err(|p| bad("order.idle_timeout", p))?,
+            checkpoint_every_ms: match self.checkpoint_every.as_str() {
+                "off" => None,
+                every => Some(parse_duration_ms(every).map_err(|p| bad("checkpoint_every", format!("{p} (or `off`)")))?),
+            },
         })
     }
 
@@ -366,6 +388,7 @@ impl PipelineConfig {
         if self.state_cache_mb == 0 {
             return Err(bad("state_cache_mb", "must be at least 1"));
         }
+        self.durations()?;
         self.event.validate().map_err(|e| bad("event", e.to_string()))?;
         if self.sources.is_empty() {
             return Err(bad("sources", "a pipeline needs at least one [[sources]] entry"));
@@ -482,7 +505,10 @@ name = "g"
     fn a_minimal_pipeline_gets_the_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!((c.workers, c.epoch_records, c.max_inflight_epochs), (1, 10_000, 4));
-        assert_eq!(c.durations().unwrap(), Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 5_000, idle_timeout_ms: 30_000 });
+        assert_eq!(
+            c.durations().unwrap(),
+            Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 5_000, idle_timeout_ms: 30_000, checkpoint_every_ms: Some(600_000) }
+        );
     }
 
     #[test]

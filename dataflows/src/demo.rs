@@ -143,6 +143,8 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         state_cache_mb: 64,
         state_min_free_mb: 128,
         state_sync: true,
+        checkpoint_every: "10m".into(),
+        checkpoints_kept: 2,
         feature_cache_entities: 200_000,
         event: payment_schema(),
         sources: vec![SourceConfig::Generator(generator)],

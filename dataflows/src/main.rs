@@ -160,10 +160,21 @@ impl StateTarget {
 
 #[derive(Debug, Subcommand)]
 enum CheckpointCommand {
-    /// One line per committed state: its epoch, when, and the positions a run resumes from.
+    /// The live committed state (its epoch, when, the positions a run resumes from) and the
+    /// checkpoints kept beside it, one line each.
     List {
         #[command(flatten)]
         target: StateTarget,
+    },
+    /// Replace the live state by a checkpoint (the newest complete one unless --epoch): for a
+    /// state directory that cannot be trusted. The replaced files are moved aside, not deleted.
+    /// The next run resumes at the checkpoint's epoch and produces the later epochs again.
+    Restore {
+        #[command(flatten)]
+        target: StateTarget,
+        /// The checkpoint's epoch.
+        #[arg(long)]
+        epoch: Option<u64>,
     },
     /// Everything the committed state holds: epoch, source positions, file sink lengths,
     /// undelivered Kafka outbox epochs, tables and their sizes.
@@ -461,8 +472,34 @@ fn main() -> Result<()> {
             println!("{}: reference of {} ({skipped} lines skipped)", out.display(), counts.join(", "));
         }
         Command::Checkpoint { command: CheckpointCommand::List { target } } => {
-            let i = target.inspect()?;
-            println!("{}  {}", i.path.display(), i.summary());
+            let dir = target.dir()?;
+            match target.inspect() {
+                Ok(i) => println!("live        {}", i.summary()),
+                Err(e) => println!("live        cannot be read: {e:#}"),
+            }
+            for c in sluice_state::checkpoint::list(&dir)? {
+                let taken = c.created_ms.map_or(String::new(), |ms| format!(", taken at {}", sluice::checkpoint::utc(ms)));
+                let state = if c.complete { "complete" } else { "HALF-WRITTEN (never restored; removed at the next start)" };
+                println!("checkpoint  epoch {}{taken}: {state}  {}", c.epoch, c.path.display());
+            }
+        }
+        Command::Checkpoint { command: CheckpointCommand::Restore { target, epoch } } => {
+            let dir = target.dir()?;
+            let all = sluice_state::checkpoint::list(&dir)?;
+            let chosen = match epoch {
+                Some(e) => {
+                    all.iter().find(|c| c.epoch == e && c.complete).with_context(|| format!("no complete checkpoint of epoch {e} in {}", dir.display()))?
+                }
+                None => all.iter().rev().find(|c| c.complete).with_context(|| format!("no complete checkpoint in {}", dir.display()))?,
+            };
+            let aside = sluice_state::checkpoint::restore(&dir, chosen)?;
+            println!(
+                "restored the checkpoint of epoch {} into {}; the replaced files are in {} (delete them when done). The next run resumes after epoch {}.",
+                chosen.epoch,
+                dir.display(),
+                aside.display(),
+                chosen.epoch
+            );
         }
         Command::Checkpoint { command: CheckpointCommand::Inspect { target, json } } => {
             let i = target.inspect()?;

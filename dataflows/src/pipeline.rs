@@ -199,6 +199,8 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         background_nice: nice,
         min_free_bytes: config.state_min_free_mb << 20,
         sync_commits: config.state_sync,
+        checkpoint_every: durations.checkpoint_every_ms.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        checkpoints_kept: config.checkpoints_kept,
         ..StateOptions::default()
     };
     let store = StateStore::open(&config.state_dir, &tables(), config.workers, &options)?;

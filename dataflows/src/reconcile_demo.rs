@@ -195,6 +195,8 @@ pub fn demo_config(dir: &Path, inputs: &DemoInputs, workers: usize) -> PipelineC
         state_cache_mb: 64,
         state_min_free_mb: 128,
         state_sync: true,
+        checkpoint_every: "10m".into(),
+        checkpoints_kept: 2,
         feature_cache_entities: 1_000,
         event: provider_schema(),
         sources: vec![file("webhooks", &inputs.provider), file("ledger", &inputs.ledger)],

@@ -12,7 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{copy_dir, diff_counts, lines, run_to_end, run_to_failpoint, spawn, Report};
+use common::{diff_counts, lines, run_to_end, run_to_failpoint, spawn, Report};
 use rand::{Rng, SeedableRng};
 
 const STREAMS: [&str; 4] = ["features", "dead_letters", "late", "conflicts"];
@@ -59,6 +59,7 @@ fn write_pipeline(dir: &Path, pace: Option<f64>) -> PathBuf {
         &path,
         format!(
             r#"state_dir = "state"
+checkpoint_every = "300ms"
 workers = 2
 epoch_records = 2000
 epoch_ms = 600000
@@ -204,6 +205,29 @@ fn flush_all(state: &Path) {
     }
 }
 
+/// A finished run in a directory of its own (positions are keyed by the input's path, so a
+/// copy of another run's directory would start its sources over).
+fn finished(root: &Path, name: &str) -> (PathBuf, PathBuf, usize) {
+    let (dir, pipeline, events) = workdir(root, name, None);
+    run_to_end(&dir, &pipeline);
+    (dir, pipeline, events)
+}
+
+/// Runs `sluice ARGS` in `dir`; panics unless it succeeds. Returns stdout.
+fn sluice_cli(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "sluice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sluice checkpoint restore`, then a run to the end: the output must equal the reference's.
+fn restore_and_finish(dir: &Path, reference: &Path, what: &str) -> (usize, usize) {
+    let restored = sluice_cli(dir, &["checkpoint", "restore", "pipeline.toml"]);
+    assert!(restored.contains("restored the checkpoint of epoch"), "{restored}");
+    run_to_end(dir, &dir.join("pipeline.toml"));
+    compare(dir, reference, what)
+}
+
 /// Starts a run that must refuse the state: a failure (not a crash) whose message contains
 /// `expected`; the committed output is left as it was.
 fn refused(dir: &Path, pipeline: &Path, expected: &str) {
@@ -224,22 +248,39 @@ fn state_that_cannot_be_trusted_is_refused_or_recovered_exactly() {
     };
 
     // A table file cut in half: refused at start.
-    let dir = root.path().join("sst");
-    copy_dir(&reference, &dir);
+    let (dir, _, _) = finished(root.path(), "sst");
     flush_all(&dir.join("state"));
     let largest = files_of(&dir.join("state"), "sst").into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).expect("table files after a flush");
     let len = std::fs::metadata(&largest).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&largest).unwrap().set_len(len / 2).unwrap();
     refused(&dir, &dir.join("pipeline.toml"), "is corrupt");
-    report("corrupt-truncated-sst:refused", 0, (0, 0));
+    // … and restored from its newest checkpoint, the rest is produced again, exactly.
+    let dl = restore_and_finish(&dir, &reference, "truncated table file");
+    report("corrupt-truncated-sst:refused+restored", 0, dl);
 
-    // A table file missing: refused.
-    let dir = root.path().join("sst-missing");
-    copy_dir(&reference, &dir);
+    // A table file missing: refused, restored.
+    let (dir, _, _) = finished(root.path(), "sst-missing");
     flush_all(&dir.join("state"));
     std::fs::remove_file(&files_of(&dir.join("state"), "sst")[0]).unwrap();
     refused(&dir, &dir.join("pipeline.toml"), "is corrupt");
-    report("corrupt-missing-sst:refused", 0, (0, 0));
+    let dl = restore_and_finish(&dir, &reference, "missing table file");
+    report("corrupt-missing-sst:refused+restored", 0, dl);
+
+    // A kill while a checkpoint is being written: listed as half-written, never restored;
+    // the run goes on from the live state, and a restore takes the newest complete one.
+    let (dir, pipeline, _) = workdir(root.path(), "half-checkpoint", None);
+    run_to_failpoint(&dir, &pipeline, "checkpoint.files@1");
+    let list = sluice_cli(&dir, &["checkpoint", "list", "pipeline.toml"]);
+    assert!(list.contains("HALF-WRITTEN") && !list.contains(": complete"), "{list}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).current_dir(&dir).args(["checkpoint", "restore", "pipeline.toml"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no complete checkpoint"), "a half-written checkpoint restored: {err}");
+    let recovery = run_to_end(&dir, &pipeline);
+    let dl = compare(&dir, &reference, "after a half-written checkpoint");
+    let list = sluice_cli(&dir, &["checkpoint", "list", "pipeline.toml"]);
+    assert!(!list.contains("HALF-WRITTEN"), "the next start removes the half-written one:\n{list}");
+    Report { scenario: "half-written-checkpoint:recovered".into(), kills: 1, events, duplicates: dl.0, lost: dl.1, recoveries: recovery.into_iter().collect() }
+        .print();
 
     // Bytes flipped in the last commit's WAL record, after a kill: RocksDB's point-in-time
     // recovery stops before the damaged record, the run resumes at an earlier commit, cuts the
@@ -266,8 +307,7 @@ fn state_that_cannot_be_trusted_is_refused_or_recovered_exactly() {
     }
 
     // A directory written by another layout: refused, with what to do.
-    let dir = root.path().join("layout");
-    copy_dir(&reference, &dir);
+    let (dir, _, _) = finished(root.path(), "layout");
     {
         let state = dir.join("state");
         let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &state).unwrap();
@@ -341,11 +381,16 @@ fn a_full_state_disk_stops_commits_answers_503_and_resumes_once_freed() {
     let stalled_at = wait_for(&run, "DISK FULL", Duration::from_secs(10));
     // Stalled: the output stops growing. The sinks run ahead of the commit by the batches the
     // commit thread queues (2, of about 0.5 s each here), then wait too.
-    std::thread::sleep(Duration::from_secs(3));
     let features = dir.join("out/features.jsonl");
-    let size = std::fs::metadata(&features).unwrap().len();
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(std::fs::metadata(&features).unwrap().len(), size, "output kept growing while commits were stopped");
+    let stalled = std::time::Instant::now();
+    loop {
+        let size = std::fs::metadata(&features).unwrap().len();
+        std::thread::sleep(Duration::from_secs(2));
+        if std::fs::metadata(&features).unwrap().len() == size {
+            break;
+        }
+        assert!(stalled.elapsed() < Duration::from_secs(20), "output kept growing while commits were stopped");
+    }
     let mut run = run;
     assert!(run.child_running(), "the pipeline gave up on a full disk:\n{}", run.text());
     assert!(stalled_at < Duration::from_secs(20));

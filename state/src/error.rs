@@ -19,7 +19,7 @@ pub enum StateError {
     /// file, a checksum mismatch). Nothing is read from it: resuming from a damaged state could
     /// produce wrong output.
     #[error(
-        "the state directory {path} is corrupt ({detail}); sluice will not resume from it. Restore the directory from a backup, or move it aside and run again: a run without state reads its sources from the beginning and rewrites its file sinks"
+        "the state directory {path} is corrupt ({detail}); sluice will not resume from it. Restore its newest checkpoint (`sluice checkpoint list` shows them, `sluice checkpoint restore` restores one), or the directory from a backup, or move it aside and run again: a run without state reads its sources from the beginning and rewrites its file sinks"
     )]
     Corrupt {
         /// The state directory.

@@ -16,6 +16,7 @@
 //! | `store.rs` | [`StateStore`]: the RocksDB instance, its options, and the commit of epochs |
 //! | `worker.rs` | [`WorkerState`]: one worker's staged, not yet committed changes, read through |
 //! | `snapshot.rs` | [`StateReader`] and [`Snapshot`]: consistent reads from any thread |
+//! | `checkpoint.rs` | checkpoints: taking, listing and restoring copies of the committed state |
 //! | `protocol.rs` | the epoch commit protocol: its named steps, crash outcomes, failpoints |
 //!
 //! # How the pieces relate
@@ -47,6 +48,7 @@ pub use store::{CommitInfo, StateOptions, StateStore};
 pub use table::{ttl_stamp, Table, TableSpec};
 pub use worker::WorkerState;
 
+pub mod checkpoint;
 pub mod protocol;
 pub mod sched;
 

@@ -13,6 +13,7 @@
 //! | `sink.kafka.staged` | a Kafka sink staged `e`'s records in the outbox table, with `e`'s state | as above (the outbox entries were only staged) |
 //! | `commit.batch` | the commit thread built **one** RocksDB write batch: every worker's staged changes of `e` (operator state, source positions, file lengths, outbox), the resume epoch `e + 1` and the commit time | as above: nothing of the batch is on disk |
 //! | `commit.synced` | the batch is written and the WAL synced: **`e` is committed** | the restart resumes at `e + 1`: `e`'s file output is kept, its outbox entries are delivered |
+//! | `checkpoint.files` | (every `checkpoint_every`, after a commit) a checkpoint's table files are linked into `checkpoints/epoch-<e>.tmp`, its marker not yet written | the half-written checkpoint is listed as incomplete, never restored, and removed at the next start |
 //! | `sink.kafka.produced` | delivery: the broker acknowledged `e`'s records (at-least-once), or they are in the open transaction (exactly-once) | at-least-once: `e` is delivered again, each copy with the same `sluice-epoch`/`sluice-seq` headers; exactly-once: the restart's `init_transactions` aborts the open transaction, then `e` is delivered |
 //! | `sink.kafka.progress` | the progress record of `e` is acknowledged (with the records' transaction committed, in exactly-once mode): `e`'s output is committed at the broker | the restart reads the progress topic and does not deliver `e` again |
 //! | `sink.kafka.discarded` | `e`'s outbox entries are deleted | nothing left to do for `e` |
@@ -39,6 +40,7 @@ pub const STEPS: &[(&str, &str)] = &[
     ("sink.kafka.staged", "a Kafka sink staged the epoch's records in the outbox"),
     ("commit.batch", "the epoch's write batch is built, not written"),
     ("commit.synced", "the epoch's batch is written and synced: the epoch is committed"),
+    ("checkpoint.files", "a checkpoint's files are linked, its marker not yet written"),
     ("sink.kafka.produced", "the broker has the epoch's records; no progress record yet"),
     ("sink.kafka.progress", "the epoch's progress record is at the broker"),
     ("sink.kafka.discarded", "the epoch's outbox entries are deleted"),

@@ -43,11 +43,24 @@ pub struct StateOptions {
     /// (RocksDB needs room to flush and compact; a write that fails for want of space would
     /// stop the database). Logged loudly; [`StateStore::commit_stalled`] says why.
     pub min_free_bytes: u64,
+    /// Take a checkpoint (see [`crate::checkpoint`]) after the first commit this long after
+    /// the last one; `None`: never.
+    pub checkpoint_every: Option<Duration>,
+    /// Complete checkpoints kept.
+    pub checkpoints_kept: usize,
 }
 
 impl Default for StateOptions {
     fn default() -> Self {
-        StateOptions { cache_bytes: 64 << 20, write_buffer_bytes: 16 << 20, sync_commits: true, background_nice: 0, min_free_bytes: 128 << 20 }
+        StateOptions {
+            cache_bytes: 64 << 20,
+            write_buffer_bytes: 16 << 20,
+            sync_commits: true,
+            background_nice: 0,
+            min_free_bytes: 128 << 20,
+            checkpoint_every: None,
+            checkpoints_kept: 2,
+        }
     }
 }
 
@@ -247,6 +260,7 @@ impl StateStore {
         };
 
         let db = Arc::new(db);
+        crate::checkpoint::remove_half_written(path);
         let writer = Arc::new(Writer {
             db: Arc::clone(&db),
             path: path.to_path_buf(),
@@ -265,10 +279,39 @@ impl StateStore {
             .spawn({
                 let writer = Arc::clone(&writer);
                 let nice = options.background_nice;
+                let (every, keep) = (options.checkpoint_every, options.checkpoints_kept);
                 move || {
                     crate::sched::set_thread_nice(nice);
+                    let mut last_checkpoint = Instant::now();
+                    let mut finishing: Option<JoinHandle<()>> = None;
                     for (ready, resume) in receiver {
                         let result = writer.write(ready, resume);
+                        if let (Ok(info), Some(every)) = (&result, every) {
+                            if last_checkpoint.elapsed() >= every && info.resume_epoch > 0 {
+                                last_checkpoint = Instant::now();
+                                let epoch = info.resume_epoch - 1;
+                                // One checkpoint at a time: the links here, the copies on a thread;
+                                // none while space is short (a checkpoint copies new table files).
+                                let roomy = free_bytes(&writer.path).is_none_or(|free| free >= writer.min_free_bytes.saturating_mul(2));
+                                if roomy && finishing.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
+                                    match crate::checkpoint::link(&writer.db, &writer.path, epoch) {
+                                        Ok(Some(tmp)) => {
+                                            let path = writer.path.clone();
+                                            let started = last_checkpoint;
+                                            finishing = std::thread::Builder::new()
+                                                .name("sluice-checkpoint".into())
+                                                .spawn(move || match crate::checkpoint::complete(&path, &tmp, epoch, keep) {
+                                                    Ok(done) => tracing::info!(epoch, checkpoint = %done.display(), ms = started.elapsed().as_millis() as u64, "checkpoint taken"),
+                                                    Err(e) => tracing::warn!(epoch, error = %e, "cannot take a checkpoint; the pipeline goes on"),
+                                                })
+                                                .ok();
+                                        }
+                                        Ok(None) => {}
+                                        Err(e) => tracing::warn!(epoch, error = %e, "cannot take a checkpoint; the pipeline goes on"),
+                                    }
+                                }
+                            }
+                        }
                         let mut done = writer.done.lock().expect("invariant: writer lock not poisoned");
                         done.0 += 1;
                         match result {
@@ -279,6 +322,10 @@ impl StateStore {
                             }
                         }
                         writer.written.notify_all();
+                    }
+                    // A checkpoint being copied is finished before the store closes.
+                    if let Some(f) = finishing {
+                        let _ = f.join();
                     }
                 }
             })

@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpStream};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -161,20 +161,6 @@ impl Report {
         );
         // Past the test harness's capture, so that `make test` shows it.
         let _ = std::io::stderr().write_all(line.as_bytes());
-    }
-}
-
-/// Copies `from` into a fresh directory `to` (recursively).
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target: PathBuf = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 
