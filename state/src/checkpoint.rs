@@ -115,15 +115,19 @@ pub(crate) fn complete(state: &Path, tmp: &Path, epoch: Epoch, keep: usize) -> R
 fn finish(state: &Path, tmp: &Path, epoch: Epoch, keep: usize) -> Result<PathBuf, StateError> {
     let dir = checkpoints_dir(state);
     let previous = list(state)?.into_iter().rev().find(|c| c.complete);
-    for entry in std::fs::read_dir(tmp).map_err(|e| io(tmp, "cannot list", e))? {
-        let entry = entry.map_err(|e| io(tmp, "cannot list", e))?;
+    // Listed first: the loop adds and renames files in the directory.
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(tmp).and_then(Iterator::collect).map_err(|e| io(tmp, "cannot list", e))?;
+    for entry in entries {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "sst") {
+        let metadata = entry.metadata().map_err(|e| io(&path, "cannot stat", e))?;
+        let sst = path.extension().is_some_and(|e| e == "sst");
+        // RocksDB links table files and option files into the checkpoint; the rest are copies.
+        if !sst && std::os::unix::fs::MetadataExt::nlink(&metadata) < 2 {
             continue;
         }
-        let len = entry.metadata().map_err(|e| io(&path, "cannot stat", e))?.len();
-        let shared = previous.as_ref().map(|p| p.path.join(entry.file_name())).filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == len));
-        let fresh = path.with_extension("sst.own");
+        let len = metadata.len();
+        let shared = previous.as_ref().filter(|_| sst).map(|p| p.path.join(entry.file_name())).filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == len));
+        let fresh = tmp.join(format!("{}.own", entry.file_name().to_string_lossy()));
         match shared {
             Some(older) => std::fs::hard_link(&older, &fresh).map_err(|e| io(&fresh, "cannot link", e))?,
             None => {
@@ -211,4 +215,60 @@ pub fn restore(state: &Path, checkpoint: &CheckpointEntry) -> Result<PathBuf, St
     }
     std::fs::File::open(state).and_then(|f| f.sync_all()).map_err(|e| io(state, "cannot sync", e))?;
     Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::{StateOptions, StateStore, TableSpec, U64Codec};
+
+    #[test]
+    fn a_checkpoint_has_files_of_its_own_and_restores_its_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = [TableSpec::new("counts")];
+        {
+            let store = StateStore::open(dir.path(), &tables, 1, &StateOptions::default()).unwrap();
+            let counts = store.table::<U64Codec>("counts").unwrap();
+            let mut w = store.worker(0);
+            w.put(0, &counts, b"k", &1);
+            w.hand_in(Some(1)).unwrap();
+            store.sync().unwrap();
+            let tmp = link(&store.db, dir.path(), 0).unwrap().unwrap();
+            assert!(!list(dir.path()).unwrap()[0].complete, "linked, not yet complete");
+            let done = complete(dir.path(), &tmp, 0, 2).unwrap();
+            assert_eq!(done, checkpoints_dir(dir.path()).join("epoch-0"));
+            // No table file of the checkpoint is a live file.
+            for entry in std::fs::read_dir(&done).unwrap() {
+                let entry = entry.unwrap();
+                if let Ok(live) = std::fs::metadata(dir.path().join(entry.file_name())) {
+                    assert_ne!(live.ino(), entry.metadata().unwrap().ino(), "{:?} shared with the live state", entry.file_name());
+                }
+            }
+            w.put(1, &counts, b"k", &2);
+            w.hand_in(Some(2)).unwrap();
+            store.sync().unwrap();
+        }
+        let entries = list(dir.path()).unwrap();
+        assert_eq!(entries.iter().map(|c| (c.epoch, c.complete)).collect::<Vec<_>>(), vec![(0, true)]);
+        let aside = restore(dir.path(), &entries[0]).unwrap();
+        assert!(aside.join("CURRENT").exists(), "the replaced files are kept");
+        let store = StateStore::open(dir.path(), &tables, 1, &StateOptions::default()).unwrap();
+        assert_eq!(store.resume_epoch(), 1);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        assert_eq!(store.worker(0).get(&counts, b"k").unwrap(), Some(1));
+    }
+
+    #[test]
+    fn a_half_written_checkpoint_is_listed_incomplete_and_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(checkpoints_dir(dir.path()).join("epoch-7.tmp")).unwrap();
+        let entries = list(dir.path()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert!(!entries[0].complete);
+        assert!(restore(dir.path(), &entries[0]).unwrap_err().to_string().contains("half-written"));
+        drop(StateStore::open(dir.path(), &[TableSpec::new("counts")], 1, &StateOptions::default()).unwrap());
+        assert!(list(dir.path()).unwrap().is_empty());
+    }
 }
