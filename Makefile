@@ -9,8 +9,11 @@ DEMO_ARGS ?= --duration 20s
 
 .PHONY: demo test setup build lint bench bench-kafka bench-webhook bench-serve bench-reconcile bench-recovery bench-commit golden clean-demo
 
+# The shared target directory keeps every version of every test binary (about 0.5 GB each)
+# it ever linked; those not relinked for a day are removed (cargo relinks them when needed).
 setup:
 	@./scripts/setup.sh
+	@find "$(CARGO_TARGET_DIR)/release/deps" -maxdepth 1 -type f -perm -u+x -mtime +1 -delete 2>/dev/null || true
 
 build: setup
 	$(CARGO) build --release --workspace --all-targets
