@@ -11,9 +11,10 @@ DEMO_ARGS ?= --duration 20s
 
 # The shared target directory keeps every version of every test binary (about 0.5 GB each)
 # it ever linked; those not relinked for a day are removed (cargo relinks them when needed).
+# Test and bin executables have no extension; proc-macro libraries (.so) are kept.
 setup:
 	@./scripts/setup.sh
-	@find "$(CARGO_TARGET_DIR)/release/deps" -maxdepth 1 -type f -perm -u+x -mtime +1 -delete 2>/dev/null || true
+	@find "$(CARGO_TARGET_DIR)/release/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.*' -mtime +1 -delete 2>/dev/null || true
 
 build: setup
 	$(CARGO) build --release --workspace --all-targets
