@@ -407,41 +407,7 @@ fn a_full_state_disk_stops_commits_answers_503_and_resumes_once_freed() {
     // space is back; every webhook acknowledged is in the output once.
     let dir = root.path().join("disk-full-webhook");
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let secret = format!("whsec_{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, common::KEY));
-    let pipeline = dir.join("pipeline.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"state_dir = "{}"
-state_min_free_mb = 16
-epoch_ms = 50
-[event]
-id = "/id"
-entity = "/customer"
-time = "/created_ms"
-time_format = "millis"
-[[sources]]
-type = "webhook"
-name = "psp"
-listen = "{addr}"
-scheme = "standard"
-secrets = ["{secret}"]
-[order]
-lateness = "1s"
-[[features]]
-name = "n"
-op = "count"
-window = "all"
-[[sinks]]
-stream = "features"
-path = "features.jsonl"
-"#,
-            disk.0.join("webhook-state").display()
-        ),
-    )
-    .unwrap();
+    let (pipeline, addr) = common::webhook_pipeline(&dir, &format!("state_dir = \"{}\"\nstate_min_free_mb = 16", disk.0.join("webhook-state").display()));
     let t0 = 1_790_000_000_000i64;
     let body = |i: usize| format!(r#"{{"id":"evt_{i}","customer":"c{}","created_ms":{}}}"#, i % 3, t0 + i as i64 * 10);
     let run = spawn(&dir, &pipeline, &[]);

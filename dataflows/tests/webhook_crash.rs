@@ -3,49 +3,16 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::{post, KEY};
+use common::post;
 
 #[test]
 fn every_acknowledged_webhook_survives_a_kill_9_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(KEY));
-    let pipeline = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            r#"state_dir = "state"
-epoch_ms = 50
-[event]
-id = "/id"
-entity = "/customer"
-time = "/created_ms"
-time_format = "millis"
-[[sources]]
-type = "webhook"
-name = "psp"
-listen = "{addr}"
-scheme = "standard"
-secrets = ["{secret}"]
-[order]
-lateness = "1s"
-[[features]]
-name = "n"
-op = "count"
-window = "all"
-[[sinks]]
-stream = "features"
-path = "features.jsonl"
-"#
-        ),
-    )
-    .unwrap();
+    let (pipeline, addr) = common::webhook_pipeline(dir.path(), "state_dir = \"state\"");
     let start_with = |failpoint: Option<&str>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
         if let Some(f) = failpoint {

@@ -188,3 +188,43 @@ pub fn post(addr: SocketAddr, id: &str, body: &str) -> Option<u16> {
     s.read_to_string(&mut out).ok()?;
     out.split(' ').nth(1).and_then(|c| c.parse().ok())
 }
+
+/// A webhook pipeline in `dir` (source `psp` on a free port, a count per customer into
+/// `features.jsonl`) with `head` at the top of the file (`state_dir = …` and the like).
+/// Returns the pipeline file and the webhook address.
+pub fn webhook_pipeline(dir: &Path, head: &str) -> (std::path::PathBuf, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(KEY));
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"{head}
+epoch_ms = 50
+[event]
+id = "/id"
+entity = "/customer"
+time = "/created_ms"
+time_format = "millis"
+[[sources]]
+type = "webhook"
+name = "psp"
+listen = "{addr}"
+scheme = "standard"
+secrets = ["{secret}"]
+[order]
+lateness = "1s"
+[[features]]
+name = "n"
+op = "count"
+window = "all"
+[[sinks]]
+stream = "features"
+path = "features.jsonl"
+"#
+        ),
+    )
+    .unwrap();
+    (pipeline, addr)
+}
