@@ -28,15 +28,16 @@ lint: setup
 
 # Everything in release: RocksDB is built once, and the end-to-end tests are heavy. The Kafka
 # tests need the project's broker (tansu, scripts/kafka.sh; SLUICE_KAFKA_PORT moves it) and
-# an independent client (confluent-kafka for Python). The broker-restart test, ignored (tansu's
-# SQLite engine stalls under its load), needs a tansu that persists: `scripts/kafka.sh
-# persistent` builds one (25 minutes, once). The CDC tests need PostgreSQL 15 with wal2json
+# an independent client (confluent-kafka for Python). The broker-restart test keeps tansu's
+# topics in an S3 server on the file system (s3s-fs, `scripts/kafka.sh s3`: built once, about
+# 3 minutes). The CDC tests need PostgreSQL 15 with wal2json
 # (scripts/postgres.sh; SLUICE_PG_PORT moves it, SLUICE_PG_CONNINFO points the tests elsewhere).
 test: lint
 	./scripts/postgres.sh start
 	./scripts/kafka.sh start
 	./scripts/kafka.sh pyclient >/dev/null
-	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" \
+	./scripts/kafka.sh s3 >/dev/null
+	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" SLUICE_S3S_FS="$$(./scripts/kafka.sh s3)" \
 	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace
 
 bench-webhook: setup

@@ -6,12 +6,12 @@
 #   scripts/kafka.sh start       install if needed, start if not running (idempotent)
 #   scripts/kafka.sh stop
 #   scripts/kafka.sh status
-#   scripts/kafka.sh persistent  install (once) and print the path of a tansu 0.6.0 built with
-#                                a storage engine that persists (libsql/SQLite), for the tests
-#                                that stop and restart a broker mid-run. There is no prebuilt
-#                                one: `cargo install tansu --version 0.6.0 --locked --features
-#                                dynostore,libsql` takes 15-25 minutes here, once; the binary
-#                                is kept in ~/.cache/sluice/tools (SLUICE_TOOLS) across clones.
+#   scripts/kafka.sh s3          install (once) and print the path of s3s-fs 0.14.1, an S3 server
+#                                on the file system, for the test that stops and restarts a
+#                                broker mid-run: tansu's S3 engine (in the binary above) keeps
+#                                its topics there across broker restarts. Built from the crates
+#                                registry (about 3 minutes, once) into ~/.cache/sluice/tools
+#                                (SLUICE_TOOLS), kept across clones.
 #   scripts/kafka.sh pyclient    install (once) the confluent-kafka Python client (librdkafka 2.16,
 #                                a client sluice did not write) into .tools/pyclient and print
 #                                that directory, for PYTHONPATH (the interop test)
@@ -85,23 +85,23 @@ stop() {
   fi
 }
 
-persistent() {
+s3() {
   local tools="${SLUICE_TOOLS:-$HOME/.cache/sluice/tools}"
-  local root="$tools/tansu-libsql"
-  local pbin="$root/bin/tansu"
-  if ! { [ -x "$pbin" ] && "$pbin" --version 2>/dev/null | grep -q "tansu 0.6.0"; }; then
-    log "building tansu 0.6.0 with SQLite storage (once; 15-25 minutes on 2 cores) into $root"
-    local build="$tools/tansu-build"
+  local root="$tools/s3s-fs"
+  local sbin="$root/bin/s3s-fs"
+  if ! { [ -x "$sbin" ] && "$sbin" --version 2>/dev/null | grep -q "0.14.1"; }; then
+    log "building s3s-fs 0.14.1 (once; about 3 minutes on 2 cores) into $root"
+    local build="$tools/s3s-fs-build"
     mkdir -p "$build"
-    cargo install tansu --version 0.6.0 --locked --features dynostore,libsql --root "$root" --target-dir "$build/target" >&2
+    cargo install s3s-fs --version 0.14.1 --locked --features binary --root "$root" --target-dir "$build/target" >&2
     rm -rf "$build"
   fi
-  echo "$pbin"
+  echo "$sbin"
 }
 
 pyclient() {
   local target="$root/.tools/pyclient"
-  if ! PYTHONPATH="$target" python3 -c "import confluent_kafka; assert confluent_kafka.version()[0] == '2.16.1'" 2>/dev/null; then
+  if ! PYTHONPATH="$target" python3 -c "import confluent_kafka as c; v = c.version(); assert (v[0] if isinstance(v, tuple) else v) == '2.16.1'" 2>/dev/null; then
     log "installing confluent-kafka 2.16.1 into $target"
     rm -rf "$target"
     python3 -m pip install --quiet --no-deps --only-binary=:all: --target "$target" "confluent-kafka==2.16.1" >&2
@@ -112,8 +112,8 @@ pyclient() {
 case "${1:-start}" in
   start) start ;;
   pyclient) pyclient ;;
-  persistent) persistent ;;
+  s3) s3 ;;
   stop) stop ;;
   status) if listening; then echo "listening on 127.0.0.1:$port"; else echo "not running"; exit 1; fi ;;
-  *) log "usage: $0 start|stop|status|persistent|pyclient"; exit 2 ;;
+  *) log "usage: $0 start|stop|status|s3|pyclient"; exit 2 ;;
 esac

@@ -114,6 +114,31 @@ fn consume(brokers: &str, topic: &str, idle: Duration) -> Vec<(Vec<u8>, u64, u64
     out
 }
 
+/// Every record of `topic`, from the beginning, until none came for `idle`: payloads only.
+fn consume_raw(brokers: &str, topic: &str, idle: Duration) -> Vec<Vec<u8>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("raw-{}", nanos()))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..metadata.topics()[0].partitions().len() as i32 {
+        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.unwrap().payload().unwrap_or_default().to_vec());
+            last = Instant::now();
+        }
+    }
+    out
+}
+
 /// The pipeline: the given source and features sink, 2 workers, small epochs.
 fn pipeline(dir: &Path, source: &str, sink: &str) -> std::path::PathBuf {
     let text = format!(
@@ -295,7 +320,8 @@ fn a_kill_at_each_step_of_the_commit_protocol_loses_nothing_with_a_kafka_sink() 
         "commit.synced@5",
         "sink.kafka.produced@5",
         "sink.kafka.progress@5",
-        "sink.kafka.discarded@5",
+        // Discards come once per delivery round, which may take several epochs at once.
+        "sink.kafka.discarded@3",
     ] {
         let name = spec.split('@').next().unwrap();
         let topic_out = format!("matrix-out-{}", nanos());
@@ -441,10 +467,67 @@ fn the_broker_down_for_30_seconds_mid_run_is_ridden_out() {
     assert!(repeated.len() <= 2, "epochs repeated: {repeated:?}");
 }
 
-/// A tansu broker that persists (SQLite), on its own port, stopped and started by the test.
+/// An S3 server on the file system (s3s-fs), on its own port: the storage that persists for
+/// [`Broker`].
+struct ObjectStore {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl ObjectStore {
+    const ACCESS_KEY: &str = "sluice";
+    const SECRET_KEY: &str = "sluice-secret";
+
+    /// Serves `root`, each directory of it a bucket; `bucket` is created.
+    fn start(root: &Path, bucket: &str) -> ObjectStore {
+        let bin = std::env::var("SLUICE_S3S_FS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice/tools/s3s-fs/bin/s3s-fs"));
+        assert!(bin.is_file(), "no s3s-fs at {}: run `scripts/kafka.sh s3` (make test does)", bin.display());
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(root.with_extension("log")).unwrap();
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
+            .arg(root)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ObjectStore { port, child }
+    }
+
+    /// The environment that points tansu's S3 storage (the `object_store` crate) here.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", Self::ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", Self::SECRET_KEY.into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tansu broker whose topics persist (its S3 engine, on an [`ObjectStore`]), on its own
+/// port, stopped and started by the test.
 struct Broker {
     bin: std::path::PathBuf,
     dir: std::path::PathBuf,
+    env: Vec<(&'static str, String)>,
+    storage: String,
     port: u16,
     child: Option<std::process::Child>,
 }
@@ -455,7 +538,8 @@ impl Broker {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
         let child = Command::new(&self.bin)
             .current_dir(&self.dir)
-            .args(["broker", "--storage-engine", "sqlite://broker.db", "--listener-url", &url, "--advertised-listener-url", &url])
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url, "--advertised-listener-url", &url])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -482,31 +566,28 @@ impl Drop for Broker {
     }
 }
 
-/// The broker is stopped for 3 s mid-run and started again (its storage persists): the
-/// pipeline rides it out by itself, and the output is the uninterrupted run's.
+/// The broker is killed mid-run, stays down for 3 s and is started again on the same storage:
+/// the pipeline rides it out by itself, and the output is the uninterrupted run's.
 ///
-/// Ignored: tansu 0.6.0 on SQLite (the only persistent engine that builds here) does not hold
-/// up under this load, restart or not. Seen here (librdkafka debug logs): Fetch round trips of
-/// 1–3 s; requests unanswered until `socket.timeout.ms`; a retried idempotent Produce answered
-/// by closing the connection (`DuplicateSequenceNumber` then `BrokenPipe` in its log); after a
-/// restart, connections closed by the broker about 1 s after they come up, and finally Metadata
-/// requests of a new client unanswered for 10 s. With 4 × 2,000 records the pipeline did ride
-/// out the restart and finish; the output matched except for records later than the allowed
-/// lateness, whose fate depends on the pace at which partitions are read (hence `late_pct` 0
-/// here). Run it with `cargo test --release -p sluice --test kafka_crash -- --ignored`.
+/// The broker is tansu 0.6.0 (the binary of `scripts/kafka.sh start`) on its S3 storage engine,
+/// served from the file system by s3s-fs (`scripts/kafka.sh s3`): the same engine as its
+/// `memory://`, with objects that outlive the broker process. tansu's other persistent engine
+/// that builds here, SQLite (libsql), does not hold up under this load, restart or not (Fetch
+/// round trips of 1–3 s, requests unanswered until `socket.timeout.ms`, connections closed on a
+/// retried idempotent Produce); the test ran on it and was ignored until this engine replaced it.
 #[test]
-#[ignore = "tansu's SQLite engine stalls under this load (see the doc comment)"]
 fn a_broker_restart_mid_run_is_ridden_out() {
-    let bin = std::env::var("SLUICE_TANSU_PERSISTENT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice/tools/tansu-libsql/bin/tansu"));
-    assert!(bin.is_file(), "no persistent tansu at {}: run `scripts/kafka.sh persistent` (make test does)", bin.display());
+    let bin =
+        std::env::var("SLUICE_TANSU").map(std::path::PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/tansu/tansu"));
+    assert!(bin.is_file(), "no tansu at {}: run `scripts/kafka.sh start` (make test does)", bin.display());
     let work = tempfile::tempdir().unwrap();
+    let store = ObjectStore::start(&work.path().join("s3"), "tansu");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut broker = Broker { bin, dir: work.path().to_path_buf(), port, child: None };
+    let mut broker = Broker { bin, dir: work.path().to_path_buf(), env: store.env(), storage: "s3://tansu/".into(), port, child: None };
     broker.start();
     let brokers = format!("127.0.0.1:{port}");
     let input = generated(4, 5_000, 0.0);
+    let records: usize = input.iter().map(Vec::len).sum();
     let (topic_in, topic_out) = ("restart-in", "restart-out");
     sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(topic_in, 4), (topic_out, 2)]).unwrap();
     produce(&brokers, topic_in, &input);
@@ -527,12 +608,9 @@ fn a_broker_restart_mid_run_is_ridden_out() {
     std::thread::sleep(Duration::from_secs(3));
     broker.start();
     let restarted = Instant::now();
-    {
-        let probe: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "probe").create().unwrap();
-        // The restarted broker answers a new client, with the data it had.
-        let (_, high) = probe.fetch_watermarks(topic_in, 0, Duration::from_secs(10)).unwrap();
-        assert_eq!(high, 5_000);
-    }
+    // The restarted broker answers a new client, with the records it had. (Read back rather than
+    // asked for the high watermark: tansu answers ListOffsets with the last batch's first offset.)
+    assert_eq!(consume_raw(&brokers, topic_in, Duration::from_secs(3)).len(), records, "the restarted broker lost input records");
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
@@ -558,8 +636,20 @@ fn a_broker_restart_mid_run_is_ridden_out() {
         );
     }
 
+    let finished = restarted.elapsed();
+    // librdkafka's lines are held back to one per kind per 30 s (connectors' kafka::logs): every
+    // client reports every failed reconnect otherwise (115 lines for this restart).
+    let log_text = std::fs::read_to_string(&log_path).unwrap();
+    let client_lines: Vec<&str> = log_text.lines().filter(|l| l.contains("librdkafka")).collect();
+    assert!(client_lines.len() <= 12, "{} librdkafka lines for one restart:\n{}", client_lines.len(), client_lines.join("\n"));
     let want = reference(work.path(), &input);
     let got = consume(&brokers, topic_out, Duration::from_secs(15));
     let (repeats, repeated) = check(&got, &want, "broker restart");
-    println!("kafka broker restart: records {}, delivered {}, repeats {repeats} in epochs {repeated:?}, missing 0", want.len(), got.len());
+    println!(
+        "kafka broker restart: records {}, delivered {}, repeats {repeats} in epochs {repeated:?}, missing 0; the run ended {} ms after the broker was back; {} librdkafka log lines",
+        want.len(),
+        got.len(),
+        finished.as_millis(),
+        client_lines.len()
+    );
 }

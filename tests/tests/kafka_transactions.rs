@@ -214,3 +214,29 @@ fn a_permanent_produce_error_stops_the_run_with_a_clear_error() {
     assert!(err.contains("sink of `features`") && err.contains("too large"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(120), "stopped after {:?}", started.elapsed());
 }
+
+/// A produce answered `DuplicateSequenceNumber` (here injected for the sink's first two
+/// requests) is taken by librdkafka's idempotent producer as delivered, without an offset,
+/// though the broker wrote nothing; tansu 0.6.0 answers so after it was killed between noting
+/// a producer's sequence and writing the batch. sluice sends such an epoch again with a new
+/// producer: every feature record arrives.
+#[test]
+fn records_acknowledged_as_duplicates_without_an_offset_are_sent_again() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = mock();
+    let brokers = mock.bootstrap_servers();
+    produce(&brokers, "payments", &records(0, 400));
+    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_DUPLICATE_SEQUENCE_NUMBER; 2]);
+    let work = tempfile::tempdir().unwrap();
+    let summary = sluice::run(&at_least_once(work.path(), &brokers), &RunControl::default()).expect("the run resends and ends");
+    assert_eq!(summary.records_in, 400);
+    let mut ids: Vec<String> = consume(&brokers, "features", 2)
+        .iter()
+        .map(|(_, v)| serde_json::from_slice::<serde_json::Value>(v).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    let delivered = ids.len();
+    ids.sort();
+    ids.dedup();
+    // Without the resend, the records of the two answered requests are missing (checked).
+    assert_eq!(ids.len(), 400, "every event's feature record ({delivered} delivered, repeats included)");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use super::logs::Quiet;
 use crate::generator::{GeneratorConfig, GeneratorReader};
 use crate::source::{PartitionReader, ReadStatus};
 
@@ -27,11 +28,11 @@ impl Feeder {
     /// # Errors
     /// The producer cannot be created.
     pub fn start(generator: &GeneratorConfig, brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> Result<Self, String> {
-        let producer: BaseProducer = ClientConfig::new()
+        let producer: BaseProducer<Quiet> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| format!("cannot create a producer for {brokers}: {e}"))?;
         let mut readers: Vec<GeneratorReader> = (0..generator.partitions).map(|p| GeneratorReader::new(generator, p)).collect();
         let topic = topic.to_string();

@@ -7,11 +7,13 @@
 //! | `config.rs` | [`KafkaSourceConfig`], [`KafkaSinkConfig`] |
 //! | `source.rs` | [`KafkaReader`], partition discovery, message key/timestamp/headers for the decoder |
 //! | `feed.rs` | [`Feeder`]: the generator into a topic (`sluice demo --kafka`, the benchmark) |
+//! | `logs.rs` | [`logs::Quiet`]: librdkafka's log and error callbacks, one line per kind per 30 s |
 //! | `offsets.rs` | [`OffsetPublisher`]: committed positions to the consumer group, lag metrics |
 //! | `sink.rs` | the outbox, the delivery thread, progress records, topic creation |
 
 mod config;
 pub mod feed;
+pub mod logs;
 pub mod offsets;
 pub mod sink;
 mod source;

@@ -12,12 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_operators::{KafkaPartitionGauge, Metrics};
 use sluice_state::{StateReader, StateStore, Table, U64Codec};
 
 use super::config::KafkaSourceConfig;
+use super::logs::QuietConsumer;
 use super::source::{consumer, METADATA_TIMEOUT};
 use crate::source::POSITIONS_TABLE;
 use crate::ConnectorError;
@@ -39,7 +40,7 @@ struct Publisher {
     reader: StateReader,
     table: Table<U64Codec>,
     metrics: Arc<Metrics>,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<QuietConsumer>,
     committed: Arc<Mutex<BTreeMap<i32, i64>>>,
     last_error: Option<Instant>,
 }
@@ -68,7 +69,7 @@ impl Publisher {
     }
 
     /// One round with `consumer`; false when it failed.
-    fn publish_with(&mut self, consumer: &BaseConsumer) -> bool {
+    fn publish_with(&mut self, consumer: &QuietConsumer) -> bool {
         let partitions = self.config.partitions.unwrap_or(0) as i32;
         let view = self.reader.view();
         let snapshot = view.snapshot();

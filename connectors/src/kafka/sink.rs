@@ -34,14 +34,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_operators::epoch::HeldCapabilities;
+
+use super::logs::{Quiet, QuietConsumer};
 use sluice_operators::Epoch;
 use sluice_state::protocol::failpoint;
 use sluice_state::{BytesCodec, StateReader, StateStore, Table, TableSpec, WorkerState};
@@ -136,10 +138,16 @@ impl Drop for DeliveryHandle {
     }
 }
 
-/// Counts failed deliveries.
+/// Counts failed and unconfirmed deliveries.
 struct Context {
     failures: AtomicU64,
     last_failure: Mutex<Option<String>>,
+    /// Records acknowledged without an offset: librdkafka's idempotent producer takes a
+    /// `DuplicateSequenceNumber` answer to a retried send as success, trusting that the first
+    /// send was written. tansu 0.6.0 records a producer's sequence before it writes the batch,
+    /// so a broker killed in between answers the retry so and never holds the records (seen
+    /// in the broker-restart test). An epoch with such records is sent again.
+    unconfirmed: AtomicU64,
     /// A failure no retry can mend (a record too large, no authorisation, a fenced producer).
     permanent: AtomicBool,
 }
@@ -179,11 +187,24 @@ impl DeliveryError {
     }
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        super::logs::log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        super::logs::error(&error, reason);
+    }
+}
 
 impl ProducerContext for Context {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Ok(m) = result {
+            if m.offset() < 0 {
+                self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Err((e, _)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
             if e.rdkafka_error_code().is_some_and(permanent_code) {
@@ -230,7 +251,7 @@ pub fn ensure_topics(brokers: &str, properties: &BTreeMap<String, String>, topic
         }
     }
     c.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> = c.create().map_err(|e| format!("cannot create an admin client for {brokers}: {e}"))?;
+    let admin: AdminClient<Quiet> = c.create_with_context(Quiet).map_err(|e| format!("cannot create an admin client for {brokers}: {e}"))?;
     // Only what is missing: some brokers (and librdkafka's mock cluster) do not answer
     // CreateTopics at all.
     let metadata = admin.inner().fetch_metadata(None, KAFKA_TIMEOUT).map_err(|e| format!("cannot read the metadata of {brokers}: {e}"))?;
@@ -270,13 +291,17 @@ pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> 
     c.set("bootstrap.servers", &config.brokers)
         .set("group.id", format!("{id}-progress"))
         .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer = c.create().map_err(|e| kafka("cannot create a consumer", config, e))?;
+    let consumer: QuietConsumer = c.create_with_context(Quiet).map_err(|e| kafka("cannot create a consumer", config, e))?;
     let (low, high) = consumer.fetch_watermarks(&topic, 0, KAFKA_TIMEOUT).map_err(|e| kafka("cannot read the progress topic's offsets", config, e))?;
     if high <= low {
         return Ok(None);
     }
     // Read backwards in growing windows: the last record of this sink is usually near the end.
+    // Each window is read to the end of the partition as the fetches report it, not to `high`:
+    // tansu's ListOffsets answers with the first offset of the newest batch it finds, which
+    // on its S3 engine (object times in whole seconds) can be an older one.
     let mut window = 64i64;
     loop {
         let start = (high - window).max(low);
@@ -286,25 +311,17 @@ pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> 
         let mut last = None;
         let deadline = Instant::now() + KAFKA_TIMEOUT;
         loop {
-            // Before the first fetch the position is "invalid" (negative): not there yet.
-            let position = consumer.position().ok().and_then(|p| p.elements().first().and_then(|e| e.offset().to_raw())).filter(|p| *p >= 0).unwrap_or(start);
-            if position >= high {
-                break;
-            }
             if Instant::now() > deadline {
                 return Err(kafka("timed out reading the progress topic", config, topic));
             }
             match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    if m.key() == Some(id.as_bytes()) {
-                        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())
-                            .map_err(|e| format!("a progress record of `{id}` in {topic} is not JSON: {e}"))?;
-                        last = v["epoch"].as_u64();
-                    }
-                    if m.offset() >= high - 1 {
-                        break;
-                    }
+                Some(Ok(m)) if m.key() == Some(id.as_bytes()) => {
+                    let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())
+                        .map_err(|e| format!("a progress record of `{id}` in {topic} is not JSON: {e}"))?;
+                    last = v["epoch"].as_u64();
                 }
+                Some(Ok(_)) => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
                 Some(Err(e)) => tracing::debug!(error = %e, "progress read"),
                 None => {}
             }
@@ -356,7 +373,7 @@ fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u
 /// A producer with the sink's settings; in exactly-once mode with its transactions initialised
 /// (which fences an older producer with the same transactional id).
 fn new_producer(config: &KafkaSinkConfig) -> Result<BaseProducer<Context>, DeliveryError> {
-    let context = Context { failures: AtomicU64::new(0), last_failure: Mutex::new(None), permanent: AtomicBool::new(false) };
+    let context = Context { failures: AtomicU64::new(0), last_failure: Mutex::new(None), unconfirmed: AtomicU64::new(0), permanent: AtomicBool::new(false) };
     let producer: BaseProducer<Context> =
         client_config(config).create_with_context(context).map_err(|e| DeliveryError::from_kafka("cannot create a producer", config, &e))?;
     if config.delivery == Delivery::ExactlyOnce {
@@ -419,7 +436,7 @@ impl Deliverer {
     }
 
     fn deliver_at_least_once(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
-        let before = self.producer.context().failures.load(Ordering::Relaxed);
+        let before = self.counts();
         self.send_lines(epoch, lines)?;
         // Every record acknowledged before the progress record says the epoch is out.
         self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
@@ -451,7 +468,7 @@ impl Deliverer {
     }
 
     fn deliver_in_transaction(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
-        let before = self.producer.context().failures.load(Ordering::Relaxed);
+        let before = self.counts();
         self.send_lines(epoch, lines)?;
         self.send_progress(epoch, lines.len())?;
         failpoint("sink.kafka.produced");
@@ -467,13 +484,25 @@ impl Deliverer {
         Ok(())
     }
 
-    fn check(&self, before: u64) -> Result<(), DeliveryError> {
+    /// Failed and unconfirmed deliveries so far, for [`Self::check`].
+    fn counts(&self) -> (u64, u64) {
         let context = self.producer.context();
-        let failures = context.failures.load(Ordering::Relaxed) - before;
+        (context.failures.load(Ordering::Relaxed), context.unconfirmed.load(Ordering::Relaxed))
+    }
+
+    fn check(&self, before: (u64, u64)) -> Result<(), DeliveryError> {
+        let context = self.producer.context();
+        let (failures, unconfirmed) = self.counts();
+        let (failures, unconfirmed) = (failures - before.0, unconfirmed - before.1);
         if failures > 0 {
             let last = context.last_failure.lock().expect("invariant: not poisoned").clone().unwrap_or_default();
             let retriable = !context.permanent.load(Ordering::Relaxed);
             return Err(DeliveryError { message: kafka(&format!("{failures} record(s) were not delivered"), &self.config, last), retriable });
+        }
+        if unconfirmed > 0 {
+            let message =
+                format!("{unconfirmed} record(s) were acknowledged as duplicates of an earlier send, without an offset; the broker may not hold them");
+            return Err(DeliveryError { message: kafka(&message, &self.config, "the epoch is sent again"), retriable: true });
         }
         Ok(())
     }

@@ -4,24 +4,20 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice_operators::RecordMeta;
 
 use super::config::{KafkaSourceConfig, StartAt, Until};
+use super::logs::{Quiet, QuietConsumer};
 use crate::source::{Fetched, PartitionReader, ReadStatus};
 use crate::ConnectorError;
 
 /// How long metadata and watermark requests may take before the source reports the broker
 /// unreachable.
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A bounded read (`until = "high_watermark"`) ends once it has passed the high watermark of
-/// the start and no record came for this long. It does not stop at the reported watermark
-/// alone: tansu 0.6.0 reports the first offset of the partition's last batch as its high
-/// watermark, which would cut off that batch.
-pub const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 fn kafka_error(what: &str, source: &KafkaSourceConfig, e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::Kafka(format!("{what} (topic `{}` on {}): {e}", source.topic, source.brokers))
@@ -31,7 +27,7 @@ fn kafka_error(what: &str, source: &KafkaSourceConfig, e: impl std::fmt::Display
 ///
 /// # Errors
 /// librdkafka refuses a property.
-pub fn consumer(source: &KafkaSourceConfig) -> Result<BaseConsumer, ConnectorError> {
+pub fn consumer(source: &KafkaSourceConfig) -> Result<QuietConsumer, ConnectorError> {
     let mut c = ClientConfig::new();
     // Defaults a source's properties may change. A consumer per partition: its prefetch queue
     // is bounded at 8 MiB rather than librdkafka's 64 MiB.
@@ -46,8 +42,10 @@ pub fn consumer(source: &KafkaSourceConfig) -> Result<BaseConsumer, ConnectorErr
         .set("group.id", &source.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    c.create().map_err(|e| kafka_error("cannot create a consumer", source, e))
+        // A bounded read ends where a fetch reports the end of the partition (see
+        // [`KafkaReader::read`]).
+        .set("enable.partition.eof", "true");
+    c.create_with_context(Quiet).map_err(|e| kafka_error("cannot create a consumer", source, e))
 }
 
 /// The topic's partition count, from the broker's metadata.
@@ -77,13 +75,14 @@ pub struct KafkaReader {
     name: String,
     config: KafkaSourceConfig,
     partition: i32,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<QuietConsumer>,
     /// The next offset to read.
     position: Option<u64>,
     /// The high watermark at start, for `until = "high_watermark"`.
     end: Option<u64>,
-    /// Since when nothing came past the end (the source ends after [`DRAIN_IDLE`] of it).
-    idle_since: Option<Instant>,
+    /// The position at which the consumer last reported the end of the partition (a fetch
+    /// answered with nothing past it), until a record comes after it.
+    eof_at: Option<u64>,
     last_error: Option<Instant>,
     /// Whether fetching is paused (backpressure).
     paused: bool,
@@ -107,7 +106,7 @@ impl KafkaReader {
             consumer: None,
             position: None,
             end: None,
-            idle_since: None,
+            eof_at: None,
             last_error: None,
             paused: false,
             draining: false,
@@ -136,9 +135,11 @@ impl KafkaReader {
                 StartAt::Latest => high.max(0) as u64,
             },
         };
-        if self.config.until == Until::HighWatermark || self.draining {
+        // The end is the watermark of the first connect; a reconnect does not move it.
+        if (self.config.until == Until::HighWatermark || self.draining) && self.end.is_none() {
             self.end = Some(high.max(0) as u64);
         }
+        self.eof_at = None;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&self.config.topic, self.partition, Offset::Offset(position as i64))
@@ -183,6 +184,10 @@ impl PartitionReader for KafkaReader {
         while got < records_max {
             match consumer.poll(wait) {
                 None => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    self.eof_at = Some(position);
+                    break;
+                }
                 Some(Err(e)) => {
                     if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!(partition = %self.name, error = %e, "Kafka consumer error; reconnecting at the position read so far");
@@ -202,19 +207,20 @@ impl PartitionReader for KafkaReader {
                     out.push(Fetched { offset, bytes: m.payload().unwrap_or_default().to_vec(), meta: Some(Box::new(meta(&m))) });
                     position = offset + 1;
                     got += 1;
+                    self.eof_at = None;
                 }
             }
         }
         self.position = Some(position);
         if got > 0 {
-            self.idle_since = None;
             return Ok(ReadStatus::More);
         }
+        // A bounded read ends past the end it was given and where a fetch found nothing more.
+        // Not at the end alone: tansu 0.6.0 answers ListOffsets with the first offset of the
+        // partition's last batch, which would cut that batch off. Not after a quiet while
+        // either: a broker away for longer would end the read early.
         match self.end {
-            Some(end) if position >= end => {
-                let since = *self.idle_since.get_or_insert_with(Instant::now);
-                Ok(if since.elapsed() >= DRAIN_IDLE { ReadStatus::End } else { ReadStatus::Waiting })
-            }
+            Some(end) if position >= end && self.eof_at == Some(position) => Ok(ReadStatus::End),
             _ => Ok(ReadStatus::Waiting),
         }
     }
@@ -258,7 +264,7 @@ impl PartitionReader for KafkaReader {
 
 /// Drops a consumer on a thread of its own: closing one waits on its group coordinator, which
 /// must not hold up a worker while the broker is away.
-pub(crate) fn retire(consumer: Option<BaseConsumer>) {
+pub(crate) fn retire(consumer: Option<QuietConsumer>) {
     if let Some(c) = consumer {
         let _ = std::thread::Builder::new().name("sluice-kafka-close".into()).spawn(move || drop(c));
     }
