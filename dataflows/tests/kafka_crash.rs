@@ -84,6 +84,24 @@ fn produce(brokers: &str, topic: &str, partitions: &[Vec<Vec<u8>>]) {
 /// Every record of a topic with its `sluice-epoch` and `sluice-seq` headers.
 /// Reads until nothing has come for `idle`.
 fn consume(brokers: &str, topic: &str, idle: Duration) -> Vec<(Vec<u8>, u64, u64)> {
+    read_topic(brokers, topic, idle, |m| {
+        let header = |name: &str| {
+            m.headers()
+                .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap()))
+                .unwrap_or_else(|| panic!("a record without {name}"))
+        };
+        (m.payload().unwrap_or_default().to_vec(), header("sluice-epoch"), header("sluice-seq"))
+    })
+}
+
+/// Every record of `topic`: payloads only.
+fn consume_raw(brokers: &str, topic: &str, idle: Duration) -> Vec<Vec<u8>> {
+    read_topic(brokers, topic, idle, |m| m.payload().unwrap_or_default().to_vec())
+}
+
+/// `each` of every record of `topic` (read committed) from the beginning, until none came for
+/// `idle`.
+fn read_topic<T>(brokers: &str, topic: &str, idle: Duration, each: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> T) -> Vec<T> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("crash-check-{}", nanos()))
@@ -101,38 +119,7 @@ fn consume(brokers: &str, topic: &str, idle: Duration) -> Vec<(Vec<u8>, u64, u64
     let mut last = Instant::now();
     while last.elapsed() < idle {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            let header = |name: &str| {
-                m.headers()
-                    .and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value).map(|v| String::from_utf8_lossy(v).parse::<u64>().unwrap()))
-                    .unwrap_or_else(|| panic!("a record without {name}"))
-            };
-            out.push((m.payload().unwrap_or_default().to_vec(), header("sluice-epoch"), header("sluice-seq")));
-            last = Instant::now();
-        }
-    }
-    out
-}
-
-/// Every record of `topic`, from the beginning, until none came for `idle`: payloads only.
-fn consume_raw(brokers: &str, topic: &str, idle: Duration) -> Vec<Vec<u8>> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("raw-{}", nanos()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let mut list = rdkafka::TopicPartitionList::new();
-    for p in 0..metadata.topics()[0].partitions().len() as i32 {
-        list.add_partition_offset(topic, p, rdkafka::Offset::Beginning).unwrap();
-    }
-    consumer.assign(&list).unwrap();
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    while last.elapsed() < idle {
-        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-            out.push(m.unwrap().payload().unwrap_or_default().to_vec());
+            out.push(each(&m.unwrap()));
             last = Instant::now();
         }
     }
