@@ -395,32 +395,18 @@ impl Proxy {
 /// error; nothing lost, repeats only of epochs in flight.
 #[test]
 fn the_broker_down_for_30_seconds_mid_run_is_ridden_out() {
-    let bin =
-        std::env::var("SLUICE_TANSU").map(std::path::PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/tansu/tansu"));
-    assert!(bin.is_file(), "no tansu at {}: run `scripts/kafka.sh start` (make test does)", bin.display());
-    let free_port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (broker_port, proxy_port) = (free_port(), free_port());
     let work = tempfile::tempdir().unwrap();
-    let log = std::fs::File::create(work.path().join("broker.log")).unwrap();
-    let mut broker = Command::new(&bin)
-        .args([
-            "broker",
-            "--storage-engine",
-            "memory://tansu/",
-            "--listener-url",
-            &format!("tcp://127.0.0.1:{broker_port}"),
-            "--advertised-listener-url",
-            &format!("tcp://127.0.0.1:{proxy_port}"),
-        ])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "tansu did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut broker = Broker {
+        bin: tansu(),
+        dir: work.path().to_path_buf(),
+        env: Vec::new(),
+        storage: "memory://tansu/".into(),
+        port: broker_port,
+        advertised: proxy_port,
+        child: None,
+    };
+    broker.start();
     let proxy = Proxy::start(proxy_port, broker_port);
     let brokers = format!("127.0.0.1:{proxy_port}");
     let input = generated(4, 20_000, 0.0);
@@ -449,9 +435,21 @@ fn the_broker_down_for_30_seconds_mid_run_is_ridden_out() {
     let got = consume(&brokers, "down-out", Duration::from_secs(3));
     let (repeats, repeated) = check(&got, &want, "broker down 30 s");
     common::Report { scenario: "kafka-broker-down-30s".into(), kills: 0, events: records, duplicates: repeats, lost: 0, recoveries: vec![finished] }.print();
-    let _ = broker.kill();
-    let _ = broker.wait();
+    broker.stop();
     assert!(repeated.len() <= 2, "epochs repeated: {repeated:?}");
+}
+
+/// A free local TCP port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The project's tansu binary (`scripts/kafka.sh start` installs it; `SLUICE_TANSU` overrides).
+fn tansu() -> std::path::PathBuf {
+    let bin =
+        std::env::var("SLUICE_TANSU").map(std::path::PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/tansu/tansu"));
+    assert!(bin.is_file(), "no tansu at {}: run `scripts/kafka.sh start` (make test does)", bin.display());
+    bin
 }
 
 /// An S3 server on the file system (s3s-fs), on its own port: the storage that persists for
@@ -472,7 +470,7 @@ impl ObjectStore {
             .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice/tools/s3s-fs/bin/s3s-fs"));
         assert!(bin.is_file(), "no s3s-fs at {}: run `scripts/kafka.sh s3` (make test does)", bin.display());
         std::fs::create_dir_all(root.join(bucket)).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let log = std::fs::File::create(root.with_extension("log")).unwrap();
         let child = Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", Self::ACCESS_KEY, "--secret-key", Self::SECRET_KEY])
@@ -508,25 +506,27 @@ impl Drop for ObjectStore {
     }
 }
 
-/// A tansu broker whose topics persist (its S3 engine, on an [`ObjectStore`]), on its own
-/// port, stopped and started by the test.
+/// A tansu broker of a test's own, stopped and started by it: in memory, or with topics that
+/// persist (its S3 engine, on an [`ObjectStore`]).
 struct Broker {
     bin: std::path::PathBuf,
     dir: std::path::PathBuf,
     env: Vec<(&'static str, String)>,
     storage: String,
     port: u16,
+    /// The port clients are told to use (a proxy's, or `port`).
+    advertised: u16,
     child: Option<std::process::Child>,
 }
 
 impl Broker {
     fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let (url, advertised) = (format!("tcp://127.0.0.1:{}", self.port), format!("tcp://127.0.0.1:{}", self.advertised));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
         let child = Command::new(&self.bin)
             .current_dir(&self.dir)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--storage-engine", &self.storage, "--listener-url", &url, "--advertised-listener-url", &advertised])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -564,13 +564,11 @@ impl Drop for Broker {
 /// retried idempotent Produce); the test ran on it and was ignored until this engine replaced it.
 #[test]
 fn a_broker_restart_mid_run_is_ridden_out() {
-    let bin =
-        std::env::var("SLUICE_TANSU").map(std::path::PathBuf::from).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/tansu/tansu"));
-    assert!(bin.is_file(), "no tansu at {}: run `scripts/kafka.sh start` (make test does)", bin.display());
     let work = tempfile::tempdir().unwrap();
     let store = ObjectStore::start(&work.path().join("s3"), "tansu");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut broker = Broker { bin, dir: work.path().to_path_buf(), env: store.env(), storage: "s3://tansu/".into(), port, child: None };
+    let port = free_port();
+    let mut broker =
+        Broker { bin: tansu(), dir: work.path().to_path_buf(), env: store.env(), storage: "s3://tansu/".into(), port, advertised: port, child: None };
     broker.start();
     let brokers = format!("127.0.0.1:{port}");
     let input = generated(4, 5_000, 0.0);
