@@ -3,7 +3,8 @@
 #
 #   scripts/postgres.sh start    install what is missing (Debian: postgresql-15,
 #                                postgresql-15-wal2json), create the cluster once (wal_level =
-#                                logical), start it if not running (idempotent)
+#                                logical), start it if not running, allow wal2json as an
+#                                output plugin (idempotent)
 #   scripts/postgres.sh stop
 #   scripts/postgres.sh status
 #
@@ -40,6 +41,48 @@ running() {
     as_postgres "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1
 }
 
+sql() {
+    as_postgres "$bin/psql" -X -q -At -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"
+}
+
+# PostgreSQL 15.19 and later (CVE-2026-6471; Debian 15.19-0+deb12u1 on)
+# load only the logical-decoding output plugins named in `output_plugin_libraries` (default
+# `pgoutput, test_decoding`). Where the setting exists and lacks wal2json, add it with ALTER
+# SYSTEM (kept in postgresql.auto.conf, so a cluster made by an older version of this script
+# gets it too) and reload; older servers have no such setting and need nothing. The setting
+# cannot go into postgresql.conf at initdb: a server without it would refuse to start.
+allow_wal2json() {
+    local current
+    current="$(sql "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'")"
+    if [ -z "$current" ] && [ "$(sql "SELECT count(*) FROM pg_settings WHERE name = 'output_plugin_libraries'")" = 0 ]; then
+        return 0
+    fi
+    case ",$(printf '%s' "$current" | tr -d ' ')," in
+    *,wal2json,*) ;;
+    *)
+        local list
+        list="$(printf '%s' "$current" | tr -d ' ' | tr ',' '\n' | grep -v '^$' | paste -sd, -)"
+        list="${list:+$list,}wal2json"
+        log "allowing wal2json as an output plugin (output_plugin_libraries = $list)"
+        sql "ALTER SYSTEM SET output_plugin_libraries = ${list//,/, }" >/dev/null
+        sql "SELECT pg_reload_conf()" >/dev/null
+        ;;
+    esac
+    # A reload reaches new sessions once the postmaster has read the file: wait for it, then
+    # check the way the tests will use it (a temporary slot, dropped when the session ends).
+    local i
+    for i in $(seq 50); do
+        case ",$(sql "SHOW output_plugin_libraries" | tr -d ' ')," in
+        *,wal2json,*) break ;;
+        esac
+        sleep 0.1
+    done
+    sql "SELECT pg_create_logical_replication_slot('sluice_setup_check', 'wal2json', true)" >/dev/null || {
+        log "wal2json is still refused as an output plugin (see $dir/server.log)"
+        exit 1
+    }
+}
+
 case "${1:-start}" in
 start)
     install
@@ -65,6 +108,7 @@ CONF
         as_postgres "$bin/pg_ctl" -D "$data" -l "$dir/server.log" -w -t 60 start >/dev/null
         log "started on 127.0.0.1:$port (log: $dir/server.log)"
     fi
+    allow_wal2json
     ;;
 stop)
     if running; then

@@ -46,6 +46,17 @@ pub enum ConnectorError {
     /// PostgreSQL (logical decoding) failed; the message names the source and the step.
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// The PostgreSQL server cannot serve a `postgres` source until its administrator changes
+    /// something (`fix` says what). Retrying helps only after that.
+    #[error("PostgreSQL source `{source_name}`: {problem}; {fix}")]
+    PostgresServer {
+        /// The source's name.
+        source_name: String,
+        /// What the server lacks.
+        problem: String,
+        /// What must change on the server.
+        fix: String,
+    },
     /// The state layer failed.
     #[error(transparent)]
     State(#[from] sluice_state::StateError),

@@ -241,3 +241,33 @@ fn a_reconciliation_reads_its_ledger_from_postgres_and_resumes_where_it_committe
     let retracts = text.lines().filter(|l| l.contains("\"diff\":-1")).count();
     assert_eq!(inserts - retracts, 4);
 }
+
+#[test]
+fn a_server_that_refuses_wal2json_stops_the_source_at_start_saying_what_to_change() {
+    // PostgreSQL 15.19 and later load only the output plugins named in
+    // `output_plugin_libraries`; a session can narrow it, which makes this server refuse
+    // wal2json for this connection only (the other tests share the server).
+    let (conninfo, mut db) = database("sluice_pg_refused");
+    let refusing = format!("{conninfo} options='-c output_plugin_libraries=pgoutput'");
+    let err = source(&refusing, "sluice_refused").ensure_slot().unwrap_err();
+    assert!(matches!(err, sluice_connectors::ConnectorError::PostgresServer { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "PostgreSQL source `ledger`: the server does not allow wal2json as a logical decoding output plugin \
+         (output_plugin_libraries = 'pgoutput'); a database administrator must add it: \
+         `ALTER SYSTEM SET output_plugin_libraries = pgoutput, wal2json; SELECT pg_reload_conf();` \
+         (or the same line in postgresql.conf, then a reload)"
+    );
+    // Refused before anything was created on the server.
+    let slots: i64 = db.query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'sluice_refused'", &[]).unwrap().get(0);
+    assert_eq!(slots, 0);
+
+    // The same through a pipeline: `run` fails at start, naming the source and the setting.
+    let dir = tempfile::tempdir().unwrap();
+    let provider = dir.path().join("provider.jsonl");
+    std::fs::write(&provider, "").unwrap();
+    let err = sluice::run(&pipeline(dir.path(), &refusing, &provider), &RunControl::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("sources[1] (ledger): PostgreSQL source `ledger`: the server does not allow wal2json"), "{text}");
+    assert!(text.contains("ALTER SYSTEM SET output_plugin_libraries = pgoutput, wal2json"), "{text}");
+}

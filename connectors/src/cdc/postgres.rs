@@ -102,12 +102,17 @@ impl PostgresSourceConfig {
         ConnectorError::Postgres(format!("source `{}` (slot `{}`): {what}: {e}", self.name, self.slot))
     }
 
-    /// Creates the slot (wal2json) if it does not exist.
+    /// Checks that the server can serve the source, then creates the slot (wal2json) if it
+    /// does not exist.
     ///
     /// # Errors
-    /// PostgreSQL cannot be reached, is not `wal_level = logical`, or lacks wal2json.
+    /// PostgreSQL cannot be reached; or it cannot decode for sluice, with what the database
+    /// administrator must change ([`ConnectorError::PostgresServer`]): `wal_level` is not
+    /// `logical`, wal2json is not installed or not allowed as an output plugin, or the user may
+    /// not use replication slots.
     pub fn ensure_slot(&self) -> Result<(), ConnectorError> {
         let mut client = self.connect()?;
+        self.check_server(&mut client)?;
         let exists = client
             .query_opt("SELECT plugin FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()", &[&self.slot])
             .map_err(|e| self.error("cannot list replication slots", e))?;
@@ -121,12 +126,108 @@ impl PostgresSourceConfig {
             None => {
                 client
                     .execute("SELECT pg_create_logical_replication_slot($1, 'wal2json')", &[&self.slot])
-                    .map_err(|e| self.error("cannot create the slot (is wal_level = logical, and wal2json installed?)", e))?;
+                    .map_err(|e| self.server_refusal(&e).unwrap_or_else(|| self.error("cannot create the slot", e)))?;
                 tracing::info!(source = %self.name, slot = %self.slot, "created a logical replication slot (wal2json)");
             }
         }
         Ok(())
     }
+
+    /// What the server must have for logical decoding through wal2json, asked before anything
+    /// is created: `wal_level = logical`, and wal2json among `output_plugin_libraries` where the
+    /// server has that setting (PostgreSQL 15.19 and later: only the
+    /// plugins it names may be loaded; older servers allow any).
+    fn check_server(&self, client: &mut postgres::Client) -> Result<(), ConnectorError> {
+        let wal_level: String = client.query_one("SHOW wal_level", &[]).map_err(|e| self.error("cannot read wal_level", e))?.get(0);
+        if wal_level != "logical" {
+            return Err(self.server_error(
+                format!("the server's wal_level is `{wal_level}`, and logical decoding needs `logical`"),
+                "set `wal_level = logical` in postgresql.conf and restart the server",
+            ));
+        }
+        // `current_setting(name, true)` is NULL where the setting does not exist.
+        let allowed: Option<String> = client
+            .query_one("SELECT current_setting('output_plugin_libraries', true)", &[])
+            .map_err(|e| self.error("cannot read output_plugin_libraries", e))?
+            .get(0);
+        if let Some(allowed) = allowed {
+            if !plugin_allowed(&allowed, "wal2json") {
+                return Err(self.plugin_refused(&allowed));
+            }
+        }
+        Ok(())
+    }
+
+    /// The server's refusal in `e` as what must change, for the refusals an administrator fixes.
+    fn server_refusal(&self, e: &postgres::Error) -> Option<ConnectorError> {
+        let db = e.as_db_error()?;
+        let message = db.message();
+        if message.contains("may not be used as an output plugin") {
+            let allowed = db.detail().and_then(|d| d.split_once("(currently '")).and_then(|(_, rest)| rest.split_once("')")).map_or("", |(list, _)| list);
+            return Some(self.plugin_refused(allowed));
+        }
+        if message.contains("could not access file") && message.contains("wal2json") {
+            return Some(self.server_error(
+                "the server has no wal2json output plugin".into(),
+                "install it on the database server (Debian and Ubuntu: `postgresql-<version>-wal2json`)",
+            ));
+        }
+        if *db.code() == postgres::error::SqlState::INSUFFICIENT_PRIVILEGE && message.contains("replication") {
+            let user = self.conninfo.parse::<postgres::Config>().ok().and_then(|c| c.get_user().map(str::to_string)).unwrap_or_else(|| "the user".into());
+            return Some(self.server_error(
+                format!("`{user}` may not use replication slots ({message})"),
+                &format!("give it the REPLICATION attribute: `ALTER ROLE {user} REPLICATION`"),
+            ));
+        }
+        None
+    }
+
+    fn plugin_refused(&self, allowed: &str) -> ConnectorError {
+        let mut list: Vec<&str> = allowed.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        list.push("wal2json");
+        self.server_error(
+            format!("the server does not allow wal2json as a logical decoding output plugin (output_plugin_libraries = '{allowed}')"),
+            &format!(
+                "a database administrator must add it: `ALTER SYSTEM SET output_plugin_libraries = {}; SELECT pg_reload_conf();` (or the same line in postgresql.conf, then a reload)",
+                list.join(", ")
+            ),
+        )
+    }
+
+    fn server_error(&self, problem: String, fix: &str) -> ConnectorError {
+        ConnectorError::PostgresServer { source_name: self.name.clone(), problem, fix: fix.to_string() }
+    }
+}
+
+/// Whether `plugin` is in an `output_plugin_libraries` list, read as PostgreSQL reads a list
+/// setting: names separated by commas, each optionally in double quotes (a quoted name may hold
+/// commas, and `""` is a quote), spaces around them ignored.
+fn plugin_allowed(list: &str, plugin: &str) -> bool {
+    let mut names = Vec::new();
+    let mut chars = list.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                if c == '"' && chars.next_if_eq(&'"').is_none() {
+                    break;
+                }
+                name.push(c);
+            }
+            while chars.next_if(|c| *c != ',').is_some() {}
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            name.truncate(name.trim_end().len());
+        }
+        names.push(name);
+        if chars.next().is_none() {
+            break;
+        }
+    }
+    names.iter().any(|n| n == plugin)
 }
 
 /// `X/Y` to a number.
@@ -245,7 +346,7 @@ impl PostgresReader {
         } else {
             client.query(&sql, &[&self.config.slot, &limit, &tables])
         }
-        .map_err(|e| self.config.error("cannot read changes", e))?;
+        .map_err(|e| self.config.server_refusal(&e).unwrap_or_else(|| self.config.error("cannot read changes", e)))?;
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).filter_map(|(l, d)| Some((parse_lsn(&l)?, d))).collect())
     }
 }
@@ -430,6 +531,19 @@ mod tests {
         assert_eq!(parse_lsn("x"), None);
         assert_eq!(timestamp_ms("2026-11-24 10:39:21.544417+00"), Some(1_795_516_761_544));
         assert_eq!(timestamp_ms("2026-11-24 11:39:21+01"), Some(1_795_516_761_000));
+    }
+
+    #[test]
+    fn output_plugin_lists_are_read_as_postgresql_writes_them() {
+        assert!(plugin_allowed("pgoutput, test_decoding, wal2json", "wal2json"));
+        assert!(plugin_allowed("wal2json", "wal2json"));
+        assert!(plugin_allowed("pgoutput, \"wal2json\" ", "wal2json"));
+        assert!(!plugin_allowed("pgoutput, test_decoding", "wal2json"));
+        assert!(!plugin_allowed("", "wal2json"));
+        assert!(!plugin_allowed("wal2json_old", "wal2json"));
+        // `ALTER SYSTEM SET x = 'a, b, wal2json'` makes one quoted name of the whole list, which
+        // the server refuses (seen on 15.20).
+        assert!(!plugin_allowed("\"pgoutput, test_decoding, wal2json\"", "wal2json"));
     }
 
     #[test]
