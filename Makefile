@@ -27,8 +27,9 @@ lint: setup
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 # Everything in release: RocksDB is built once, and the end-to-end tests are heavy. The Kafka
-# tests need the project's broker (tansu, scripts/kafka.sh; SLUICE_KAFKA_PORT moves it) and
-# an independent client (confluent-kafka for Python). The broker-restart test keeps tansu's
+# tests need the project's broker (tansu, scripts/kafka.sh; SLUICE_KAFKA_PORT moves it), the
+# transactional broker for the exactly-once tests (noida-db, `scripts/kafka.sh noida`: each test
+# starts its own) and an independent client (confluent-kafka for Python). The broker-restart test keeps tansu's
 # topics in an S3 server on the file system (s3s-fs, `scripts/kafka.sh s3`: built once, about
 # 3 minutes). The CDC tests need PostgreSQL 15 with wal2json
 # (scripts/postgres.sh; SLUICE_PG_PORT moves it, SLUICE_PG_CONNINFO points the tests elsewhere).
@@ -37,7 +38,8 @@ test: lint
 	./scripts/kafka.sh start
 	./scripts/kafka.sh pyclient >/dev/null
 	./scripts/kafka.sh s3 >/dev/null
-	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" SLUICE_S3S_FS="$$(./scripts/kafka.sh s3)" \
+	./scripts/kafka.sh noida >/dev/null
+	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" SLUICE_S3S_FS="$$(./scripts/kafka.sh s3)" SLUICE_NOIDA="$$(./scripts/kafka.sh noida)" \
 	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace
 
 bench-webhook: setup
@@ -52,9 +54,14 @@ bench-commit: setup
 bench-reconcile: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- reconcile $(BENCH_ARGS)
 
+# Against both brokers: tansu (at-least-once is what holds there) and noida-db (transactions;
+# started on a fresh data directory: it keeps its state in one JSON file that grows).
 bench-kafka: setup
 	./scripts/kafka.sh start
-	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- kafka $(BENCH_ARGS)
+	./scripts/kafka.sh txn-stop
+	./scripts/kafka.sh txn-start
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- kafka --brokers tansu=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092},noida-db=127.0.0.1:$${SLUICE_TXN_PORT:-19093} $(BENCH_ARGS)
+	./scripts/kafka.sh txn-stop
 
 bench: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline $(BENCH_ARGS)

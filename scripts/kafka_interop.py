@@ -3,6 +3,14 @@
 installed by `scripts/kafka.sh pyclient` into .tools/pyclient.
 
   kafka_interop.py produce BROKERS TOPIC FILE...   file i's lines -> partition i
+  kafka_interop.py produce-transactions BROKERS TOPIC N ABORTED FILE...
+                                                   as a transactional producer: transaction j
+                                                   holds lines [j*N, (j+1)*N) of every file (file
+                                                   i -> partition i) and is aborted when j is in
+                                                   ABORTED (comma-separated), else committed;
+                                                   aborted records are flushed to the broker
+                                                   first, so they are in the log. Prints
+                                                   "committed C aborted A"
   kafka_interop.py consume BROKERS TOPIC           every record (read_committed) as JSON lines:
                                                    {"value": ..., "key": ..., "headers": {...}}
 """
@@ -36,6 +44,40 @@ def produce(brokers, topic, files):
     print(n)
 
 
+def produce_transactions(brokers, topic, per, aborted, files):
+    lines = []
+    for path in files:
+        with open(path, "rb") as f:
+            lines.append([l.rstrip(b"\n") for l in f if l.strip()])
+    p = Producer({"bootstrap.servers": brokers, "transactional.id": f"interop-{time.time_ns()}", "linger.ms": 5})
+    p.init_transactions(30)
+    counts = {"committed": 0, "aborted": 0}
+    j = 0
+    while any(len(ls) > j * per for ls in lines):
+        p.begin_transaction()
+        n = 0
+        for partition, ls in enumerate(lines):
+            for line in ls[j * per:(j + 1) * per]:
+                while True:
+                    try:
+                        p.produce(topic, value=line, partition=partition)
+                        break
+                    except BufferError:
+                        p.poll(0.05)
+                n += 1
+        if j in aborted:
+            # Sent and acknowledged inside the transaction before the abort: in the log.
+            if p.flush(60):
+                sys.exit("records of a transaction to abort not delivered")
+            p.abort_transaction(30)
+            counts["aborted"] += n
+        else:
+            p.commit_transaction(30)
+            counts["committed"] += n
+        j += 1
+    print(f"committed {counts['committed']} aborted {counts['aborted']}")
+
+
 def consume(brokers, topic):
     c = Consumer({
         "bootstrap.servers": brokers,
@@ -64,6 +106,9 @@ if __name__ == "__main__":
     command, brokers, topic, *rest = sys.argv[1:]
     if command == "produce":
         produce(brokers, topic, rest)
+    elif command == "produce-transactions":
+        per, aborted, *files = rest
+        produce_transactions(brokers, topic, int(per), {int(a) for a in aborted.split(",") if a}, files)
     elif command == "consume":
         consume(brokers, topic)
     else:

@@ -35,6 +35,9 @@ pub struct KafkaRun {
     pub features: u64,
     /// Wall time of the run.
     pub seconds: f64,
+    /// CPU time of the process during the run (user + system, every thread: the dataflow,
+    /// the commit thread, librdkafka's threads).
+    pub cpu_seconds: f64,
     /// Latency quantiles (p50, p99), ms, for latency runs.
     pub latency_ms: Option<(u64, u64)>,
 }
@@ -63,6 +66,7 @@ fn kafka_pipeline(
         start: StartAt::Earliest,
         until,
         partitions: None,
+        isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
         properties: BTreeMap::new(),
     })];
     config.sinks = vec![SinkConfig::Kafka(KafkaSinkConfig {
@@ -108,9 +112,15 @@ pub fn preload(brokers: &str, generator: &GeneratorConfig) -> Result<(String, f6
 pub fn throughput(brokers: &str, topic_in: &str, workers: usize, delivery: Delivery) -> Result<KafkaRun> {
     let work = tempfile::tempdir()?;
     let config = kafka_pipeline(work.path(), brokers, workers, (topic_in, &unique("out")), delivery, Until::HighWatermark, "5s");
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), crate::cpu_seconds());
     let summary = sluice::run(&config, &sluice::RunControl::default())?;
-    Ok(KafkaRun { records: summary.records_in, features: summary.features_out, seconds: started.elapsed().as_secs_f64(), latency_ms: None })
+    Ok(KafkaRun {
+        records: summary.records_in,
+        features: summary.features_out,
+        seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: crate::cpu_seconds() - cpu,
+        latency_ms: None,
+    })
 }
 
 /// Every record of `topic`: (payload, message timestamp ms).
@@ -157,9 +167,11 @@ pub fn latency(brokers: &str, workers: usize, delivery: Delivery, rate: u64, sec
         drain.store(true, Ordering::Relaxed);
         n
     });
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), crate::cpu_seconds());
     let summary = sluice::run(&config, &control)?;
     let seconds = started.elapsed().as_secs_f64();
+    // The feeder's producer ran in this process too.
+    let cpu_seconds = crate::cpu_seconds() - cpu;
     fed.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))?.map_err(anyhow::Error::msg)?;
     let id_of = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| v["id"].as_str().map(str::to_string));
     let mut produced: HashMap<String, i64> = HashMap::new();
@@ -174,5 +186,99 @@ pub fn latency(brokers: &str, workers: usize, delivery: Delivery, rate: u64, sec
         let sent = produced.get(&id).with_context(|| format!("feature record {id} has no input record"))?;
         h.saturating_record((ts - sent).max(1) as u64);
     }
-    Ok(KafkaRun { records: summary.records_in, features: h.len(), seconds, latency_ms: Some((h.value_at_quantile(0.5), h.value_at_quantile(0.99))) })
+    Ok(KafkaRun {
+        records: summary.records_in,
+        features: h.len(),
+        seconds,
+        cpu_seconds,
+        latency_ms: Some((h.value_at_quantile(0.5), h.value_at_quantile(0.99))),
+    })
+}
+
+/// What the broker itself manages on this machine, without sluice: the limit the pipeline's
+/// figures read against.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    /// The idempotent producer (linger 5 ms) into a 4-partition topic, records/s.
+    pub produce_per_s: f64,
+    /// A transactional producer, one transaction per 20,000 records, records/s (`None` where
+    /// the broker refuses transactions).
+    pub produce_transactions_per_s: Option<f64>,
+    /// One `read_committed` consumer of the 4 partitions, records/s.
+    pub consume_per_s: f64,
+}
+
+/// Measures [`Ceiling`] with `generator`'s records (the preload gives the produce rate).
+///
+/// # Errors
+/// The broker cannot be reached.
+pub fn ceiling(brokers: &str, generator: &GeneratorConfig, preloaded: &str, produce_per_s: f64) -> Result<Ceiling> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let records: Vec<(i32, Vec<u8>)> = {
+        let mut out = Vec::new();
+        for p in 0..generator.partitions {
+            let mut reader = sluice_connectors::generator::GeneratorReader::new(generator, p);
+            let mut batch = Vec::new();
+            loop {
+                let status = sluice_connectors::PartitionReader::read(&mut reader, 10_000, &mut batch).map_err(|e| anyhow::anyhow!("{e}"))?;
+                out.extend(batch.drain(..).map(|f| (p as i32, f.bytes)));
+                if status == sluice_connectors::ReadStatus::End {
+                    break;
+                }
+            }
+        }
+        out
+    };
+    let topic = unique("ceiling");
+    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic, 4)]).map_err(anyhow::Error::msg)?;
+    let producer: BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").set("transactional.id", unique("ceiling")).create()?;
+    let started = Instant::now();
+    let produce_transactions_per_s = match producer.init_transactions(Duration::from_secs(10)) {
+        Err(_) => None,
+        Ok(()) => {
+            for chunk in records.chunks(20_000) {
+                producer.begin_transaction()?;
+                for (p, bytes) in chunk {
+                    let mut record = BaseRecord::<(), [u8]>::to(&topic).payload(bytes.as_slice()).partition(*p);
+                    loop {
+                        match producer.send(record) {
+                            Ok(()) => break,
+                            Err((_, back)) => {
+                                producer.poll(Duration::from_millis(5));
+                                record = back;
+                            }
+                        }
+                    }
+                }
+                producer.commit_transaction(Duration::from_secs(60))?;
+            }
+            Some(records.len() as f64 / started.elapsed().as_secs_f64())
+        }
+    };
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("ceiling"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        list.add_partition_offset(preloaded, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let (started, mut read, mut ended) = (Instant::now(), 0u64, 0);
+    let mut last = Instant::now();
+    while ended < 4 && last.elapsed() < Duration::from_secs(10) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => {
+                read += 1;
+                last = Instant::now();
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+            _ => {}
+        }
+    }
+    Ok(Ceiling { produce_per_s, produce_transactions_per_s, consume_per_s: read as f64 / started.elapsed().as_secs_f64() })
 }

@@ -2,7 +2,7 @@
 //!
 //! | file | what it owns |
 //! |---|---|
-//! | `lib.rs` | the standard benchmark pipeline and process memory readings |
+//! | `lib.rs` | the standard benchmark pipeline, process memory and CPU readings |
 //! | `kafka.rs` | topic in → topic out: throughput over a preloaded topic, latency at a fixed rate |
 //! | `webhook.rs` | signed webhooks over HTTP into a running pipeline: requests/s and response times |
 //! | `recovery.rs` | recovery time after kill -9 with ~1M entities; the cost of synced commits per `epoch_ms` |
@@ -107,4 +107,19 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// CPU time of this process so far, user + system, all threads (getrusage), in seconds.
+#[allow(unsafe_code)]
+pub fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one rusage into the pointer it is given, which points at one.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return 0.0;
+        }
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }

@@ -194,6 +194,7 @@ pub fn kafka_demo_config(
         start: sluice_connectors::kafka::StartAt::Earliest,
         until: sluice_connectors::kafka::Until::Forever,
         partitions: None,
+        isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
         properties: Default::default(),
     })];
     for sink in config.sinks.iter_mut() {

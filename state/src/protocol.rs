@@ -29,7 +29,10 @@
 //! With the cargo feature `failpoints` (on only when tests are built: the crates list
 //! themselves with it as dev-dependencies), [`failpoint`] reads `SLUICE_FAILPOINT=name@n` from
 //! the environment and kills the process with SIGKILL at the `n`-th time (1 when `@n` is left
-//! out) the step `name` is reached. Without the feature it compiles to nothing.
+//! out) the step `name` is reached. `name@n:pause=MS` stops the thread there for `MS` ms instead
+//! (saying `failpoint NAME paused` on stderr), so that a test can act while the process holds
+//! that state: the broker killed while a transaction is open. Without the feature it compiles
+//! to nothing.
 
 /// Every step of the protocol, in order, with what has happened when it is reached.
 pub const STEPS: &[(&str, &str)] = &[
@@ -61,29 +64,39 @@ mod armed {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
 
-    /// The armed failpoint: its name and the hit that kills.
-    fn armed() -> Option<&'static (String, u64)> {
-        static ARMED: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    /// The armed failpoint: its name, the hit that acts, and a pause in ms instead of a kill.
+    fn armed() -> Option<&'static (String, u64, Option<u64>)> {
+        static ARMED: OnceLock<Option<(String, u64, Option<u64>)>> = OnceLock::new();
         ARMED
             .get_or_init(|| {
                 let spec = std::env::var("SLUICE_FAILPOINT").ok()?;
-                let (name, n) = match spec.split_once('@') {
+                let (point, pause) = match spec.split_once(":pause=") {
+                    Some((point, ms)) => (point, Some(ms.parse().unwrap_or_else(|_| panic!("SLUICE_FAILPOINT={spec}: `{ms}` is not a number of ms")))),
+                    None => (spec.as_str(), None),
+                };
+                let (name, n) = match point.split_once('@') {
                     Some((name, n)) => (name.to_string(), n.parse().unwrap_or_else(|_| panic!("SLUICE_FAILPOINT={spec}: `{n}` is not a count"))),
-                    None => (spec.clone(), 1),
+                    None => (point.to_string(), 1),
                 };
                 assert!(super::STEPS.iter().any(|(s, _)| *s == name), "SLUICE_FAILPOINT={spec}: no step `{name}`");
-                Some((name, n))
+                Some((name, n, pause))
             })
             .as_ref()
     }
 
     pub(super) fn hit(name: &'static str) {
         static HITS: AtomicU64 = AtomicU64::new(0);
-        let Some((armed, n)) = armed() else { return };
+        let Some((armed, n, pause)) = armed() else { return };
         if armed != name {
             return;
         }
         if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
+            if let Some(ms) = pause {
+                eprintln!("sluice: failpoint {name} paused ({n}) for {ms} ms");
+                std::thread::sleep(std::time::Duration::from_millis(*ms));
+                eprintln!("sluice: failpoint {name} resumed");
+                return;
+            }
             eprintln!("sluice: failpoint {name} reached ({n}): killing the process");
             kill_self();
         }

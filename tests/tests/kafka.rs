@@ -171,6 +171,7 @@ fn kafka_source(brokers: &str, topic: &str, until: Until) -> SourceConfig {
         start: StartAt::Earliest,
         until,
         partitions: None,
+        isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
         properties: BTreeMap::new(),
     })
 }

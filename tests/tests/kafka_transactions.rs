@@ -76,6 +76,7 @@ fn config(dir: &std::path::Path, brokers: &str, until: Until, txn_id: &str) -> P
         start: StartAt::Earliest,
         until,
         partitions: None,
+        isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
         properties: BTreeMap::new(),
     })];
     c.sinks = vec![SinkConfig::Kafka(KafkaSinkConfig {

@@ -76,7 +76,8 @@ enum Cmd {
     /// preloaded topic, and latency from input to output message timestamps at a fixed rate;
     /// exactly-once and at-least-once, for each worker count.
     Kafka {
-        /// The broker (scripts/kafka.sh start runs tansu there).
+        /// The brokers, each run in turn: `name=host:port,...` or one address
+        /// (`make bench-kafka` passes tansu and noida-db, started by scripts/kafka.sh).
         #[arg(long, default_value = "127.0.0.1:19092")]
         brokers: String,
         /// Events in the preloaded topic (throughput runs).
@@ -226,22 +227,65 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, 
 fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lateness: &str) -> Result<()> {
     use sluice_connectors::kafka::Delivery;
     let workers: Vec<usize> = workers.split(',').map(|w| w.trim().parse().context("--workers takes numbers, e.g. 1,2")).collect::<Result<_>>()?;
-    let (topic, produce_rate) = sluice_bench::kafka::preload(brokers, &sluice_bench::kafka::traffic(events, 0))?;
-    println!("standard pipeline, Kafka topic in -> topic out (features), broker at {brokers}; {events} events preloaded into a 4-partition topic at {produce_rate:.0} records/s");
-    println!("{:>14}  {:>7}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}", "delivery", "workers", "events/s", "seconds", "features", "p50 ms", "p99 ms");
-    for delivery in [Delivery::ExactlyOnce, Delivery::AtLeastOnce] {
-        let name = if delivery == Delivery::ExactlyOnce { "exactly_once" } else { "at_least_once" };
-        for &w in &workers {
-            let t = sluice_bench::kafka::throughput(brokers, &topic, w, delivery)?;
-            println!("{:>14}  {:>7}  {:>10.0}  {:>10.2}  {:>10}  {:>10}  {:>10}", name, w, t.records as f64 / t.seconds, t.seconds, t.features, "-", "-");
-            if rate > 0 {
-                let l = sluice_bench::kafka::latency(brokers, w, delivery, rate, seconds, lateness)?;
-                let (p50, p99) = l.latency_ms.unwrap_or_default();
-                println!("{:>14}  {:>7}  {:>10}  {:>10.2}  {:>10}  {:>10}  {:>10}", format!("{name}@{rate}/s"), w, "-", l.seconds, l.features, p50, p99);
+    // `name=host:port,...` or one address.
+    let brokers: Vec<(String, String)> = brokers
+        .split(',')
+        .map(|b| match b.split_once('=') {
+            Some((name, addr)) => (name.to_string(), addr.to_string()),
+            None => (b.to_string(), b.to_string()),
+        })
+        .collect();
+    for (name, brokers) in &brokers {
+        let traffic = sluice_bench::kafka::traffic(events, 0);
+        let (topic, produce_rate) = sluice_bench::kafka::preload(brokers, &traffic)?;
+        let ceiling = sluice_bench::kafka::ceiling(brokers, &traffic, &topic, produce_rate)?;
+        println!("standard pipeline, Kafka topic in -> topic out (features), broker {name} at {brokers}; {events} events preloaded into a 4-partition topic");
+        println!(
+            "broker ceiling (its clients alone, librdkafka 2.12.1): produce {:.0} records/s idempotent, {} in transactions of 20000; read_committed consume {:.0} records/s",
+            ceiling.produce_per_s,
+            ceiling.produce_transactions_per_s.map_or("refused".into(), |r| format!("{r:.0} records/s")),
+            ceiling.consume_per_s
+        );
+        println!(
+            "{:>14}  {:>7}  {:>10}  {:>12}  {:>8}  {:>10}  {:>8}  {:>8}",
+            "delivery", "workers", "events/s", "events/CPU-s", "seconds", "features", "p50 ms", "p99 ms"
+        );
+        for delivery in [Delivery::ExactlyOnce, Delivery::AtLeastOnce] {
+            let kind = if delivery == Delivery::ExactlyOnce { "exactly_once" } else { "at_least_once" };
+            for &w in &workers {
+                let t = sluice_bench::kafka::throughput(brokers, &topic, w, delivery)?;
+                println!(
+                    "{:>14}  {:>7}  {:>10.0}  {:>12.0}  {:>8.2}  {:>10}  {:>8}  {:>8}",
+                    kind,
+                    w,
+                    t.records as f64 / t.seconds,
+                    t.records as f64 / t.cpu_seconds,
+                    t.seconds,
+                    t.features,
+                    "-",
+                    "-"
+                );
+                if rate > 0 {
+                    let l = sluice_bench::kafka::latency(brokers, w, delivery, rate, seconds, lateness)?;
+                    let (p50, p99) = l.latency_ms.unwrap_or_default();
+                    println!(
+                        "{:>14}  {:>7}  {:>10}  {:>12.0}  {:>8.2}  {:>10}  {:>8}  {:>8}",
+                        format!("{kind}@{rate}/s"),
+                        w,
+                        "-",
+                        l.records as f64 / l.cpu_seconds,
+                        l.seconds,
+                        l.features,
+                        p50,
+                        p99
+                    );
+                }
             }
         }
+        println!(
+            "events/CPU-s: events over the process's user + system time during the run; latency: output message timestamp - input message timestamp per feature record, at {rate} events/s for {seconds} s, lateness {lateness} (the order operator's wait is the floor)\n"
+        );
     }
-    println!("latency: output message timestamp - input message timestamp per feature record, at {rate} events/s for {seconds} s, lateness {lateness} (the order operator's wait is the floor)");
     Ok(())
 }
 

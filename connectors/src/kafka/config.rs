@@ -24,9 +24,31 @@ pub enum Until {
     /// Never: the pipeline runs until stopped (Ctrl-C).
     #[default]
     Forever,
-    /// At each partition's high watermark as of the start, once no more records come for
-    /// 1 s (a backfill, or a test).
+    /// At each partition's high watermark as of the start (its last stable offset when reading
+    /// committed), once a fetch finds the end of the partition there (a backfill, or a test).
     HighWatermark,
+}
+
+/// Which records of transactional producers a Kafka source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Only records of committed transactions (and non-transactional ones); records of an open
+    /// transaction are held back until it ends, those of aborted ones never appear.
+    #[default]
+    ReadCommitted,
+    /// Every record as written, aborted transactions included.
+    ReadUncommitted,
+}
+
+impl Isolation {
+    /// librdkafka's `isolation.level` value.
+    pub fn property(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "read_committed",
+            Isolation::ReadUncommitted => "read_uncommitted",
+        }
+    }
 }
 
 /// A Kafka source: the partitions of one topic, spread over the workers (partition `p` of the
@@ -55,9 +77,12 @@ pub struct KafkaSourceConfig {
     /// The topic's partition count; found from the broker's metadata at start when absent.
     #[serde(default)]
     pub partitions: Option<u32>,
+    /// `read_committed` (default): aborted transactions' records never reach the pipeline.
+    #[serde(default)]
+    pub isolation: Isolation,
     /// librdkafka properties passed through (`security.protocol`, `sasl.*`, `ssl.*`,
-    /// `fetch.*`, …). sluice sets `enable.auto.commit=false` and `enable.partition.eof`
-    /// itself; they cannot be overridden.
+    /// `fetch.*`, …). sluice sets `enable.auto.commit=false`, `enable.partition.eof` and
+    /// `isolation.level` (from `isolation`) itself; they cannot be overridden.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -80,7 +105,7 @@ pub enum Delivery {
 }
 
 /// Properties sluice sets itself on consumers.
-pub const RESERVED_CONSUMER: &[&str] = &["enable.auto.commit", "enable.partition.eof", "group.id", "bootstrap.servers"];
+pub const RESERVED_CONSUMER: &[&str] = &["enable.auto.commit", "enable.partition.eof", "group.id", "bootstrap.servers", "isolation.level"];
 /// Properties sluice sets itself on producers.
 pub const RESERVED_PRODUCER: &[&str] = &["enable.idempotence", "transactional.id", "bootstrap.servers"];
 
@@ -100,6 +125,12 @@ impl KafkaSourceConfig {
             return Err(ConnectorError::Config { key: format!("{key}.partitions"), problem: "must be at least 1".into() });
         }
         for k in self.properties.keys() {
+            if k == "isolation.level" {
+                return Err(ConnectorError::Config {
+                    key: format!("{key}.properties.{k}"),
+                    problem: "is set by sluice: use `isolation = \"read_committed\"` (the default) or `\"read_uncommitted\"`".into(),
+                });
+            }
             if RESERVED_CONSUMER.contains(&k.as_str()) {
                 return Err(ConnectorError::Config { key: format!("{key}.properties.{k}"), problem: "is set by sluice and cannot be overridden".into() });
             }

@@ -18,7 +18,7 @@ pub mod offsets;
 pub mod sink;
 mod source;
 
-pub use config::{Delivery, KafkaSinkConfig, KafkaSourceConfig, StartAt, Until};
+pub use config::{Delivery, Isolation, KafkaSinkConfig, KafkaSourceConfig, StartAt, Until};
 pub use feed::Feeder;
 pub use offsets::OffsetPublisher;
 pub use sink::{ensure_topics, kafka_sink, read_progress, start_delivery, DeliveryHandle, DeliveryState};

@@ -141,7 +141,8 @@ impl Drop for DeliveryHandle {
 /// Counts failed and unconfirmed deliveries.
 struct Context {
     failures: AtomicU64,
-    last_failure: Mutex<Option<String>>,
+    /// The most telling delivery failure so far: (rank, message), see [`ProducerContext::delivery`].
+    last_failure: Mutex<Option<(u8, String)>>,
     /// Records acknowledged without an offset: librdkafka's idempotent producer takes a
     /// `DuplicateSequenceNumber` answer to a retried send as success, trusting that the first
     /// send was written. tansu 0.6.0 records a producer's sequence before it writes the batch,
@@ -150,24 +151,32 @@ struct Context {
     unconfirmed: AtomicU64,
     /// A failure no retry can mend (a record too large, no authorisation, a fenced producer).
     permanent: AtomicBool,
+    /// The producer was fenced: another process with the same transactional id took over.
+    fenced: AtomicBool,
 }
 
-/// Delivery errors that no retry mends: the pipeline stops and says why.
+/// Delivery errors that no retry mends: the pipeline stops and says why. A fenced producer
+/// is one of them (see [`fenced_code`]). Other fatal errors of a producer (librdkafka's `_FATAL`:
+/// an idempotent producer whose sequence numbers no longer match the broker's, after a broker
+/// lost its last writes to a kill) end that producer only: a new one, with a new epoch, takes
+/// over.
 fn permanent_code(code: RDKafkaErrorCode) -> bool {
-    matches!(
-        code,
-        RDKafkaErrorCode::MessageSizeTooLarge
-            | RDKafkaErrorCode::InvalidMessageSize
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed
-            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-            | RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::Fenced
-            | RDKafkaErrorCode::Fatal
-            | RDKafkaErrorCode::InvalidTransactionTimeout
-    )
+    fenced_code(code)
+        || matches!(
+            code,
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::InvalidTransactionTimeout
+        )
+}
+
+/// The errors that say another producer with the same transactional id took over.
+fn fenced_code(code: RDKafkaErrorCode) -> bool {
+    matches!(code, RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch | RDKafkaErrorCode::Fenced)
 }
 
 /// Why an epoch was not delivered, and whether trying it again may work.
@@ -178,12 +187,26 @@ struct DeliveryError {
 }
 
 impl DeliveryError {
+    /// `e`, classified: fenced, permanent, or retriable with a new producer. (A fatal error
+    /// is judged by its cause, the producer's `fatal_error`, in [`Deliverer::deliver`].)
     fn from_kafka(what: &str, config: &KafkaSinkConfig, e: &KafkaError) -> Self {
-        let retriable = match e {
-            KafkaError::Transaction(t) => !t.is_fatal() && (t.is_retriable() || t.txn_requires_abort()),
-            other => other.rdkafka_error_code().is_none_or(|c| !permanent_code(c)),
+        let code = match e {
+            KafkaError::Transaction(t) => Some(t.code()),
+            other => other.rdkafka_error_code(),
         };
-        DeliveryError { message: kafka(what, config, e), retriable }
+        if code.is_some_and(fenced_code) {
+            return DeliveryError::fenced(config, e);
+        }
+        DeliveryError { message: kafka(what, config, e), retriable: code.is_none_or(|c| !permanent_code(c)) }
+    }
+
+    /// Another process took over the sink: this one must stop delivering at once.
+    fn fenced(config: &KafkaSinkConfig, e: impl std::fmt::Display) -> Self {
+        let message = format!(
+            "another instance took over: a producer with the same transactional id `{}` fenced this one ({e}); this run stops, its undelivered epochs stay in its outbox",
+            config.transactional_id()
+        );
+        DeliveryError { message: kafka("fenced", config, message), retriable: false }
     }
 }
 
@@ -207,10 +230,27 @@ impl ProducerContext for Context {
         }
         if let Err((e, _)) = result {
             self.failures.fetch_add(1, Ordering::Relaxed);
-            if e.rdkafka_error_code().is_some_and(permanent_code) {
+            let code = e.rdkafka_error_code();
+            let permanent = code.is_some_and(permanent_code);
+            if permanent {
                 self.permanent.store(true, Ordering::Relaxed);
             }
-            *self.last_failure.lock().expect("invariant: not poisoned") = Some(e.to_string());
+            if code.is_some_and(fenced_code) {
+                self.fenced.store(true, Ordering::Relaxed);
+            }
+            // The most telling failure is kept: a permanent one over others, and any over the
+            // records purged from the queue because the transaction had failed already.
+            let rank = if permanent {
+                2
+            } else if matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight)) {
+                0
+            } else {
+                1
+            };
+            let mut last = self.last_failure.lock().expect("invariant: not poisoned");
+            if last.as_ref().is_none_or(|(kept, _)| rank >= *kept) {
+                *last = Some((rank, e.to_string()));
+            }
         }
     }
 }
@@ -373,7 +413,13 @@ fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u
 /// A producer with the sink's settings; in exactly-once mode with its transactions initialised
 /// (which fences an older producer with the same transactional id).
 fn new_producer(config: &KafkaSinkConfig) -> Result<BaseProducer<Context>, DeliveryError> {
-    let context = Context { failures: AtomicU64::new(0), last_failure: Mutex::new(None), unconfirmed: AtomicU64::new(0), permanent: AtomicBool::new(false) };
+    let context = Context {
+        failures: AtomicU64::new(0),
+        last_failure: Mutex::new(None),
+        unconfirmed: AtomicU64::new(0),
+        permanent: AtomicBool::new(false),
+        fenced: AtomicBool::new(false),
+    };
     let producer: BaseProducer<Context> =
         client_config(config).create_with_context(context).map_err(|e| DeliveryError::from_kafka("cannot create a producer", config, &e))?;
     if config.delivery == Delivery::ExactlyOnce {
@@ -413,8 +459,15 @@ impl Deliverer {
     fn deliver(&self, epoch: Epoch, lines: &[Vec<u8>]) -> Result<(), DeliveryError> {
         let exactly_once = self.config.delivery == Delivery::ExactlyOnce;
         // A record the broker refused for good (too large, not authorised) makes the whole
-        // attempt permanent, whatever error surfaced first.
+        // attempt permanent, whatever error surfaced first; a fenced producer says so.
         let permanent = |mut e: DeliveryError| {
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                if fenced_code(code) {
+                    return DeliveryError::fenced(&self.config, reason);
+                }
+                e.retriable &= !permanent_code(code);
+                e.message = format!("{} (the producer's fatal error: {reason})", e.message);
+            }
             if self.producer.context().permanent.load(Ordering::Relaxed) {
                 e.retriable = false;
             }
@@ -426,9 +479,15 @@ impl Deliverer {
         self.producer.begin_transaction().map_err(|e| DeliveryError::from_kafka("cannot begin a transaction", &self.config, &e))?;
         let result = self.deliver_in_transaction(epoch, lines).map_err(permanent);
         if let Err(e) = &result {
-            if e.retriable {
+            // A producer with a fatal error cannot abort; its successor's init_transactions
+            // ends the transaction instead.
+            if e.retriable && self.producer.client().fatal_error().is_none() {
                 if let Err(abort) = self.producer.abort_transaction(KAFKA_TIMEOUT) {
-                    return Err(DeliveryError::from_kafka(&format!("cannot abort the failed epoch's transaction ({})", e.message), &self.config, &abort));
+                    return Err(permanent(DeliveryError::from_kafka(
+                        &format!("cannot abort the failed epoch's transaction ({})", e.message),
+                        &self.config,
+                        &abort,
+                    )));
                 }
             }
         }
@@ -471,6 +530,11 @@ impl Deliverer {
         let before = self.counts();
         self.send_lines(epoch, lines)?;
         self.send_progress(epoch, lines.len())?;
+        // The commit flushes anyway; flushing first puts the records at the broker, inside the
+        // open transaction, when the failpoint below is reached (a kill there leaves an open
+        // transaction with records, which the restart must abort).
+        self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
+        self.check(before)?;
         failpoint("sink.kafka.produced");
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(|e| {
             DeliveryError::from_kafka(
@@ -495,7 +559,10 @@ impl Deliverer {
         let (failures, unconfirmed) = self.counts();
         let (failures, unconfirmed) = (failures - before.0, unconfirmed - before.1);
         if failures > 0 {
-            let last = context.last_failure.lock().expect("invariant: not poisoned").clone().unwrap_or_default();
+            let last = context.last_failure.lock().expect("invariant: not poisoned").clone().map(|(_, m)| m).unwrap_or_default();
+            if context.fenced.load(Ordering::Relaxed) {
+                return Err(DeliveryError::fenced(&self.config, last));
+            }
             let retriable = !context.permanent.load(Ordering::Relaxed);
             return Err(DeliveryError { message: kafka(&format!("{failures} record(s) were not delivered"), &self.config, last), retriable });
         }
@@ -549,29 +616,66 @@ pub const RETRY_FOR: Duration = Duration::from_secs(600);
 /// for up to [`RETRY_FOR`]). In at-least-once mode a retried epoch may be delivered twice in
 /// part; its copies carry the same `sluice-epoch` and `sluice-seq` headers. In exactly-once
 /// mode each failed attempt's transaction is aborted.
+///
+/// A failed attempt may have delivered the epoch all the same (a commit whose answer was lost
+/// with the connection, a broker that restarted after writing it): before each new attempt the
+/// new producer's `init_transactions` settles the old producer's transaction (committed or
+/// aborted, never left open), and the progress topic, read again, says whether the epoch is
+/// out. Only an epoch that is not is sent again.
 fn deliver_with_retries(d: &mut Deliverer, epoch: Epoch, lines: &[Vec<u8>], state: &DeliveryState) -> Result<(), String> {
     let started = std::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
+    // After a failed attempt: a new producer, then the progress, before the epoch is sent again.
+    let mut recovering = false;
     loop {
-        match d.deliver(epoch, lines) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.retriable && started.elapsed() < RETRY_FOR => {
-                state.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(sink = %d.config.stream, epoch, error = %e.message, retry_in_ms = backoff.as_millis() as u64, "Kafka delivery failed; retrying the epoch");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                // A new producer: a client whose broker restarted may keep waiting on requests
-                // the broker forgot (seen with tansu). Exactly-once: its init_transactions
-                // fences the old one.
-                match new_producer(&d.config) {
-                    Ok(p) => d.producer = p,
-                    Err(e) if e.retriable => tracing::warn!(sink = %d.config.stream, error = %e.message, "cannot reconnect yet"),
-                    Err(e) => return Err(e.message),
+        let failure = if recovering {
+            // A new producer: a client whose broker restarted may keep waiting on requests the
+            // broker forgot (seen with tansu). Exactly-once: its init_transactions fences the
+            // old one and ends its transaction.
+            match new_producer(&d.config).and_then(|p| {
+                d.producer = p;
+                read_progress(&d.config).map_err(|message| DeliveryError { message, retriable: true })
+            }) {
+                Ok(Some(delivered)) if delivered >= epoch => {
+                    tracing::info!(sink = %d.config.stream, epoch, "the failed attempt had delivered the epoch (its progress record is at the broker)");
+                    return Ok(());
                 }
+                Ok(progress) => {
+                    // Epochs acknowledged earlier and gone from the broker now: a broker that
+                    // lost acknowledged writes in a crash. Their outbox entries are discarded;
+                    // say so rather than lose them silently.
+                    let before = state.delivered.load(Ordering::Acquire);
+                    if progress.map_or(-1, |p| p as i64) < before {
+                        tracing::error!(
+                            sink = %d.config.stream,
+                            broker_has = ?progress,
+                            acknowledged = before,
+                            "the broker no longer holds epochs it acknowledged (lost in a broker crash?); their records are not in the outbox any more and are not sent again"
+                        );
+                    }
+                    recovering = false;
+                    continue;
+                }
+                Err(e) => e,
             }
-            Err(e) if e.retriable => return Err(format!("{} (still failing after {} s of retries)", e.message, RETRY_FOR.as_secs())),
-            Err(e) => return Err(e.message),
+        } else {
+            match d.deliver(epoch, lines) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            }
+        };
+        if !failure.retriable {
+            return Err(failure.message);
         }
+        if started.elapsed() >= RETRY_FOR {
+            return Err(format!("{} (still failing after {} s of retries)", failure.message, RETRY_FOR.as_secs()));
+        }
+        state.retries.fetch_add(1, Ordering::Relaxed);
+        let what = if recovering { "cannot reconnect yet" } else { "Kafka delivery failed; retrying the epoch" };
+        tracing::warn!(sink = %d.config.stream, epoch, error = %failure.message, retry_in_ms = backoff.as_millis() as u64, "{what}");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        recovering = true;
     }
 }
 

@@ -42,6 +42,8 @@ pub fn consumer(source: &KafkaSourceConfig) -> Result<QuietConsumer, ConnectorEr
         .set("group.id", &source.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // Also what the watermark queries answer: the last stable offset when read committed.
+        .set("isolation.level", source.isolation.property())
         // A bounded read ends where a fetch reports the end of the partition (see
         // [`KafkaReader::read`]).
         .set("enable.partition.eof", "true");
@@ -181,11 +183,12 @@ impl PartitionReader for KafkaReader {
         // as a file source's, whatever the fetch timing.
         let wait = if self.end.is_some() { Duration::from_millis(100) } else { Duration::ZERO };
         let mut got = 0;
+        let mut eof = false;
         while got < records_max {
             match consumer.poll(wait) {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(_))) => {
-                    self.eof_at = Some(position);
+                    eof = true;
                     break;
                 }
                 Some(Err(e)) => {
@@ -211,6 +214,19 @@ impl PartitionReader for KafkaReader {
                 }
             }
         }
+        // Past the control records (transaction markers) after the last record read, and the
+        // records of aborted transactions a committed read skips: librdkafka moves the
+        // consumer's position over them as it hands out what follows. Without this a
+        // partition that ends with a marker would never reach its end, and a restart would
+        // seek to a marker.
+        if let Ok(list) = consumer.position() {
+            if let Some(rdkafka::Offset::Offset(o)) = list.find_partition(&self.config.topic, self.partition).map(|e| e.offset()) {
+                position = position.max(o.max(0) as u64);
+            }
+        }
+        if eof {
+            self.eof_at = Some(position);
+        }
         self.position = Some(position);
         if got > 0 {
             return Ok(ReadStatus::More);
@@ -221,6 +237,11 @@ impl PartitionReader for KafkaReader {
         // either: a broker away for longer would end the read early.
         match self.end {
             Some(end) if position >= end && self.eof_at == Some(position) => Ok(ReadStatus::End),
+            // Records known to exist below the end: not `Waiting`, which lets the source close
+            // the epoch on wall time. A bounded read's epochs then hold `epoch_records` per
+            // partition whatever the fetch timing, the same in every run (a second instance
+            // taking over by the progress topic depends on it).
+            Some(end) if position < end && self.consumer.is_some() => Ok(ReadStatus::More),
             _ => Ok(ReadStatus::Waiting),
         }
     }
