@@ -163,7 +163,14 @@ txn_start() {
 txn_stop() {
   local pidfile="$noida_dir/broker-$txn_port.pid"
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kill "$(cat "$pidfile")"
+    local pid
+    pid="$(cat "$pidfile")"
+    kill "$pid"
+    # Gone, and its port free, before a start that follows looks for it.
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     rm -f "$pidfile"
     log "stopped noida-db"
   else
