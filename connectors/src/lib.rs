@@ -11,9 +11,12 @@
 //! | `source.rs` | the source operator, [`PartitionReader`], epochs, positions, backpressure |
 //! | `file/` | JSONL file source ([`file::FileReader`]) and sink ([`file::file_sink`]) |
 //! | `generator/` | the synthetic payment traffic generator |
-//! | `cdc/` | change data capture: the Debezium envelope, tables keyed by primary key |
-//! | `webhook/` | webhook signature verification (Standard Webhooks, Stripe, GitHub) |
+//! | `cdc/` | change data capture: the Debezium envelope, tables keyed by primary key; the `postgres` source (logical decoding with wal2json) |
+//! | `webhook/` | the `webhook` source: its HTTP server, the durable webhook log it appends to, signature verification (Standard Webhooks, Stripe, GitHub) |
 //! | `kafka/` | Kafka source ([`kafka::KafkaReader`]) and sink ([`kafka::kafka_sink`], delivery from an outbox) |
+//! | `inspect.rs` | [`inspect::committed`]: the connectors' committed state (positions, sink lengths, outbox), for `sluice checkpoint inspect` |
+//! | `services.rs` | [`services::Services`]: the connectors' background services, started and finished together |
+//! | `stream.rs` | [`OutputStream`]: the output streams a sink can take |
 //! | `error.rs` | [`ConnectorError`] |
 //!
 //! [`registry`] lists every connector; [`SourceConfig`] is what `[[sources]]` entries parse to.
@@ -22,14 +25,18 @@ pub mod cdc;
 mod error;
 pub mod file;
 pub mod generator;
+pub mod inspect;
 pub mod kafka;
+pub mod services;
 pub mod source;
+pub mod stream;
 pub mod webhook;
 
 use serde::Deserialize;
 
-pub use error::ConnectorError;
+pub use error::{BoxError, ConnectorError, Retry};
 pub use source::{PartitionReader, ReadStatus, SourceSettings};
+pub use stream::OutputStream;
 
 /// A connector, as listed by [`registry`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +106,26 @@ impl SourceConfig {
         }
     }
 
+    /// Makes its relative paths relative to the pipeline file's folder, by `fix`.
+    pub fn resolve_paths(&mut self, fix: &dyn Fn(&mut std::path::PathBuf)) {
+        if let SourceConfig::File(f) = self {
+            f.paths.iter_mut().for_each(fix);
+            if let Some(p) = f.path.as_mut() {
+                fix(p);
+            }
+        }
+    }
+
+    /// Fills in the defaults that are places under the pipeline's state directory: a webhook
+    /// source's log (`<state_dir>/webhooks/<name>`).
+    pub fn default_under(&mut self, state_dir: &std::path::Path) {
+        if let SourceConfig::Webhook(w) = self {
+            if w.log_dir.is_none() {
+                w.log_dir = Some(state_dir.join("webhooks").join(&w.name));
+            }
+        }
+    }
+
     /// Number of partitions (a Kafka source's after [`SourceConfig::resolve`]).
     pub fn partitions(&self) -> usize {
         match self {
@@ -122,7 +149,7 @@ impl SourceConfig {
             let found = kafka::partition_count(c)?;
             match c.partitions {
                 Some(p) if p > found => {
-                    return Err(ConnectorError::Kafka(format!("topic `{}` has {found} partitions, fewer than the {p} configured", c.topic)));
+                    return Err(ConnectorError::KafkaPartitions { topic: c.topic.clone(), found, configured: p });
                 }
                 Some(_) => {}
                 None => c.partitions = Some(found),
@@ -202,12 +229,77 @@ impl<'de> Deserialize<'de> for SinkConfig {
 }
 
 impl SinkConfig {
-    /// The stream the sink writes.
+    /// The stream the sink writes, once validated (`None`: not a stream's name).
+    pub fn output(&self) -> Option<OutputStream> {
+        OutputStream::from_name(self.stream())
+    }
+
+    /// The name of the stream the sink writes, as configured.
     pub fn stream(&self) -> &str {
         match self {
             SinkConfig::File(c) => &c.stream,
             SinkConfig::Kafka(c) => &c.stream,
         }
+    }
+
+    /// Writes `lines` out. The returned stream passes an epoch once the sink has written or
+    /// staged it, so that a probe after it passes an epoch only once the commit can hold it.
+    /// `delivery` is the Kafka sink's delivery state, on the worker that reports commits to it.
+    ///
+    /// # Errors
+    /// The sink's table cannot be opened, or its output file cannot be prepared.
+    pub fn build<'scope>(
+        &self,
+        lines: timely::dataflow::Stream<'scope, sluice_operators::Epoch, Vec<file::OutputLine>>,
+        state: std::rc::Rc<std::cell::RefCell<sluice_state::WorkerState>>,
+        delivery: Option<std::sync::Arc<kafka::DeliveryState>>,
+    ) -> Result<timely::dataflow::Stream<'scope, sluice_operators::Epoch, Vec<()>>, ConnectorError> {
+        match self {
+            SinkConfig::File(c) => file::file_sink(lines, &c.stream, &c.path, state),
+            SinkConfig::Kafka(c) => kafka::kafka_sink(lines, c, delivery, state),
+        }
+    }
+
+    /// Where it writes, in one line (`features -> out/features.jsonl`).
+    pub fn describe(&self) -> String {
+        match self {
+            SinkConfig::File(f) => format!("{} -> {}", f.stream, f.path.display()),
+            SinkConfig::Kafka(k) => format!("{} -> kafka {} on {} ({:?})", k.stream, k.topic, k.brokers, k.delivery),
+        }
+    }
+
+    /// Makes its relative paths relative to the pipeline file's folder, by `fix`.
+    pub fn resolve_paths(&mut self, fix: &dyn Fn(&mut std::path::PathBuf)) {
+        match self {
+            SinkConfig::File(f) => fix(&mut f.path),
+            SinkConfig::Kafka(_) => {}
+        }
+    }
+
+    /// Checks it against the sinks configured before it (`key` is `sinks[i]`): no two write
+    /// one file or share a transactional id; the `slo` stream goes to a file.
+    ///
+    /// # Errors
+    /// The first problem, with its key.
+    pub fn validate_among(&self, key: &str, earlier: &[SinkConfig]) -> Result<(), ConnectorError> {
+        let bad = |field: &str, problem: String| ConnectorError::Config { key: format!("{key}.{field}"), problem };
+        match self {
+            SinkConfig::File(f) => {
+                if earlier.iter().any(|o| o.path() == Some(f.path.as_path())) {
+                    return Err(bad("path", format!("{} is used by another sink", f.path.display())));
+                }
+            }
+            SinkConfig::Kafka(k) => {
+                if k.stream == OutputStream::Slo.name() {
+                    return Err(bad("type", "the slo stream is written by the monitor to a file sink only".into()));
+                }
+                k.validate(key).map_err(|e| ConnectorError::Config { key: key.to_string(), problem: e.to_string() })?;
+                if earlier.iter().any(|o| matches!(o, SinkConfig::Kafka(x) if x.transactional_id() == k.transactional_id())) {
+                    return Err(bad("transactional_id", format!("`{}` is used by another sink", k.transactional_id())));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The file, for a file sink.

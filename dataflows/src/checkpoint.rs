@@ -5,11 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sluice_connectors::file::SINK_TABLE;
-use sluice_connectors::kafka::sink::OUTBOX_TABLE;
-use sluice_connectors::source::POSITIONS_TABLE;
 use sluice_operators::Epoch;
-use sluice_state::{BytesCodec, StateError, StateReader, TableInfo, U64Codec};
+use sluice_state::{StateError, StateReader, TableInfo};
 
 /// The committed state of a directory, as of one snapshot.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,10 +30,6 @@ pub struct Inspection {
     pub tables: Vec<TableInfo>,
 }
 
-fn utf8(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// Reads what `reader` holds, as of one snapshot.
 ///
 /// # Errors
@@ -44,36 +37,7 @@ fn utf8(bytes: &[u8]) -> String {
 pub fn inspect(reader: &StateReader, path: &Path) -> Result<Inspection, StateError> {
     let view = reader.view();
     let snapshot = view.snapshot();
-    let u64_of = |v: &[u8]| v.try_into().map(u64::from_be_bytes).ok();
-    let mut positions = Vec::new();
-    if let Ok(table) = reader.table::<U64Codec>(POSITIONS_TABLE) {
-        for (k, v) in snapshot.range(&table, b"", &[0xff; 8], usize::MAX)? {
-            positions
-                .push((utf8(&k), u64_of(&v).ok_or_else(|| StateError::Codec { table: POSITIONS_TABLE.into(), reason: "a position is not 8 bytes".into() })?));
-        }
-    }
-    let mut sink_lengths = Vec::new();
-    if let Ok(table) = reader.table::<U64Codec>(SINK_TABLE) {
-        for (k, v) in snapshot.range(&table, b"", &[0xff; 8], usize::MAX)? {
-            sink_lengths.push((utf8(&k), u64_of(&v).ok_or_else(|| StateError::Codec { table: SINK_TABLE.into(), reason: "a length is not 8 bytes".into() })?));
-        }
-    }
-    let mut outbox: Vec<(String, Epoch, Epoch, u64)> = Vec::new();
-    if let Ok(table) = reader.table::<BytesCodec>(OUTBOX_TABLE) {
-        // Keys: sink id, 0x00, epoch (8 bytes BE), seq (4 bytes BE).
-        for (k, _) in snapshot.range(&table, b"", &[0xff; 8], usize::MAX)? {
-            let Some(at) = k.iter().position(|b| *b == 0).filter(|at| k.len() == at + 13) else { continue };
-            let sink = utf8(&k[..at]);
-            let epoch = Epoch::from_be_bytes(k[at + 1..at + 9].try_into().expect("invariant: length checked"));
-            match outbox.last_mut() {
-                Some(last) if last.0 == sink => {
-                    last.2 = epoch;
-                    last.3 += 1;
-                }
-                _ => outbox.push((sink, epoch, epoch, 1)),
-            }
-        }
-    }
+    let sluice_connectors::inspect::Committed { positions, sink_lengths, outbox } = sluice_connectors::inspect::committed(reader, &snapshot)?;
     Ok(Inspection {
         path: path.to_path_buf(),
         layout: snapshot.layout()?,

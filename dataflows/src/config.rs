@@ -4,14 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sluice_connectors::SinkConfig;
 use sluice_connectors::SourceConfig;
+use sluice_connectors::{OutputStream, SinkConfig};
 use sluice_operators::slo::{Objective, SloConfig};
 use sluice_operators::{parse_duration_ms, DriftConfig, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
-
-/// The output streams a sink can take.
-pub const STREAMS: [&str; 11] =
-    ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift", "slo", "reconciliation", "reconciliation_summary"];
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -286,20 +282,13 @@ impl PipelineConfig {
         };
         fix(&mut self.state_dir);
         for s in &mut self.sources {
-            if let SourceConfig::File(f) = s {
-                f.paths.iter_mut().for_each(fix);
-                if let Some(p) = f.path.as_mut() {
-                    fix(p);
-                }
-            }
+            s.resolve_paths(&fix);
         }
         if let Some(p) = self.server.as_mut().and_then(|s| s.feature_log.as_mut()) {
             fix(p);
         }
         for s in &mut self.sinks {
-            if let SinkConfig::File(f) = s {
-                fix(&mut f.path);
-            }
+            s.resolve_paths(&fix);
         }
         if let Some(f) = self.drift.as_mut().and_then(|d| d.reference.file.as_mut()) {
             fix(f);
@@ -451,28 +440,16 @@ impl PipelineConfig {
             return Err(bad("slo_interval", "must be at least 100ms"));
         }
         for (i, s) in self.sinks.iter().enumerate() {
-            if !STREAMS.contains(&s.stream()) {
-                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` is not one of {STREAMS:?}", s.stream())));
+            if s.output().is_none() {
+                return Err(bad(format!("sinks[{i}].stream"), format!("`{}` is not one of {:?}", s.stream(), OutputStream::names())));
             }
             if self.sinks[..i].iter().any(|o| o.stream() == s.stream()) {
                 return Err(bad(format!("sinks[{i}].stream"), format!("`{}` already has a sink", s.stream())));
             }
-            match s {
-                SinkConfig::File(f) => {
-                    if self.sinks[..i].iter().any(|o| o.path() == Some(f.path.as_path())) {
-                        return Err(bad(format!("sinks[{i}].path"), format!("{} is used by another sink", f.path.display())));
-                    }
-                }
-                SinkConfig::Kafka(k) => {
-                    if k.stream == "slo" {
-                        return Err(bad(format!("sinks[{i}].type"), "the slo stream is written by the monitor to a file sink only"));
-                    }
-                    k.validate(&format!("sinks[{i}]")).map_err(|e| bad(format!("sinks[{i}]"), e.to_string()))?;
-                    if self.sinks[..i].iter().any(|o| matches!(o, SinkConfig::Kafka(x) if x.transactional_id() == k.transactional_id())) {
-                        return Err(bad(format!("sinks[{i}].transactional_id"), format!("`{}` is used by another sink", k.transactional_id())));
-                    }
-                }
-            }
+            s.validate_among(&format!("sinks[{i}]"), &self.sinks[..i]).map_err(|e| match e {
+                sluice_connectors::ConnectorError::Config { key, problem } => bad(key, problem),
+                other => bad(format!("sinks[{i}]"), other.to_string()),
+            })?;
         }
         Ok(())
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
-use sluice_connectors::SinkConfig;
 use sluice_connectors::SourceConfig;
+use sluice_connectors::{OutputStream, SinkConfig};
 use sluice_operators::drift::{ReferenceConfig, Thresholds};
 use sluice_operators::slo::{Indicator, SloConfig};
 use sluice_operators::{DriftConfig, EventSchema, FeatureOp, FeatureSpec, Metrics, TimeFormat};
@@ -69,9 +69,6 @@ pub fn standard_features() -> Vec<FeatureSpec> {
         f("amount_last", FeatureOp::Last, Some("amount"), None, None),
     ]
 }
-
-/// The streams the demo writes, each to `<stream>.jsonl`.
-pub const DEMO_STREAMS: [&str; 9] = ["features", "scores", "unscored", "shadow_scores", "dead_letters", "late", "conflicts", "drift", "slo"];
 
 /// The demo's objectives: end-to-end latency (ingest to committed output, which includes the
 /// 5 s the order operator waits for late events) and freshness.
@@ -133,7 +130,9 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
     let slide_ms = ((span_ms / 20).max(100) / 100) * 100;
     generator.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let generator_events = generator.events;
-    let sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
+    let sink = |stream: OutputStream| {
+        SinkConfig::File(FileSinkConfig { stream: stream.name().into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) })
+    };
     PipelineConfig {
         workers: options.workers,
         state_dir: dir.join("state"),
@@ -167,7 +166,8 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         slo: demo_objectives(),
         slo_interval: "2s".into(),
         server: options.http.as_ref().map(|listen| ServerSection::new(listen)),
-        sinks: DEMO_STREAMS.iter().map(|s| sink(s)).collect(),
+        // Every stream of the standard pipeline, each to `<stream>.jsonl`.
+        sinks: OutputStream::ALL.into_iter().filter(|s| s.of_standard_pipeline()).map(sink).collect(),
         reconcile: None,
     }
 }
@@ -198,7 +198,7 @@ pub fn kafka_demo_config(
         properties: Default::default(),
     })];
     for sink in config.sinks.iter_mut() {
-        if sink.stream() == "slo" {
+        if sink.output() == Some(OutputStream::Slo) {
             continue;
         }
         let stream = sink.stream().to_string();

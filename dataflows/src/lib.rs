@@ -11,6 +11,8 @@
 //! | `outputs.rs` | the JSONL formats of the output streams |
 //! | `monitor.rs` | the monitor thread: freshness samples, SLO intervals, `slo` records |
 //! | `prometheus.rs` | `/metrics` in the Prometheus text format |
+//! | `reconcile.rs` | the `[reconcile]` pipeline: its section, input decoding and log, the reconciliation dataflow |
+//! | `reconcile_demo.rs` | `sluice demo --reconcile`: provider webhooks and ledger changes with the incident's faults |
 //! | `reference.rs` | `sluice drift reference`: drift reference files from samples |
 //! | `serve.rs` | feature serving: `/v1/features/{entity}`, `/v1/features:batch` from committed snapshots |
 //! | `server.rs` | the HTTP server (axum): `/metrics`, `/healthz` |

@@ -276,7 +276,14 @@ fn main() -> Result<()> {
             if let Some(d) = display {
                 let _ = d.join();
             }
-            print!("{}", summary_text(&summary?, &config));
+            let summary = summary.inspect_err(|e| {
+                let hint = match e.retry() {
+                    sluice_connectors::Retry::Never => "running again will fail the same way until the cause is fixed",
+                    sluice_connectors::Retry::Later => "running again may succeed once the other side is back",
+                };
+                tracing::error!(retry = hint, "the pipeline stopped: {e}");
+            })?;
+            print!("{}", summary_text(&summary, &config));
         }
         Command::Serve { pipeline, demo, listen, feature_log } => {
             let config = match (pipeline, demo) {
@@ -320,10 +327,7 @@ fn main() -> Result<()> {
                 config.state_dir.display()
             );
             for s in &config.sinks {
-                match s {
-                    sluice_connectors::SinkConfig::File(f) => println!("  {} -> {}", f.stream, f.path.display()),
-                    sluice_connectors::SinkConfig::Kafka(k) => println!("  {} -> kafka {} on {} ({:?})", k.stream, k.topic, k.brokers, k.delivery),
-                }
+                println!("  {}", s.describe());
             }
         }
         Command::Demo { reconcile: true, workers, out, payments, .. } => {

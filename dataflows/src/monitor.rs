@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_operators::slo::{latency_measurement, Indicator, Measurement, Objective, SloRecord, SloTracker};
+use sluice_operators::slo::{latency_measurement, Indicator, Measurement, Objective, SloRecord, SloStatus, SloTracker};
 use sluice_operators::{Metrics, Stage};
 
 /// A running monitor; [`Monitor::finish`] ends the last interval and stops it.
@@ -77,8 +77,8 @@ impl State {
         if let Ok(mut latest) = metrics.slo_latest.lock() {
             latest.clone_from(&records);
         }
-        for r in records.iter().filter(|r| r.status != "ok") {
-            tracing::warn!(objective = %r.name, status = %r.status, burn_5m = r.burn_5m, burn_1h = r.burn_1h, budget_remaining = r.budget_remaining, "SLO burning");
+        for r in records.iter().filter(|r| r.status != SloStatus::Ok) {
+            tracing::warn!(objective = %r.name, status = r.status.name(), burn_5m = r.burn_5m, burn_1h = r.burn_1h, budget_remaining = r.budget_remaining, "SLO burning");
         }
         records
     }

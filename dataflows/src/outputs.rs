@@ -110,7 +110,7 @@ pub fn drift_line(r: &DriftRecord) -> OutputLine {
     out.extend_from_slice(b",\"alert\":");
     json_f64(&mut out, Some(r.alert));
     out.extend_from_slice(b",\"status\":");
-    json_str(&mut out, &r.status);
+    json_str(&mut out, r.status.name());
     let _ = write!(out, ",\"reference_n\":{},\"current_n\":{}}}", r.reference_n, r.current_n);
     // The key orders lines: by window end, then column and statistic.
     OutputLine { key: (r.window_end_ms, format!("{}/{}", r.column, r.statistic), Origin { partition: 0, offset: 0 }), bytes: out }
@@ -135,7 +135,7 @@ pub fn unscored_line(u: &Unscored) -> OutputLine {
 pub fn dead_letter_line(dead: &DeadLetter, names: &PartitionNames) -> OutputLine {
     let mut out = Vec::with_capacity(64 + dead.raw.len());
     out.extend_from_slice(b"{\"reason\":");
-    json_str(&mut out, &dead.reason);
+    json_str(&mut out, &dead.reason.to_string());
     names.write_origin(&mut out, dead.origin);
     match std::str::from_utf8(&dead.raw) {
         Ok(text) => {
@@ -231,7 +231,11 @@ mod tests {
     #[test]
     fn dead_letters_carry_raw_text_or_base64() {
         let names = PartitionNames(Arc::new(vec![("files".into(), 0), ("files".into(), 1)]));
-        let d = DeadLetter { reason: "bad".into(), origin: Origin { partition: 1, offset: 9 }, raw: vec![0xff, b'a'] };
+        let d = DeadLetter {
+            reason: sluice_operators::DeadLetterReason::WrongType("bad".into()),
+            origin: Origin { partition: 1, offset: 9 },
+            raw: vec![0xff, b'a'],
+        };
         let line = dead_letter_line(&d, &names);
         assert_eq!(String::from_utf8(line.bytes).unwrap(), r#"{"reason":"bad","source":"files","partition":1,"offset":9,"raw_base64":"/2E="}"#);
     }

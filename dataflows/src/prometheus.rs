@@ -223,11 +223,7 @@ pub fn render(m: &Metrics, info: &ExportInfo) -> String {
         }
         header(&mut out, "sluice_slo_status", "gauge", "0 ok, 1 ticket (slow burn), 2 page (fast burn).");
         for r in slo.iter() {
-            let level = match r.status.as_str() {
-                "page" => 2,
-                "ticket" => 1,
-                _ => 0,
-            };
+            let level = r.status.level();
             let _ = writeln!(out, "sluice_slo_status{{objective=\"{}\"}} {level}", escape(&r.name));
         }
     }

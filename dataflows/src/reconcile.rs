@@ -47,8 +47,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_connectors::cdc::debezium;
 use sluice_connectors::file::OutputLine;
+use sluice_connectors::OutputStream;
 use sluice_operators::decode::{Decoder, EventSchema};
-use sluice_operators::event::{DeadLetter, Epoch, Origin, RawRecord, SourceItem};
+use sluice_operators::event::{DeadLetter, DeadLetterReason, Epoch, Event, Origin, RawRecord, SourceItem};
 use sluice_operators::metrics::Metrics;
 use sluice_operators::reconcile::{reconcile, summarize, LedgerRow, LedgerVersion, ProviderEvent, Reconciled, Summary};
 use sluice_state::{BytesCodec, Table, TableSpec, WorkerState};
@@ -58,6 +59,7 @@ use timely::dataflow::operators::generic::operator::{source, Operator};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
+use xxhash_rust::xxh3::xxh3_64;
 
 use sluice_operators::parse_duration_ms;
 
@@ -193,16 +195,10 @@ impl Input {
         k.push(0);
         k.extend_from_slice(&tail);
         k.push(0);
-        k.extend_from_slice(&xxh(&value).to_be_bytes());
+        // xxh3: a hash whose value is fixed by its specification, as a key kept in state must be.
+        k.extend_from_slice(&xxh3_64(&value).to_be_bytes());
         (k, value)
     }
-}
-
-fn xxh(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
 }
 
 /// Decodes provider events and ledger changes.
@@ -231,8 +227,12 @@ impl InputDecoder {
         })
     }
 
-    fn provider(&self, record: &RawRecord) -> Result<ProviderEvent, String> {
-        let e = self.provider.decode(record).map_err(|e| e.to_string())?;
+    fn provider(&self, record: &RawRecord) -> Result<ProviderEvent, DeadLetterReason> {
+        let e = self.provider.decode(record)?;
+        self.provider_event(&e).map_err(DeadLetterReason::Unreconcilable)
+    }
+
+    fn provider_event(&self, e: &Event) -> Result<ProviderEvent, String> {
         let amount = e.numbers.get(self.amount).copied().flatten().ok_or("no amount")?;
         let amount = minor_units(amount, self.config.amount_scale)?;
         let currency = e.strings.get(self.currency).cloned().flatten().ok_or("no currency")?.to_ascii_uppercase();
@@ -329,7 +329,7 @@ pub fn summary_line(summary: &Summary, epoch: Epoch) -> OutputLine {
     OutputLine { key: (0, String::new(), Origin { partition: 0, offset: 0 }), bytes: value.to_string().into_bytes() }
 }
 
-type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, &str) -> Result<(), String>;
+type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), String>;
 
 /// Builds the reconciliation on `items` (every source's records).
 ///
@@ -356,11 +356,24 @@ pub fn build<'scope>(
     let replay: Vec<Input> = if scope.index() == 0 && resume > 0 {
         let entries = state.borrow().scan_committed(&table).map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(entries.len());
-        for (_, v) in entries {
-            out.push(
-                bincode::deserialize::<Input>(&v)
-                    .map_err(|e| format!("state: a logged reconciliation input does not decode ({e}); the state directory is damaged"))?,
-            );
+        let mut rekeyed = 0usize;
+        for (k, v) in entries {
+            let input = bincode::deserialize::<Input>(&v)
+                .map_err(|e| format!("state: a logged reconciliation input does not decode ({e}); the state directory is damaged"))?;
+            // Up to version 0.1 the content hash in the key was std's SipHash, which std does not
+            // promise to keep: such keys move to the current key with the first new epoch's commit,
+            // so that a redelivery of the same input overwrites its entry instead of adding one.
+            let (key, value) = input.log_entry();
+            if key != k {
+                let mut st = state.borrow_mut();
+                st.delete(resume, &table, &k);
+                st.put_raw(resume, table.index(), &key, value);
+                rekeyed += 1;
+            }
+            out.push(input);
+        }
+        if rekeyed > 0 {
+            tracing::info!(inputs = rekeyed, "re-keying logged reconciliation inputs written by an earlier version");
         }
         tracing::info!(inputs = out.len(), epoch = resume - 1, "replaying the reconciliation's committed inputs");
         out
@@ -399,9 +412,9 @@ pub fn build<'scope>(
                     let result = if provider_partitions.get(p).copied().unwrap_or(false) {
                         decoder.provider(&record).map(|e| Some(Input::Provider(e)))
                     } else if ledger_partitions.get(p).copied().unwrap_or(false) {
-                        decoder.ledger(&record).map(|v| v.map(Input::Ledger))
+                        decoder.ledger(&record).map(|v| v.map(Input::Ledger)).map_err(DeadLetterReason::Unreconcilable)
                     } else {
-                        Err("a source that is neither the provider nor the ledger".to_string())
+                        Err(DeadLetterReason::Unreconcilable("a source that is neither the provider nor the ledger".to_string()))
                     };
                     match result {
                         Ok(Some(i)) => {
@@ -432,7 +445,7 @@ pub fn build<'scope>(
     let dead = all.flat_map(|(i, _)| i.err());
     let rows = reconcile(provider.as_collection(), ledger.as_collection(), settle_ms).inner;
     let summaries = summarize(rows.clone(), resume);
-    sink(rows.flat_map(move |(r, t, d)| (t >= resume).then(|| changelog_line(&r, t, d))), "reconciliation")?;
+    sink(rows.flat_map(move |(r, t, d)| (t >= resume).then(|| changelog_line(&r, t, d))), OutputStream::Reconciliation)?;
     sink(
         summaries.unary::<CapacityContainerBuilder<Vec<OutputLine>>, _, _, _>(Pipeline, "SummaryLines", |_, _| {
             move |input, output| {
@@ -445,9 +458,9 @@ pub fn build<'scope>(
                 });
             }
         }),
-        "reconciliation_summary",
+        OutputStream::ReconciliationSummary,
     )?;
     let n = names.clone();
-    sink(dead.map(move |d| dead_letter_line(&d, &n)), "dead_letters")?;
+    sink(dead.map(move |d| dead_letter_line(&d, &n)), OutputStream::DeadLetters)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::file::FileSourceConfig;
-use sluice_connectors::{SinkConfig, SourceConfig};
+use sluice_connectors::{OutputStream, SinkConfig, SourceConfig};
 use sluice_operators::{EventSchema, TimeFormat};
 
 use crate::config::{DedupSection, OrderSection, PipelineConfig};
@@ -175,7 +175,9 @@ pub fn provider_schema() -> EventSchema {
 /// The reconciliation of `inputs` into `dir` (`reconciliation.jsonl`,
 /// `reconciliation_summary.jsonl`, `dead_letters.jsonl`), settle time 30 s.
 pub fn demo_config(dir: &Path, inputs: &DemoInputs, workers: usize) -> PipelineConfig {
-    let sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
+    let sink = |stream: OutputStream| {
+        SinkConfig::File(FileSinkConfig { stream: stream.name().into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) })
+    };
     let file = |name: &str, path: &Path| {
         SourceConfig::File(FileSourceConfig {
             name: name.into(),
@@ -209,7 +211,7 @@ pub fn demo_config(dir: &Path, inputs: &DemoInputs, workers: usize) -> PipelineC
         slo: Vec::new(),
         slo_interval: "2s".into(),
         server: None,
-        sinks: ["reconciliation", "reconciliation_summary", "dead_letters"].iter().map(|s| sink(s)).collect(),
+        sinks: [OutputStream::Reconciliation, OutputStream::ReconciliationSummary, OutputStream::DeadLetters].into_iter().map(sink).collect(),
         reconcile: Some(ReconcileConfig {
             provider: "webhooks".into(),
             ledger: "ledger".into(),

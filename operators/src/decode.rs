@@ -42,7 +42,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::HeldCapabilities;
-use crate::event::{DeadLetter, Epoch, Event, PartitionProgress, RawRecord, SourceItem};
+use crate::event::{DeadLetter, DeadLetterReason, Epoch, Event, PartitionProgress, RawRecord, RequiredField, SourceItem};
 use crate::metrics::Metrics;
 use crate::OperatorError;
 
@@ -168,8 +168,9 @@ enum MetaValue {
 }
 
 impl MetaSource {
-    fn value(&self, record: &RawRecord) -> Result<Option<MetaValue>, String> {
-        let text = |bytes: &[u8], what: &str| String::from_utf8(bytes.to_vec()).map(MetaValue::Text).map_err(|_| format!("{what} is not UTF-8"));
+    fn value(&self, record: &RawRecord) -> Result<Option<MetaValue>, DeadLetterReason> {
+        let text =
+            |bytes: &[u8], what: &str| String::from_utf8(bytes.to_vec()).map(MetaValue::Text).map_err(|_| DeadLetterReason::MetadataNotUtf8(what.to_string()));
         Ok(match self {
             MetaSource::Partition => Some(MetaValue::Int(i64::from(record.origin.partition))),
             MetaSource::Offset => Some(MetaValue::Int(record.origin.offset as i64)),
@@ -284,20 +285,20 @@ impl Decoder {
     ///
     /// # Errors
     /// The reason the record is a dead letter.
-    pub fn decode(&self, record: &RawRecord) -> Result<Event, String> {
+    pub fn decode(&self, record: &RawRecord) -> Result<Event, DeadLetterReason> {
         let bytes = &record.bytes;
         if bytes.len() > self.record_bytes_max {
-            return Err(format!("oversized: {} bytes, more than record_bytes_max = {}", bytes.len(), self.record_bytes_max));
+            return Err(DeadLetterReason::Oversized { bytes: bytes.len(), max: self.record_bytes_max });
         }
-        let text = std::str::from_utf8(bytes).map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
+        let text = std::str::from_utf8(bytes).map_err(|e| DeadLetterReason::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
         let mut fields = Fields { numbers: vec![None; self.numbers], strings: vec![None; self.strings], ..Fields::default() };
         let mut de = serde_json::Deserializer::from_str(text);
         let seed = NodeSeed { node: &self.root, fields: &mut fields, format: self.time_format };
         let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
         if let Err(e) = parsed {
             return Err(match e.classify() {
-                serde_json::error::Category::Data => e.to_string(),
-                _ => format!("invalid JSON: {e}"),
+                serde_json::error::Category::Data => DeadLetterReason::WrongType(e.to_string()),
+                _ => DeadLetterReason::InvalidJson(e.to_string()),
             });
         }
         for (source, target, name) in &self.meta {
@@ -312,14 +313,14 @@ impl Decoder {
                 }
             }
         }
-        let id = fields.id.ok_or_else(|| format!("missing id at {}", self.paths[0]))?;
-        let entity = fields.entity.ok_or_else(|| format!("missing entity at {}", self.paths[1]))?;
-        let time_ms = fields.time_ms.ok_or_else(|| format!("missing event time at {}", self.paths[2]))?;
+        let id = fields.id.ok_or_else(|| DeadLetterReason::Missing(RequiredField::Id, self.paths[0].clone()))?;
+        let entity = fields.entity.ok_or_else(|| DeadLetterReason::Missing(RequiredField::Entity, self.paths[1].clone()))?;
+        let time_ms = fields.time_ms.ok_or_else(|| DeadLetterReason::Missing(RequiredField::Time, self.paths[2].clone()))?;
         if id.is_empty() {
-            return Err(format!("empty id at {}", self.paths[0]));
+            return Err(DeadLetterReason::Empty(RequiredField::Id, self.paths[0].clone()));
         }
         if entity.is_empty() {
-            return Err(format!("empty entity at {}", self.paths[1]));
+            return Err(DeadLetterReason::Empty(RequiredField::Entity, self.paths[1].clone()));
         }
         Ok(Event {
             id: id.into_owned(),
@@ -338,7 +339,7 @@ impl Decoder {
 
 /// Sets a field from record metadata, with the checks and conversions of a JSON value: a
 /// timestamp is milliseconds; a header's text that reads as a number is that number.
-fn apply_meta(fields: &mut Fields<'_>, target: Target, name: &str, format: TimeFormat, v: MetaValue) -> Result<(), String> {
+fn apply_meta(fields: &mut Fields<'_>, target: Target, name: &str, format: TimeFormat, v: MetaValue) -> Result<(), DeadLetterReason> {
     let leaf = LeafVisitor { target, name, fields, format };
     let result: Result<(), serde_json::Error> = match v {
         MetaValue::Int(ms) if target == Target::Time => {
@@ -352,7 +353,7 @@ fn apply_meta(fields: &mut Fields<'_>, target: Target, name: &str, format: TimeF
         }
         MetaValue::Text(t) => leaf.string(Cow::Owned(t)),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| DeadLetterReason::WrongType(e.to_string()))
 }
 
 struct NodeSeed<'a, 'de> {
@@ -623,7 +624,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                                 }
                                 Err(reason) => {
                                     rejected += 1;
-                                    metrics.add_dead_letter_reasons(std::iter::once(reason.as_str()));
+                                    metrics.add_dead_letter(&reason);
                                     dead_s.give(DeadLetter { reason, origin: record.origin, raw: record.bytes });
                                 }
                             },
@@ -673,7 +674,29 @@ mod tests {
 
     fn decode(json: &str) -> Result<Event, String> {
         let d = Decoder::new(&schema()).unwrap();
-        d.decode(&RawRecord::new(Origin { partition: 2, offset: 40 }, json.as_bytes().to_vec()))
+        d.decode(&RawRecord::new(Origin { partition: 2, offset: 40 }, json.as_bytes().to_vec())).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_reason_has_the_class_it_is_counted_by() {
+        let d = Decoder::new(&schema()).unwrap();
+        let reason = |bytes: &[u8]| d.decode(&RawRecord::new(Origin { partition: 0, offset: 0 }, bytes.to_vec())).unwrap_err();
+        let cases: [(&[u8], &str, &str); 6] = [
+            (br#"{"id":"e","#, "invalid JSON", "invalid JSON: EOF while parsing a value at line 1 column 10"),
+            (br#"{"id":"e","created":1}"#, "missing entity", "missing entity at /customer/id"),
+            (br#"{"id":"","customer":{"id":"c"},"created":1}"#, "empty id", "empty id at /id"),
+            (br#"{"customer":{"id":"c"},"created":1}"#, "missing id", "missing id at /id"),
+            (b"{\"id\":\"\xff\"}", "invalid UTF-8", "invalid UTF-8 at byte 7"),
+            (
+                br#"{"id":"e","customer":{"id":"c"},"created":1,"data":{"amount":"12"}}"#,
+                "wrong type",
+                "wrong type: event.numbers.amount must be a number, found a string at line 1 column 65",
+            ),
+        ];
+        for (bytes, class, text) in cases {
+            let r = reason(bytes);
+            assert_eq!((r.class(), r.to_string().as_str()), (class, text), "{}", String::from_utf8_lossy(bytes));
+        }
     }
 
     #[test]
@@ -712,20 +735,20 @@ mod tests {
         assert_eq!(d.decode(&with_meta(r#"{"id":"e1","created":1700000001}"#, Some(meta.clone()))).unwrap().time_ms, 1_700_000_001_000);
         // No key: the entity is missing, named by its path.
         let no_key = RecordMeta { key: None, ..meta.clone() };
-        assert_eq!(d.decode(&with_meta(r#"{"id":"e1"}"#, Some(no_key))).unwrap_err(), "missing entity at @key");
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e1"}"#, Some(no_key))).unwrap_err().to_string(), "missing entity at @key");
         // A file record has no timestamp: no fallback either.
-        assert_eq!(d.decode(&with_meta(r#"{"id":"e1"}"#, None)).unwrap_err(), "missing entity at @key");
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e1"}"#, None)).unwrap_err().to_string(), "missing entity at @key");
         let mut t = schema();
         t.time_fallback = Some("@timestamp".into());
         let d = Decoder::new(&t).unwrap();
-        assert_eq!(d.decode(&with_meta(r#"{"id":"e","customer":{"id":"c"}}"#, None)).unwrap_err(), "missing event time at /created");
+        assert_eq!(d.decode(&with_meta(r#"{"id":"e","customer":{"id":"c"}}"#, None)).unwrap_err().to_string(), "missing event time at /created");
         // A header that is not a number where a number is wanted.
         let bad = RecordMeta { headers: vec![("amount".into(), b"twelve".to_vec())], ..meta };
         let mut u = schema();
         u.numbers = [("amount".to_string(), "@header/amount".to_string())].into();
         let d = Decoder::new(&u).unwrap();
         assert_eq!(
-            d.decode(&with_meta(r#"{"id":"e","customer":{"id":"c"},"created":1}"#, Some(bad))).unwrap_err(),
+            d.decode(&with_meta(r#"{"id":"e","customer":{"id":"c"},"created":1}"#, Some(bad))).unwrap_err().to_string(),
             "wrong type: event.numbers.amount must be a number, found a string"
         );
     }
@@ -769,7 +792,7 @@ mod tests {
         let big = format!(r#"{{"id":"{}"}}"#, "x".repeat(300));
         assert_eq!(decode(&big).unwrap_err(), "oversized: 309 bytes, more than record_bytes_max = 200");
         let d = Decoder::new(&schema()).unwrap();
-        let bad = d.decode(&RawRecord::new(Origin { partition: 0, offset: 0 }, b"{\"id\":\"\xff\"}".to_vec())).unwrap_err();
+        let bad = d.decode(&RawRecord::new(Origin { partition: 0, offset: 0 }, b"{\"id\":\"\xff\"}".to_vec())).unwrap_err().to_string();
         assert_eq!(bad, "invalid UTF-8 at byte 7");
         let bad_time = decode(r#"{"id":"e","customer":{"id":"c"},"created":"yesterday"}"#).unwrap_err();
         assert!(bad_time.starts_with("wrong type: event.time is not an RFC 3339 time"), "{bad_time}");

@@ -23,7 +23,7 @@
 //! duplicate counted and one conflict.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
-use crate::epoch::{input_frontier, HeldCapabilities};
+use crate::epoch::{input_frontier, EpochStash, HeldCapabilities};
 use crate::event::{route_hash, Conflict, Epoch, Event, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
@@ -89,6 +89,7 @@ pub trait Dedup<'scope> {
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<Conflict>>), OperatorError>;
 }
 
+#[derive(Default)]
 struct Pending {
     events: Vec<Vec<Event>>,
     progress: Vec<PartitionProgress>,
@@ -116,22 +117,18 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
 
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
-            let mut pending: BTreeMap<Epoch, Pending> = BTreeMap::new();
+            let mut pending: EpochStash<Pending> = EpochStash::new();
             // Cutoffs of processed epochs, applied to the compaction filter once committed.
             let mut cutoffs: VecDeque<(Epoch, i64)> = VecDeque::new();
             move |frontiers| {
                 events_in.for_each_stamp(|cap, data| {
-                    let slot = pending
-                        .entry(*cap.least().expect("invariant: an input stamp has a time"))
-                        .or_insert_with(|| Pending { events: Vec::new(), progress: Vec::new() });
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.events.push(std::mem::take(batch));
                     }
                 });
                 progress_in.for_each_stamp(|cap, data| {
-                    let slot = pending
-                        .entry(*cap.least().expect("invariant: an input stamp has a time"))
-                        .or_insert_with(|| Pending { events: Vec::new(), progress: Vec::new() });
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.progress.append(batch);
                     }
@@ -139,12 +136,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let frontier = input_frontier(frontiers);
                 let mut firsts_h = firsts_out.activate();
                 let mut conflicts_h = conflicts_out.activate();
-                while let Some(entry) = pending.first_entry() {
-                    let epoch = *entry.key();
-                    if frontier.is_some_and(|f| epoch >= f) {
-                        break;
-                    }
-                    let Pending { events, progress } = entry.remove();
+                while let Some((epoch, Pending { events, progress })) = pending.pop_complete(frontier) {
                     let mut events = crate::epoch::concat(events);
                     let cutoff = tracker.watermark().saturating_sub(config.ttl_ms);
                     // Copies of one key sit side by side, the first (lowest origin) first; the

@@ -48,7 +48,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
-use crate::epoch::{input_frontier, HeldCapabilities};
+use crate::epoch::{input_frontier, EpochStash, HeldCapabilities};
 use crate::event::{Epoch, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::stats::{chi_square, js_distance, ks, ks_sketch_bound, psi, wasserstein, Sketch, SKETCH_ALPHA};
@@ -379,6 +379,42 @@ fn add_sample(summaries: &mut [Summary], sample: &DriftSample) {
     }
 }
 
+/// How a drift statistic stands against its levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftStatus {
+    /// Below the warn level.
+    Ok,
+    /// At or past the warn level.
+    Warn,
+    /// At or past the alert level.
+    Alert,
+    /// Fewer than `min_samples` in the window, or an empty reference: not judged.
+    Insufficient,
+}
+
+impl DriftStatus {
+    /// Its name in the drift output: `ok`, `warn`, `alert`, `insufficient`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriftStatus::Ok => "ok",
+            DriftStatus::Warn => "warn",
+            DriftStatus::Alert => "alert",
+            DriftStatus::Insufficient => "insufficient",
+        }
+    }
+
+    /// Its level in `/metrics`: 0 ok, 1 warn, 2 alert, -1 insufficient.
+    pub fn level(self) -> i8 {
+        match self {
+            DriftStatus::Ok => 0,
+            DriftStatus::Warn => 1,
+            DriftStatus::Alert => 2,
+            DriftStatus::Insufficient => -1,
+        }
+    }
+}
+
 /// One statistic of one column over one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftRecord {
@@ -400,8 +436,8 @@ pub struct DriftRecord {
     pub warn: f64,
     /// The alert level.
     pub alert: f64,
-    /// `ok`, `warn`, `alert`, or `insufficient` (fewer than `min_samples`).
-    pub status: String,
+    /// How the value stands against the levels.
+    pub status: DriftStatus,
     /// Samples in the reference.
     pub reference_n: u64,
     /// Samples in the window.
@@ -449,12 +485,12 @@ pub fn window_records(config: &DriftConfig, columns: &Columns, reference: &[Summ
         let mut emit = |statistic: &str, value: Option<f64>, p_value: Option<f64>, bound: Option<f64>, levels: Levels, lower_is_worse: bool| {
             let judged = if lower_is_worse { p_value } else { value };
             let status = match judged {
-                _ if !enough => "insufficient",
-                Some(v) if !lower_is_worse && v >= levels.alert => "alert",
-                Some(v) if !lower_is_worse && v >= levels.warn => "warn",
-                Some(v) if lower_is_worse && v <= levels.alert => "alert",
-                Some(v) if lower_is_worse && v <= levels.warn => "warn",
-                _ => "ok",
+                _ if !enough => DriftStatus::Insufficient,
+                Some(v) if !lower_is_worse && v >= levels.alert => DriftStatus::Alert,
+                Some(v) if !lower_is_worse && v >= levels.warn => DriftStatus::Warn,
+                Some(v) if lower_is_worse && v <= levels.alert => DriftStatus::Alert,
+                Some(v) if lower_is_worse && v <= levels.warn => DriftStatus::Warn,
+                _ => DriftStatus::Ok,
             };
             out.push(DriftRecord {
                 window_start_ms: start_ms,
@@ -466,7 +502,7 @@ pub fn window_records(config: &DriftConfig, columns: &Columns, reference: &[Summ
                 error_bound: bound.filter(|_| enough),
                 warn: levels.warn,
                 alert: levels.alert,
-                status: status.into(),
+                status,
                 reference_n: rn,
                 current_n: cn,
             });
@@ -603,28 +639,23 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
         let mut records_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DriftRecord>>>::from(records_out);
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
-            let mut pending: BTreeMap<Epoch, (Vec<PanePartial>, Vec<PartitionProgress>)> = BTreeMap::new();
+            let mut pending: EpochStash<(Vec<PanePartial>, Vec<PartitionProgress>)> = EpochStash::new();
             move |frontiers| {
                 partials_in.for_each_stamp(|cap, data| {
-                    let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.0.append(batch);
                     }
                 });
                 progress_in.for_each_stamp(|cap, data| {
-                    let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.1.append(batch);
                     }
                 });
                 let frontier = input_frontier(frontiers);
                 let mut out = records_out.activate();
-                while let Some(entry) = pending.first_entry() {
-                    let epoch = *entry.key();
-                    if frontier.is_some_and(|f| epoch >= f) {
-                        break;
-                    }
-                    let (partials, progress) = entry.remove();
+                while let Some((epoch, (partials, progress))) = pending.pop_complete(frontier) {
                     if index != 0 {
                         continue;
                     }

@@ -4,6 +4,8 @@
 //! epoch order: what they stage for epoch `e` then holds exactly the effect of epochs `<= e`,
 //! which is what the commit of `e` must contain.
 
+use std::collections::BTreeMap;
+
 use timely::dataflow::operators::Capability;
 use timely::progress::frontier::MutableAntichain;
 
@@ -51,6 +53,69 @@ impl HeldCapabilities {
                 None => *cap = None,
             }
         }
+    }
+}
+
+/// What an operator received per epoch, kept until its inputs' frontier has passed the epoch
+/// and then handed back in epoch order: the "stash per epoch, release below the frontier" loop
+/// of every stateful operator and sink.
+///
+/// ```
+/// # use sluice_operators::epoch::EpochStash;
+/// let mut stash: EpochStash<Vec<u32>> = EpochStash::new();
+/// stash.at(2).push(20);
+/// stash.at(1).push(10);
+/// stash.at(2).push(21);
+/// // Inputs may still deliver epoch 2: only epoch 1 is complete.
+/// assert_eq!(stash.pop_complete(Some(2)), Some((1, vec![10])));
+/// assert_eq!(stash.pop_complete(Some(2)), None);
+/// // Inputs closed: everything is complete.
+/// assert_eq!(stash.pop_complete(None), Some((2, vec![20, 21])));
+/// assert!(stash.is_empty());
+/// ```
+#[derive(Debug)]
+pub struct EpochStash<T> {
+    epochs: BTreeMap<Epoch, T>,
+}
+
+impl<T: Default> Default for EpochStash<T> {
+    fn default() -> Self {
+        EpochStash { epochs: BTreeMap::new() }
+    }
+}
+
+impl<T: Default> EpochStash<T> {
+    /// An empty stash.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What is stashed for `epoch`, empty the first time.
+    pub fn at(&mut self, epoch: Epoch) -> &mut T {
+        self.epochs.entry(epoch).or_default()
+    }
+
+    /// The least stashed epoch below `frontier` (the least epoch the inputs may still deliver;
+    /// `None` when they are closed), if any.
+    pub fn next_complete(&self, frontier: Option<Epoch>) -> Option<Epoch> {
+        let (&epoch, _) = self.epochs.first_key_value()?;
+        frontier.is_none_or(|f| epoch < f).then_some(epoch)
+    }
+
+    /// Takes out the least stashed epoch below `frontier`, with what was stashed for it.
+    pub fn pop_complete(&mut self, frontier: Option<Epoch>) -> Option<(Epoch, T)> {
+        self.next_complete(frontier)?;
+        self.epochs.pop_first()
+    }
+
+    /// Takes out what was stashed for `epoch` (empty if nothing was).
+    pub fn take(&mut self, epoch: Epoch) -> T {
+        self.epochs.remove(&epoch).unwrap_or_default()
+    }
+
+    /// Whether nothing is stashed.
+    pub fn is_empty(&self) -> bool {
+        self.epochs.is_empty()
     }
 }
 

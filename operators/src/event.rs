@@ -112,11 +112,96 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// Why it was rejected.
-    pub reason: String,
+    pub reason: DeadLetterReason,
     /// Where it came from.
     pub origin: Origin,
     /// The bytes as read.
     pub raw: Vec<u8>,
+}
+
+/// Why a record became a dead letter. Its text (`Display`) is the `reason` of the dead-letters
+/// output; its [`class`](DeadLetterReason::class) labels the dead-letter counter in `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeadLetterReason {
+    /// Longer than `record_bytes_max`.
+    Oversized {
+        /// The record's length.
+        bytes: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not UTF-8 from this byte on.
+    InvalidUtf8 {
+        /// The length of the valid prefix.
+        valid_up_to: usize,
+    },
+    /// Not JSON (the parser's message).
+    InvalidJson(String),
+    /// A mapped field of the wrong type or value (the whole message, which names the field).
+    WrongType(String),
+    /// Record metadata that should be text and is not UTF-8 (`the message key`, `header X`).
+    MetadataNotUtf8(String),
+    /// A required field absent, at this path.
+    Missing(RequiredField, String),
+    /// A required field present but empty, at this path.
+    Empty(RequiredField, String),
+    /// A reconciliation input that cannot be applied (why).
+    Unreconcilable(String),
+}
+
+/// The fields every event must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequiredField {
+    /// The idempotency key.
+    Id,
+    /// The entity key.
+    Entity,
+    /// The event time.
+    Time,
+}
+
+impl DeadLetterReason {
+    /// The reason without its details, as a metric label (`invalid JSON`, `missing id`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            DeadLetterReason::Oversized { .. } => "oversized",
+            DeadLetterReason::InvalidUtf8 { .. } => "invalid UTF-8",
+            DeadLetterReason::InvalidJson(_) => "invalid JSON",
+            DeadLetterReason::WrongType(_) => "wrong type",
+            DeadLetterReason::MetadataNotUtf8(_) => "metadata not UTF-8",
+            DeadLetterReason::Missing(RequiredField::Id, _) => "missing id",
+            DeadLetterReason::Missing(RequiredField::Entity, _) => "missing entity",
+            DeadLetterReason::Missing(RequiredField::Time, _) => "missing event time",
+            DeadLetterReason::Empty(RequiredField::Id, _) => "empty id",
+            DeadLetterReason::Empty(RequiredField::Entity, _) => "empty entity",
+            DeadLetterReason::Empty(RequiredField::Time, _) => "empty event time",
+            DeadLetterReason::Unreconcilable(_) => "not reconcilable",
+        }
+    }
+}
+
+impl std::fmt::Display for RequiredField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RequiredField::Id => "id",
+            RequiredField::Entity => "entity",
+            RequiredField::Time => "event time",
+        })
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterReason::Oversized { bytes, max } => write!(f, "oversized: {bytes} bytes, more than record_bytes_max = {max}"),
+            DeadLetterReason::InvalidUtf8 { valid_up_to } => write!(f, "invalid UTF-8 at byte {valid_up_to}"),
+            DeadLetterReason::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
+            DeadLetterReason::WrongType(message) | DeadLetterReason::Unreconcilable(message) => f.write_str(message),
+            DeadLetterReason::MetadataNotUtf8(what) => write!(f, "{what} is not UTF-8"),
+            DeadLetterReason::Missing(field, path) => write!(f, "missing {field} at {path}"),
+            DeadLetterReason::Empty(field, path) => write!(f, "empty {field} at {path}"),
+        }
+    }
 }
 
 /// A repeat of an idempotency key whose payload differs from the first copy's.

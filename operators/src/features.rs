@@ -30,7 +30,7 @@
 //! 3 at 0:50, 4 at 1:05 gives 2, 5, 4.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
-use crate::epoch::HeldCapabilities;
+use crate::epoch::{EpochStash, HeldCapabilities};
 use crate::event::{Epoch, Event, FeatureRecord};
 use crate::metrics::Metrics;
 use crate::OperatorError;
@@ -402,7 +402,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let table: Table<sluice_state::BytesCodec> = state.borrow().store().table(FEATURES_TABLE)?;
         let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
             let mut held = HeldCapabilities::new(vec![cap]);
-            let mut pending: BTreeMap<Epoch, Vec<Vec<Event>>> = BTreeMap::new();
+            let mut pending: EpochStash<Vec<Vec<Event>>> = EpochStash::new();
             // Decoded aggregates by entity, and whether the current epoch changed them.
             // Decoded aggregates by entity, whether the current epoch changed them, the entity's
             // latest event time.
@@ -411,19 +411,14 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             let mut encoded = Vec::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.push(std::mem::take(batch));
                     }
                 });
                 let frontier = frontier.frontier().first().copied();
-                while let Some(entry) = pending.first_entry() {
-                    let epoch = *entry.key();
-                    if frontier.is_some_and(|f| epoch >= f) {
-                        break;
-                    }
-                    // Chunks in arrival order: order released them in event-time order.
-                    let chunks = entry.remove();
+                // Chunks in arrival order: order released them in event-time order.
+                while let Some((epoch, chunks)) = pending.pop_complete(frontier) {
                     let out_cap = held.at(0, epoch);
                     let mut session = output.session(&out_cap);
                     let mut state = state.borrow_mut();

@@ -8,17 +8,18 @@
 //!
 //! | file | what it owns |
 //! |---|---|
-//! | `event.rs` | [`Event`], [`RawRecord`], [`DeadLetter`] and the other records that flow |
+//! | `event.rs` | [`Event`], [`RawRecord`], [`DeadLetter`] with its [`DeadLetterReason`], and the other records that flow |
 //! | `decode.rs` | [`Decode`]: bytes to events by JSON pointers; dead letters; partition progress |
 //! | `watermark.rs` | [`WatermarkTracker`]: the watermark every worker computes alike |
 //! | `dedup.rs` | [`Dedup`]: drop repeats by idempotency key, report conflicts |
 //! | `order.rs` | [`Order`]: event-time order behind the watermark, late events |
 //! | `features.rs` | [`Features`]: windowed per-entity aggregates as of each event |
 //! | `score.rs` | [`Score`]: ONNX models scored in batches through ONNX Runtime (`ort`) |
-//! | `drift.rs` | [`Drift`]: reference vs sliding windows per feature, score and category |
-//! | `slo.rs` | [`slo::SloTracker`]: objectives, error budget, multi-window burn-rate alerts |
+//! | `drift.rs` | [`Drift`]: reference vs sliding windows per feature, score and category; [`DriftStatus`] |
+//! | `reconcile.rs` | [`reconcile::reconcile`]: provider events against ledger versions per payment, the changelog and its summary |
+//! | `slo.rs` | [`slo::SloTracker`]: objectives, error budget, multi-window burn-rate alerts; [`slo::SloStatus`] |
 //! | `stats.rs` | drift statistics (PSI, KS, JS, Wasserstein, chi-square) and the mergeable [`stats::Sketch`] |
-//! | `epoch.rs` | helpers for operators that work epoch by epoch |
+//! | `epoch.rs` | [`epoch::EpochStash`] (what arrived per epoch, released below the frontier) and the other helpers for operators that work epoch by epoch |
 //! | `metrics.rs` | [`Metrics`]: counters for the progress display |
 //! | `error.rs` | [`OperatorError`] |
 //!
@@ -41,9 +42,12 @@ pub mod watermark;
 
 pub use decode::{Decode, Decoder, EventSchema, TimeFormat};
 pub use dedup::{Dedup, DedupConfig};
-pub use drift::{Drift, DriftConfig, DriftRecord, DriftSample};
+pub use drift::{Drift, DriftConfig, DriftRecord, DriftSample, DriftStatus};
 pub use error::OperatorError;
-pub use event::{Conflict, DeadLetter, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, RecordMeta, SourceItem};
+pub use event::{
+    Conflict, DeadLetter, DeadLetterReason, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, RecordMeta,
+    RequiredField, SourceItem,
+};
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};
 pub use metrics::{KafkaPartitionGauge, Metrics, Stage};
 pub use order::{LatePolicy, Order, OrderConfig};

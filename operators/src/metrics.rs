@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::event::DeadLetterReason;
+
 /// Pipeline counters. Relaxed atomics: figures for humans, not for synchronisation.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,7 +54,7 @@ pub struct Metrics {
     /// Webhook requests per (source, outcome): `accepted`, `duplicate`, or why refused.
     pub webhook_requests: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
     /// Dead letters per reason class (the reason up to its first detail).
-    pub dead_letter_reasons: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    pub dead_letter_reasons: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Time sources spent waiting for the dataflow (more than `max_inflight_epochs` open), µs.
     pub backpressure_us: AtomicU64,
     /// Epochs open in the dataflow (worker 0's source).
@@ -175,20 +177,6 @@ pub struct DriftGauge {
     pub window_end_ms: i64,
 }
 
-/// The class of a dead letter's reason, for counting: the reason up to its first detail
-/// (`invalid JSON: expected value at line 1` → `invalid JSON`, `missing id at /id` → `missing id`).
-pub fn reason_class(reason: &str) -> &str {
-    let end = reason.find([':', '(']).unwrap_or(reason.len());
-    let head = &reason[..end];
-    let head = head.find(" at ").map_or(head, |i| &head[..i]);
-    let head = head.trim();
-    let mut cut = head.len().min(48);
-    while !head.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &head[..cut]
-}
-
 impl Metrics {
     /// Counts records read from source partition `partition`.
     pub fn add_partition_records(&self, partition: u32, n: u64) {
@@ -206,18 +194,10 @@ impl Metrics {
         }
     }
 
-    /// Counts dead letters by reason class.
-    pub fn add_dead_letter_reasons<'a>(&self, reasons: impl Iterator<Item = &'a str>) {
+    /// Counts a dead letter by its reason's class.
+    pub fn add_dead_letter(&self, reason: &DeadLetterReason) {
         if let Ok(mut m) = self.dead_letter_reasons.lock() {
-            for r in reasons {
-                let class = reason_class(r);
-                match m.get_mut(class) {
-                    Some(c) => *c += 1,
-                    None => {
-                        m.insert(class.to_string(), 1);
-                    }
-                }
-            }
+            *m.entry(reason.class()).or_default() += 1;
         }
     }
 
@@ -261,12 +241,7 @@ impl Metrics {
         self.drift_windows.fetch_add(1, Ordering::Relaxed);
         let Ok(mut latest) = self.drift_latest.lock() else { return };
         for r in records {
-            let level = match r.status.as_str() {
-                "ok" => 0,
-                "warn" => 1,
-                "alert" => 2,
-                _ => -1,
-            };
+            let level = r.status.level();
             let entry = latest.entry((r.column.clone(), r.statistic.clone())).or_insert(DriftGauge { value: None, level, alerts: 0, window_end_ms: 0 });
             entry.value = r.value;
             entry.level = level;

@@ -41,7 +41,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
-use crate::epoch::{input_frontier, HeldCapabilities};
+use crate::epoch::{input_frontier, EpochStash, HeldCapabilities};
 use crate::event::{route_hash, Epoch, Event, EventCodec, LateEvent, Origin, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
@@ -142,16 +142,16 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
 
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
-            let mut pending: BTreeMap<Epoch, (Vec<Vec<Event>>, Vec<PartitionProgress>)> = BTreeMap::new();
+            let mut pending: EpochStash<(Vec<Vec<Event>>, Vec<PartitionProgress>)> = EpochStash::new();
             move |frontiers| {
                 events_in.for_each_stamp(|cap, data| {
-                    let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.0.push(std::mem::take(batch));
                     }
                 });
                 progress_in.for_each_stamp(|cap, data| {
-                    let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                    let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                     for batch in data {
                         slot.1.append(batch);
                     }
@@ -159,12 +159,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let frontier = input_frontier(frontiers);
                 let mut ordered_h = ordered_out.activate();
                 let mut late_h = late_out.activate();
-                while let Some(entry) = pending.first_entry() {
-                    let epoch = *entry.key();
-                    if frontier.is_some_and(|f| epoch >= f) {
-                        break;
-                    }
-                    let (events, progress) = entry.remove();
+                while let Some((epoch, (events, progress))) = pending.pop_complete(frontier) {
                     let mut events = crate::epoch::concat(events);
                     events.sort_unstable_by_key(|e| e.origin);
                     let watermark = tracker.watermark();

@@ -40,7 +40,7 @@ use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Concat;
 
-use crate::epoch::HeldCapabilities;
+use crate::epoch::{EpochStash, HeldCapabilities};
 use timely::dataflow::Stream;
 
 use crate::event::Epoch;
@@ -406,7 +406,7 @@ fn settle<'scope>(
         "ReconcileSettle",
         move |cap, _| {
             let mut cap = Some(cap);
-            let mut pending: BTreeMap<Epoch, EpochInput> = BTreeMap::new();
+            let mut pending: EpochStash<EpochInput> = EpochStash::new();
             let mut pairings: HashMap<String, Pairing> = HashMap::new();
             let mut rows: HashMap<String, Reconciled> = HashMap::new();
             // One-sided payments not yet overdue, by the other side's clock time after which
@@ -417,12 +417,12 @@ fn settle<'scope>(
                 // By the time in the data: a container's stamp may be earlier.
                 pairs_in.for_each_stamp(|_, data| {
                     for ((payment, pairing), time, diff) in data.flat_map(|d| d.drain(..)) {
-                        pending.entry(time).or_default().0.push((payment, pairing, diff));
+                        pending.at(time).0.push((payment, pairing, diff));
                     }
                 });
                 clock_in.for_each_stamp(|_, data| {
                     for (epoch, side, max) in data.flat_map(|d| d.drain(..)) {
-                        let slot = &mut pending.entry(epoch).or_default().1[side];
+                        let slot = &mut pending.at(epoch).1[side];
                         *slot = Some(slot.map_or(max, |s: i64| s.max(max)));
                     }
                 });
@@ -430,12 +430,7 @@ fn settle<'scope>(
                     (Some(a), Some(b)) => Some(*a.min(b)),
                     (a, b) => a.or(b).copied(),
                 };
-                while let Some(entry) = pending.first_entry() {
-                    let epoch = *entry.key();
-                    if frontier.is_some_and(|f| epoch >= f) {
-                        break;
-                    }
-                    let (mut changes, max) = entry.remove();
+                while let Some((epoch, (mut changes, max))) = pending.pop_complete(frontier) {
                     for (side, m) in max.into_iter().enumerate() {
                         if let Some(m) = m {
                             clocks.advance(side, m);
@@ -550,21 +545,16 @@ pub fn summarize<'scope>(changes: Stream<'scope, Epoch, Vec<(Reconciled, Epoch, 
         "ReconcileSummary",
         move |cap, _| {
             let mut cap = Some(cap);
-            let mut pending: BTreeMap<Epoch, Vec<(Reconciled, isize)>> = BTreeMap::new();
+            let mut pending: EpochStash<Vec<(Reconciled, isize)>> = EpochStash::new();
             let mut totals = Totals::default();
             move |(input, frontier), output| {
                 input.for_each_stamp(|_, data| {
                     for (r, time, d) in data.flat_map(|d| d.drain(..)) {
-                        pending.entry(time).or_default().push((r, d));
+                        pending.at(time).push((r, d));
                     }
                 });
                 let frontier = frontier.frontier().first().copied();
-                while let Some(entry) = pending.first_entry() {
-                    let epoch = *entry.key();
-                    if frontier.is_some_and(|f| epoch >= f) {
-                        break;
-                    }
-                    let changes = entry.remove();
+                while let Some((epoch, changes)) = pending.pop_complete(frontier) {
                     for (row, diff) in &changes {
                         totals.apply(row, *diff);
                     }

@@ -158,8 +158,40 @@ pub struct SloRecord {
     pub burn_6h: f64,
     /// Error budget remaining over the period (1 = untouched, < 0 = overspent).
     pub budget_remaining: f64,
-    /// `ok`, `ticket` (slow burn) or `page` (fast burn).
-    pub status: String,
+    /// How fast the budget burns.
+    pub status: SloStatus,
+}
+
+/// How fast an objective's error budget burns (the multiwindow burn-rate alerts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SloStatus {
+    /// Within budget.
+    Ok,
+    /// A slow burn: open a ticket.
+    Ticket,
+    /// A fast burn: page someone.
+    Page,
+}
+
+impl SloStatus {
+    /// Its name in the SLO output: `ok`, `ticket`, `page`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SloStatus::Ok => "ok",
+            SloStatus::Ticket => "ticket",
+            SloStatus::Page => "page",
+        }
+    }
+
+    /// Its level in `/metrics`: 0 ok, 1 ticket, 2 page.
+    pub fn level(self) -> i8 {
+        match self {
+            SloStatus::Ok => 0,
+            SloStatus::Ticket => 1,
+            SloStatus::Page => 2,
+        }
+    }
 }
 
 /// The history of one objective: (interval end, good, total), oldest first, at most one period.
@@ -216,11 +248,11 @@ impl SloTracker {
             let burn = |w| h.burn(now_ms, w);
             let (b5m, b30m, b1h, b6h) = (burn(PAGE.1), burn(TICKET.1), burn(PAGE.0), burn(TICKET.0));
             let status = if b1h >= PAGE.2 && b5m >= PAGE.2 {
-                "page"
+                SloStatus::Page
             } else if b6h >= TICKET.2 && b30m >= TICKET.2 {
-                "ticket"
+                SloStatus::Ticket
             } else {
-                "ok"
+                SloStatus::Ok
             };
             let (bad, total) = h.intervals.iter().fold((0u64, 0u64), |(b, t), (_, g, n)| (b + n - g, t + n));
             let budget_remaining = if total == 0 { 1.0 } else { 1.0 - (bad as f64 / total as f64) / (1.0 - h.objective.objective) };
@@ -241,7 +273,7 @@ impl SloTracker {
                 burn_1h: b1h,
                 burn_6h: b6h,
                 budget_remaining,
-                status: status.into(),
+                status,
             });
         }
         out
@@ -291,10 +323,10 @@ mod tests {
         for minute in 1..=110i64 {
             let bad = if (61..=75).contains(&minute) { 500 } else { 0 };
             let r = t.tick(minute * 60_000, &[Measurement { good: 1000 - bad, total: 1000, percentiles_us: None }]).remove(0);
-            statuses.push((minute, r.status.clone()));
+            statuses.push((minute, r.status));
             last = Some(r);
         }
-        let status = |m: i64| statuses[(m - 1) as usize].1.as_str();
+        let status = |m: i64| statuses[(m - 1) as usize].1.name();
         // By hand (budget 0.1%, half bad = burn 500 in a bad minute):
         // minute 61: 30m burn 500/30 = 16.7 ≥ 6, 6h burn 500/61 = 8.2 ≥ 6 → ticket; 5m burn
         // 100 but 1h burn 500/60 = 8.3 < 14.4 → no page.

@@ -17,6 +17,7 @@
 //! | `worker.rs` | [`WorkerState`]: one worker's staged, not yet committed changes, read through |
 //! | `snapshot.rs` | [`StateReader`] and [`Snapshot`]: consistent reads from any thread |
 //! | `checkpoint.rs` | checkpoints: taking, listing and restoring copies of the committed state |
+//! | `sched.rs` | thread scheduling: the dataflow's threads yield the cores to the feature server's |
 //! | `protocol.rs` | the epoch commit protocol: its named steps, crash outcomes, failpoints |
 //!
 //! # How the pieces relate

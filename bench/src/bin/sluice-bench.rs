@@ -311,15 +311,17 @@ fn main() -> Result<()> {
                 epoch_records,
                 sluice_bench::Models { model: model.as_deref(), shadow: shadow.as_deref(), monitor },
             );
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), sluice_bench::cpu_seconds());
             let control = sluice::RunControl::default();
             let summary = sluice::run(&config, &control)?;
             let secs = started.elapsed().as_secs_f64();
+            let cpu_secs = sluice_bench::cpu_seconds() - cpu;
             let q = |x: f64| control.metrics.batch_latency_quantile_us(x).map_or(f64::NAN, |v| v as f64);
             println!(
-                "workers={workers} events={} seconds={secs:.3} events_per_s={:.0} peak_rss_mib={:.1} features={} duplicates={} late={} dead={} scored={} batch_p50_us={} batch_p99_us={}",
+                "workers={workers} events={} seconds={secs:.3} events_per_s={:.0} events_per_cpu_s={:.0} peak_rss_mib={:.1} features={} duplicates={} late={} dead={} scored={} batch_p50_us={} batch_p99_us={}",
                 summary.records_in,
                 summary.records_in as f64 / secs,
+                summary.records_in as f64 / cpu_secs,
                 sluice_bench::peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
                 summary.features_out,
                 summary.duplicates,
@@ -334,7 +336,10 @@ fn main() -> Result<()> {
             let me = std::env::current_exe()?;
             println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch{}",
                 model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())) + &shadow.as_ref().map_or(String::new(), |m| format!(" with {} as shadow", m.display())) + if monitor { ", with drift and SLO monitoring" } else { "" });
-            println!("{:>7}  {:>12}  {:>10}  {:>13}  {:>15}  {:>15}", "workers", "events/s", "seconds", "peak RSS MiB", "batch p50 µs", "batch p99 µs");
+            println!(
+                "{:>7}  {:>12}  {:>12}  {:>10}  {:>13}  {:>15}  {:>15}",
+                "workers", "events/s", "events/CPU-s", "seconds", "peak RSS MiB", "batch p50 µs", "batch p99 µs"
+            );
             let mut first = None;
             for w in workers.split(',') {
                 let w: usize = w.trim().parse().context("--workers takes numbers, e.g. 1,2")?;
@@ -365,9 +370,10 @@ fn main() -> Result<()> {
                 };
                 let rate = field("events_per_s");
                 println!(
-                    "{:>7}  {:>12.0}  {:>10.2}  {:>13.1}  {:>15}  {:>15}",
+                    "{:>7}  {:>12.0}  {:>12.0}  {:>10.2}  {:>13.1}  {:>15}  {:>15}",
                     w,
                     rate,
+                    field("events_per_cpu_s"),
                     field("seconds"),
                     field("peak_rss_mib"),
                     field("batch_p50_us"),

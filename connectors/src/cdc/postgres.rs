@@ -99,7 +99,7 @@ impl PostgresSourceConfig {
     }
 
     fn error(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
-        ConnectorError::Postgres(format!("source `{}` (slot `{}`): {what}: {e}", self.name, self.slot))
+        ConnectorError::Postgres { what: format!("source `{}` (slot `{}`): {what}", self.name, self.slot), source: e.to_string().into() }
     }
 
     /// Checks that the server can serve the source, then creates the slot (wal2json) if it
@@ -496,7 +496,7 @@ impl SlotAdvancer {
                     }
                 }
             })
-            .map_err(|e| ConnectorError::Postgres(format!("cannot start the slot advancer: {e}")))?;
+            .map_err(|source| ConnectorError::Thread { thread: "PostgreSQL slot advancer", source })?;
         Ok(SlotAdvancer { stop, thread: Some(thread) })
     }
 

@@ -9,14 +9,13 @@
 //! leaves half an epoch in the committed part of a file.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
-use sluice_operators::epoch::HeldCapabilities;
+use sluice_operators::epoch::{concat, EpochStash, HeldCapabilities};
 use sluice_operators::{Epoch, Origin};
 use sluice_state::protocol::failpoint;
 use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
@@ -91,10 +90,10 @@ pub fn file_sink<'scope>(
         // Held at the input frontier, so that the probe after the sink passes an epoch only
         // once the sink has written it and staged its length.
         let mut held = HeldCapabilities::new(vec![cap]);
-        let mut pending: BTreeMap<Epoch, Vec<Vec<OutputLine>>> = BTreeMap::new();
+        let mut pending: EpochStash<Vec<Vec<OutputLine>>> = EpochStash::new();
         move |(input, frontier), _output| {
             input.for_each_stamp(|cap, data| {
-                let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                 for batch in data {
                     slot.push(std::mem::take(batch));
                 }
@@ -105,12 +104,8 @@ pub fn file_sink<'scope>(
                 return;
             };
             let mut wrote = false;
-            while let Some(entry) = pending.first_entry() {
-                let epoch = *entry.key();
-                if frontier.is_some_and(|f| epoch >= f) {
-                    break;
-                }
-                let mut lines = sluice_operators::epoch::concat(entry.remove());
+            while let Some((epoch, chunks)) = pending.pop_complete(frontier) {
+                let mut lines = concat(chunks);
                 lines.sort_unstable();
                 for line in &lines {
                     let written = out.file.write_all(&line.bytes).and_then(|()| out.file.write_all(b"\n"));

@@ -159,7 +159,7 @@ impl OffsetPublisher {
                     }
                 }
             })
-            .map_err(|e| ConnectorError::Kafka(format!("cannot start the offset publisher: {e}")))?;
+            .map_err(|source| ConnectorError::Thread { thread: "Kafka offset publisher", source })?;
         Ok(OffsetPublisher { stop, thread: Some(thread), committed })
     }
 

@@ -41,7 +41,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice_operators::epoch::HeldCapabilities;
+use sluice_operators::epoch::{concat, EpochStash, HeldCapabilities};
 
 use super::logs::{Quiet, QuietConsumer};
 use sluice_operators::Epoch;
@@ -54,7 +54,7 @@ use timely::dataflow::Stream;
 
 use super::config::{Delivery, KafkaSinkConfig, DEFAULT_MESSAGE_TIMEOUT_MS, DEFAULT_TRANSACTION_TIMEOUT_MS};
 use crate::file::OutputLine;
-use crate::ConnectorError;
+use crate::{ConnectorError, OutputStream};
 
 /// The outbox: `<sink id> 0x00 <epoch, 8 bytes BE> <seq, 4 bytes BE>` → the output line.
 pub const OUTBOX_TABLE: &str = "sink_outbox";
@@ -115,14 +115,14 @@ impl DeliveryHandle {
     ///
     /// # Errors
     /// Delivery failed: the undelivered epochs stay in the outbox and go out after a restart.
-    pub fn finish(mut self) -> Result<(), String> {
+    pub fn finish(mut self) -> Result<(), ConnectorError> {
         self.state.finish.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
         let failed = self.state.failed.lock().expect("invariant: not poisoned").clone();
         match failed {
-            Some(e) => Err(format!("{}: {e}", self.what)),
+            Some(e) => Err(ConnectorError::Kafka { what: self.what.clone(), source: e.into() }),
             None => Ok(()),
         }
     }
@@ -384,7 +384,7 @@ fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u
         serde_json::Value::Null => None,
         other => Some(other.to_string()),
     };
-    if stream == "dead_letters" {
+    if stream == OutputStream::DeadLetters.name() {
         // The raw bytes as they came, with where they came from and why they were refused.
         let raw = match (text("raw"), v["raw_base64"].as_str()) {
             (Some(raw), _) => raw.into_bytes(),
@@ -585,9 +585,13 @@ impl Deliverer {
 pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_failure: Arc<AtomicBool>) -> Result<DeliveryHandle, ConnectorError> {
     let what = format!("Kafka sink `{}` → topic `{}`", config.stream, config.topic);
     let progress_topic = config.progress_topic();
-    ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)]).map_err(ConnectorError::Kafka)?;
-    let producer = new_producer(config).map_err(|e| ConnectorError::Kafka(e.message))?;
-    let delivered = read_progress(config).map_err(ConnectorError::Kafka)?;
+    let kafka = |step: &str| {
+        let what = format!("{what}: {step}");
+        move |e: String| ConnectorError::Kafka { what, source: e.into() }
+    };
+    ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)]).map_err(kafka("topics"))?;
+    let producer = new_producer(config).map_err(|e| kafka("producer")(e.message))?;
+    let delivered = read_progress(config).map_err(kafka("progress"))?;
     let state = Arc::new(DeliveryState::default());
     state.delivered.store(delivered.map_or(-1, |e| e as i64), Ordering::Release);
     let mut deliverer = Deliverer { config: config.clone(), id: config.transactional_id(), progress_topic, producer };
@@ -604,7 +608,7 @@ pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_
                 }
             }
         })
-        .map_err(|e| ConnectorError::Kafka(format!("cannot start the delivery thread: {e}")))?;
+        .map_err(|source| ConnectorError::Thread { thread: "Kafka delivery thread", source })?;
     Ok(DeliveryHandle { state, what, thread: Some(thread) })
 }
 
@@ -741,10 +745,10 @@ pub fn kafka_sink<'scope>(
     let stream = lines.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &OutputLine| 0), "KafkaSink", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut held = HeldCapabilities::new(vec![cap]);
-        let mut pending: BTreeMap<Epoch, Vec<Vec<OutputLine>>> = BTreeMap::new();
+        let mut pending: EpochStash<Vec<Vec<OutputLine>>> = EpochStash::new();
         move |(input, frontier), _output| {
             input.for_each_stamp(|cap, data| {
-                let slot = pending.entry(*cap.least().expect("invariant: an input stamp has a time")).or_default();
+                let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
                 for batch in data {
                     slot.push(std::mem::take(batch));
                 }
@@ -758,11 +762,7 @@ pub fn kafka_sink<'scope>(
             // after a restart), without waiting for a delivery that will not come.
             let failed = delivery.failed.lock().expect("invariant: not poisoned").is_some();
             let mut through = frontier;
-            while let Some(entry) = pending.first_entry() {
-                let epoch = *entry.key();
-                if frontier.is_some_and(|f| epoch >= f) {
-                    break;
-                }
+            while let Some(epoch) = pending.next_complete(frontier) {
                 // Backpressure: hold this epoch while the delivery is too far behind.
                 let delivered = delivery.delivered.load(Ordering::Acquire);
                 if !failed && epoch as i64 > delivered + MAX_UNDELIVERED as i64 {
@@ -770,7 +770,7 @@ pub fn kafka_sink<'scope>(
                     activator.activate_after(Duration::from_millis(5));
                     break;
                 }
-                let mut lines = sluice_operators::epoch::concat(entry.remove());
+                let mut lines = concat(pending.take(epoch));
                 lines.sort_unstable();
                 let mut state = state.borrow_mut();
                 for (seq, line) in lines.into_iter().enumerate() {

@@ -20,7 +20,7 @@ use crate::ConnectorError;
 pub const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn kafka_error(what: &str, source: &KafkaSourceConfig, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::Kafka(format!("{what} (topic `{}` on {}): {e}", source.topic, source.brokers))
+    ConnectorError::Kafka { what: format!("{what} (topic `{}` on {})", source.topic, source.brokers), source: e.to_string().into() }
 }
 
 /// A consumer with sluice's fixed settings and the source's properties.

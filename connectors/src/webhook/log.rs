@@ -41,7 +41,7 @@ pub enum Appended {
 struct Waiter {
     id: String,
     value: Vec<u8>,
-    done: Mutex<Option<Result<Appended, String>>>,
+    done: Mutex<Option<Result<Appended, (&'static str, String)>>>,
     wake: Condvar,
 }
 
@@ -69,7 +69,7 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, std::sync::Weak<WebhookLog>>> {
 }
 
 fn db_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ConnectorError {
-    ConnectorError::WebhookLog(format!("webhook log {}: {what}: {e}", path.display()))
+    ConnectorError::WebhookLog { path: path.to_path_buf(), what: what.to_string(), source: e.to_string().into() }
 }
 
 /// An entry's value: received time (ms, big-endian i64), id length (u32), id, body.
@@ -127,7 +127,7 @@ impl WebhookLog {
         self.queue.lock().expect("invariant: not poisoned").push(Arc::clone(&me));
         loop {
             if let Some(result) = me.done.lock().expect("invariant: not poisoned").take() {
-                return result.map_err(ConnectorError::WebhookLog);
+                return result.map_err(|(what, detail)| db_error(what, &self.path, detail));
             }
             match self.next.try_lock() {
                 Ok(mut next) => {
@@ -154,19 +154,15 @@ impl WebhookLog {
         let ids = self.db.cf_handle(IDS).expect("invariant: opened with it");
         let mut batch = WriteBatch::default();
         let mut in_group: HashMap<&str, u64> = HashMap::new();
-        let mut results: Vec<Result<Appended, String>> = Vec::with_capacity(group.len());
+        let mut results: Vec<Result<Appended, (&'static str, String)>> = Vec::with_capacity(group.len());
         let mut offset = *next;
         for w in group {
             let seen = match in_group.get(w.id.as_str()) {
                 Some(o) => Ok(Some(*o)),
                 None => match self.db.get_cf(ids, w.id.as_bytes()) {
-                    Ok(Some(v)) => v
-                        .as_slice()
-                        .try_into()
-                        .map(|b| Some(u64::from_be_bytes(b)))
-                        .map_err(|_| format!("webhook log {}: corrupt id entry {}", self.path.display(), w.id)),
+                    Ok(Some(v)) => v.as_slice().try_into().map(|b| Some(u64::from_be_bytes(b))).map_err(|_| ("corrupt id entry", w.id.clone())),
                     Ok(None) => Ok(None),
-                    Err(e) => Err(format!("webhook log {}: cannot read: {e}", self.path.display())),
+                    Err(e) => Err(("cannot read", e.to_string())),
                 },
             };
             results.push(match seen {
@@ -186,7 +182,7 @@ impl WebhookLog {
         let written = if batch.is_empty() { Ok(()) } else { self.db.write_opt(batch, &wo) };
         if let Err(e) = &written {
             // Nothing of the group is stored.
-            let message = format!("webhook log {}: cannot append: {e}", self.path.display());
+            let message = ("cannot append", e.to_string());
             for r in results.iter_mut() {
                 // New ones, and repeats of an id first seen in this group: none is stored.
                 if matches!(r, Ok(Appended::New(_))) || matches!(r, Ok(Appended::Duplicate(o)) if *o >= *next) {
