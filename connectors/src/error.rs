@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// The error of a client library or a step, kept as the error's source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Whether retrying the failed operation may help, and whether it may have happened anyway.
+/// Whether retrying the failed operation may help. (No connector error yet says that a failed
+/// operation may have taken effect anyway: a sink's retry is made safe by its commit protocol.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
     /// Not until something is changed: the configuration, the server, the files.
