@@ -40,7 +40,7 @@ test: lint
 	./scripts/kafka.sh s3 >/dev/null
 	./scripts/kafka.sh noida >/dev/null
 	SLUICE_KAFKA_PYCLIENT="$$(./scripts/kafka.sh pyclient)" SLUICE_S3S_FS="$$(./scripts/kafka.sh s3)" SLUICE_NOIDA="$$(./scripts/kafka.sh noida)" \
-	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace
+	SLUICE_KAFKA_BROKERS=127.0.0.1:$${SLUICE_KAFKA_PORT:-19092} $(CARGO) test --release --workspace --no-fail-fast
 
 bench-webhook: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- webhook $(BENCH_ARGS)

@@ -206,10 +206,16 @@ fn flush_all(state: &Path) {
 }
 
 /// A finished run in a directory of its own (positions are keyed by the input's path, so a
-/// copy of another run's directory would start its sources over).
+/// copy of another run's directory would start its sources over), with at least one complete
+/// checkpoint: it checkpoints after every commit (one at a time), since a run that ends within
+/// `checkpoint_every` of its start takes none (it did on an idle machine).
 fn finished(root: &Path, name: &str) -> (PathBuf, PathBuf, usize) {
     let (dir, pipeline, events) = workdir(root, name, None);
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, text.replace("checkpoint_every = \"300ms\"", "checkpoint_every = \"1ms\"")).unwrap();
     run_to_end(&dir, &pipeline);
+    let list = sluice_cli(&dir, &["checkpoint", "list", "pipeline.toml"]);
+    assert!(list.contains(": complete"), "a finished run without a complete checkpoint:\n{list}");
     (dir, pipeline, events)
 }
 
