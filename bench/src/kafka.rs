@@ -58,7 +58,7 @@ fn kafka_pipeline(
     lateness: &str,
 ) -> PipelineConfig {
     let mut config = crate::standard_pipeline(work, workers, 1, 100_000, lateness, 20_000, crate::Models::default());
-    config.sources = vec![SourceConfig::Kafka(KafkaSourceConfig {
+    config.sources = vec![SourceConfig::new(KafkaSourceConfig {
         name: "bench".into(),
         brokers: brokers.into(),
         topic: topic_in.into(),
@@ -69,9 +69,8 @@ fn kafka_pipeline(
         isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
         properties: BTreeMap::new(),
     })];
-    config.sinks = vec![SinkConfig::Kafka(KafkaSinkConfig {
+    config.sinks = vec![SinkConfig::new(KafkaSinkConfig {
         stream: "features".into(),
-        kind: "kafka".into(),
         brokers: brokers.into(),
         topic: topic_out.into(),
         delivery,

@@ -69,7 +69,7 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
     let mut config: PipelineConfig = toml::from_str(&text).expect("a valid base pipeline");
     config.workers = workers;
     config.event = payment_schema();
-    config.sources = vec![SourceConfig::Generator(g)];
+    config.sources = vec![SourceConfig::new(g)];
     config.order.lateness = lateness.to_string();
     config.features = standard_features();
     let names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
@@ -95,8 +95,7 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
         config.slo = sluice::demo::demo_objectives();
         config.slo_interval = "1s".into();
     }
-    config.sinks =
-        vec![sluice_connectors::SinkConfig::File(FileSinkConfig { stream: "features".into(), kind: "file".into(), path: work.join("features.jsonl") })];
+    config.sinks = vec![sluice_connectors::SinkConfig::new(FileSinkConfig { stream: "features".into(), path: work.join("features.jsonl") })];
     config.validate().expect("the standard pipeline is valid");
     config
 }

@@ -8,7 +8,9 @@
 //!
 //! | folder / file | what it owns |
 //! |---|---|
+//! | `connector.rs` | the shape of a connector: [`Source`], [`Sink`], [`Service`], their registry lines |
 //! | `source.rs` | the source operator, [`PartitionReader`], epochs, positions, backpressure |
+//! | `sink.rs` | what sinks share: [`OutputLine`], [`DeliveryState`] |
 //! | `file/` | JSONL file source ([`file::FileReader`]) and sink ([`file::file_sink`]) |
 //! | `generator/` | the synthetic payment traffic generator |
 //! | `cdc/` | change data capture: the Debezium envelope, tables keyed by primary key; the `postgres` source (logical decoding with wal2json) |
@@ -19,294 +21,246 @@
 //! | `stream.rs` | [`OutputStream`]: the output streams a sink can take |
 //! | `error.rs` | [`ConnectorError`] |
 //!
-//! [`registry`] lists every connector; [`SourceConfig`] is what `[[sources]]` entries parse to.
+//! [`SOURCES`] and [`SINKS`] map each `type` to its parser: a new connector is one folder (its
+//! config, a `Source` or `Sink` impl, a `SOURCE` or `SINK` line) plus one line there.
+//! [`SourceConfig`] and [`SinkConfig`] are what `[[sources]]` and `[[sinks]]` entries parse to.
 
 pub mod cdc;
+pub mod connector;
 mod error;
 pub mod file;
 pub mod generator;
 pub mod inspect;
 pub mod kafka;
 pub mod services;
+pub mod sink;
 pub mod source;
 pub mod stream;
 pub mod webhook;
 
+use std::ops::{Deref, DerefMut};
+
 use serde::Deserialize;
 
+pub use connector::{Service, ServiceContext, Sink, SinkKind, Source, SourceKind};
 pub use error::{BoxError, ConnectorError, Retry};
-pub use source::{PartitionReader, ReadStatus, SourceSettings};
+pub use sink::{DeliveryState, OutputLine};
+pub use source::{PartitionReader, ReadStatus, SourceSettings, TimeOf, TimeOfFactory};
 pub use stream::OutputStream;
 
-/// A connector, as listed by [`registry`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectorInfo {
-    /// The `type` in a pipeline file.
-    pub kind: &'static str,
-    /// `source` or `sink`.
-    pub role: &'static str,
-    /// One line on what it does.
-    pub about: &'static str,
+/// Every source sluice has, by `type`.
+pub const SOURCES: &[SourceKind] = &[file::SOURCE, generator::SOURCE, kafka::SOURCE, webhook::SOURCE, cdc::postgres::SOURCE];
+
+/// Every sink sluice has, by `type` (the first is the default).
+pub const SINKS: &[SinkKind] = &[file::SINK, kafka::SINK];
+
+/// Every table the connectors declare.
+pub fn tables() -> Vec<sluice_state::TableSpec> {
+    let mut t = source::tables();
+    for kind in SINKS {
+        t.extend((kind.tables)());
+    }
+    t
 }
 
-/// Every connector sluice has.
-pub fn registry() -> &'static [ConnectorInfo] {
-    &[
-        ConnectorInfo { kind: "file", role: "source", about: "JSONL files, one partition per file; as fast as possible or paced by event time" },
-        ConnectorInfo {
-            kind: "generator",
-            role: "source",
-            about: "seeded synthetic payment traffic with duplicates, conflicts, disorder, late and malformed records",
-        },
-        ConnectorInfo { kind: "kafka", role: "source", about: "one topic, partitions assigned to workers explicitly; offsets kept in sluice's commits" },
-        ConnectorInfo {
-            kind: "webhook",
-            role: "source",
-            about: "HTTP webhooks: signature checked (Standard Webhooks, Stripe, GitHub), logged durably before the 2xx, deduplicated by id",
-        },
-        ConnectorInfo {
-            kind: "postgres",
-            role: "source",
-            about: "PostgreSQL changes by logical decoding (wal2json) from a replication slot, as Debezium-shaped records; the slot advanced only to committed positions",
-        },
-        ConnectorInfo { kind: "file", role: "sink", about: "one JSONL file per output stream, sorted and committed per epoch" },
-        ConnectorInfo {
-            kind: "kafka",
-            role: "sink",
-            about: "one output stream to a topic, delivered per committed epoch: exactly-once (transactions) or at-least-once (idempotent)",
-        },
-    ]
+/// Splits a `[[sources]]` or `[[sinks]]` entry into its `type` (or `default`) and the rest.
+fn typed<E: serde::de::Error>(value: serde_json::Value, default: Option<&str>) -> Result<(String, serde_json::Value), E> {
+    let serde_json::Value::Object(mut map) = value else { return Err(E::custom("expected a table")) };
+    let kind = match map.remove("type") {
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(other) => return Err(E::custom(format!("`type` must be a string, not {other}"))),
+        None => default.ok_or_else(|| E::missing_field("type"))?.to_string(),
+    };
+    Ok((kind, serde_json::Value::Object(map)))
 }
 
-/// One `[[sources]]` entry.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SourceConfig {
-    /// JSONL files.
-    File(file::FileSourceConfig),
-    /// The generator.
-    Generator(generator::GeneratorConfig),
-    /// A Kafka topic.
-    Kafka(kafka::KafkaSourceConfig),
-    /// Webhooks over HTTP.
-    Webhook(webhook::WebhookSourceConfig),
-    /// PostgreSQL's changes (logical decoding, wal2json).
-    Postgres(cdc::postgres::PostgresSourceConfig),
-}
+/// One `[[sources]]` entry: a [`Source`] of the `type` it names.
+#[derive(Debug)]
+pub struct SourceConfig(Box<dyn Source>);
 
 impl SourceConfig {
-    /// The source's name.
-    pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::File(c) => &c.name,
-            SourceConfig::Generator(c) => &c.name,
-            SourceConfig::Kafka(c) => &c.name,
-            SourceConfig::Webhook(c) => &c.name,
-            SourceConfig::Postgres(c) => &c.name,
-        }
+    /// The entry of `source`.
+    pub fn new(source: impl Source) -> SourceConfig {
+        SourceConfig(Box::new(source))
     }
 
-    /// Makes its relative paths relative to the pipeline file's folder, by `fix`.
-    pub fn resolve_paths(&mut self, fix: &dyn Fn(&mut std::path::PathBuf)) {
-        if let SourceConfig::File(f) = self {
-            f.paths.iter_mut().for_each(fix);
-            if let Some(p) = f.path.as_mut() {
-                fix(p);
-            }
-        }
+    /// The source as its own config type, if it is a `T`.
+    pub fn get<T: Source>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
     }
 
-    /// Fills in the defaults that are places under the pipeline's state directory: a webhook
-    /// source's log (`<state_dir>/webhooks/<name>`).
-    pub fn default_under(&mut self, state_dir: &std::path::Path) {
-        if let SourceConfig::Webhook(w) = self {
-            if w.log_dir.is_none() {
-                w.log_dir = Some(state_dir.join("webhooks").join(&w.name));
-            }
-        }
-    }
-
-    /// Number of partitions (a Kafka source's after [`SourceConfig::resolve`]).
-    pub fn partitions(&self) -> usize {
-        match self {
-            SourceConfig::File(c) => c.files().len(),
-            SourceConfig::Generator(c) => c.partitions as usize,
-            SourceConfig::Kafka(c) => c.partitions.unwrap_or(0) as usize,
-            SourceConfig::Webhook(_) | SourceConfig::Postgres(_) => 1,
-        }
-    }
-
-    /// Fills in what only the outside world knows: a Kafka topic's partition count.
-    ///
-    /// # Errors
-    /// The broker cannot be reached, or the topic does not exist or has fewer partitions than
-    /// configured.
-    pub fn resolve(&mut self) -> Result<(), ConnectorError> {
-        if let SourceConfig::Postgres(c) = self {
-            c.ensure_slot()?;
-        }
-        if let SourceConfig::Kafka(c) = self {
-            let found = kafka::partition_count(c)?;
-            match c.partitions {
-                Some(p) if p > found => {
-                    return Err(ConnectorError::KafkaPartitions { topic: c.topic.clone(), found, configured: p });
-                }
-                Some(_) => {}
-                None => c.partitions = Some(found),
-            }
-        }
-        Ok(())
+    /// The source as its own config type, to change, if it is a `T`.
+    pub fn get_mut<T: Source>(&mut self) -> Option<&mut T> {
+        self.0.as_any_mut().downcast_mut()
     }
 
     /// Checks the config; `key` is where it sits (`sources[0]`).
     ///
     /// # Errors
-    /// What the connector's `validate` finds.
+    /// An empty name, or what the source's `validate` finds.
     pub fn validate(&self, key: &str) -> Result<(), ConnectorError> {
-        if self.name().is_empty() {
+        if self.0.name().is_empty() {
             return Err(ConnectorError::Config { key: format!("{key}.name"), problem: "must not be empty".into() });
         }
-        match self {
-            SourceConfig::File(c) => c.validate(key),
-            SourceConfig::Generator(c) => c.validate(key),
-            SourceConfig::Kafka(c) => c.validate(key),
-            SourceConfig::Webhook(c) => c.validate(key),
-            SourceConfig::Postgres(c) => c.validate(key),
-        }
-    }
-
-    /// The reader of the source's partition `partition` (0-based within the source).
-    /// `time_of` extracts event times, for pacing by event time.
-    pub fn reader(&self, partition: usize, time_of: Option<file::TimeOfFactory>) -> Box<dyn PartitionReader> {
-        match self {
-            SourceConfig::File(c) => {
-                let path = &c.files()[partition];
-                let reader = file::FileReader::new(&c.name, path, c.at_eof, c.line_bytes_max);
-                match (c.pace_speedup, time_of) {
-                    (Some(speedup), Some(factory)) => Box::new(reader.paced(speedup, factory())),
-                    _ => Box::new(reader),
-                }
-            }
-            SourceConfig::Generator(c) => Box::new(generator::GeneratorReader::new(c, partition as u32)),
-            SourceConfig::Kafka(c) => Box::new(kafka::KafkaReader::new(c, partition as u32)),
-            SourceConfig::Webhook(c) => {
-                let dir = c.log_dir.as_deref().expect("invariant: the pipeline sets the log directory before building readers");
-                let log = webhook::WebhookLog::open(dir).expect("invariant: the pipeline opened the log before building readers");
-                Box::new(webhook::WebhookReader::new(&c.name, log))
-            }
-            SourceConfig::Postgres(c) => Box::new(cdc::postgres::PostgresReader::new(c)),
-        }
+        self.0.validate(key)
     }
 }
 
-/// Every table the connectors declare.
-pub fn tables() -> Vec<sluice_state::TableSpec> {
-    let mut t = source::tables();
-    t.extend(file::sink_tables());
-    t.extend(kafka::sink::tables());
-    t
+impl Deref for SourceConfig {
+    type Target = dyn Source;
+    fn deref(&self) -> &(dyn Source + 'static) {
+        &*self.0
+    }
 }
 
-/// One `[[sinks]]` entry: `type = "file"` (the default) or `type = "kafka"`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SinkConfig {
-    /// A JSONL file.
-    File(file::FileSinkConfig),
-    /// A Kafka topic.
-    Kafka(kafka::KafkaSinkConfig),
+impl DerefMut for SourceConfig {
+    fn deref_mut(&mut self) -> &mut (dyn Source + 'static) {
+        &mut *self.0
+    }
+}
+
+impl Clone for SourceConfig {
+    fn clone(&self) -> SourceConfig {
+        SourceConfig(self.0.clone_box())
+    }
+}
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let (kind, rest) = typed::<D::Error>(serde_json::Value::deserialize(deserializer)?, None)?;
+        let Some(source) = SOURCES.iter().find(|s| s.kind == kind) else {
+            let kinds: Vec<&str> = SOURCES.iter().map(|s| s.kind).collect();
+            return Err(D::Error::custom(format!("`{kind}` is not a source type; sources: {}", kinds.join(", "))));
+        };
+        (source.parse)(rest).map(SourceConfig).map_err(D::Error::custom)
+    }
+}
+
+/// One `[[sinks]]` entry: a [`Sink`] of the `type` it names (`file` when unnamed).
+#[derive(Debug)]
+pub struct SinkConfig(Box<dyn Sink>);
+
+impl SinkConfig {
+    /// The entry of `sink`.
+    pub fn new(sink: impl Sink) -> SinkConfig {
+        SinkConfig(Box::new(sink))
+    }
+
+    /// The sink as its own config type, if it is a `T`.
+    pub fn get<T: Sink>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
+    }
+
+    /// The sink as its own config type, to change, if it is a `T`.
+    pub fn get_mut<T: Sink>(&mut self) -> Option<&mut T> {
+        self.0.as_any_mut().downcast_mut()
+    }
+
+    /// The stream the sink writes, once validated (`None`: not a stream's name).
+    pub fn output(&self) -> Option<OutputStream> {
+        OutputStream::from_name(self.0.stream())
+    }
+
+    /// Checks it, and against the sinks configured before it (`key` is `sinks[i]`): no two
+    /// share what [`Sink::exclusive`] names (a file, a transactional id).
+    ///
+    /// # Errors
+    /// The first problem, with its key.
+    pub fn validate_among(&self, key: &str, earlier: &[SinkConfig]) -> Result<(), ConnectorError> {
+        self.0.validate(key)?;
+        for (field, value) in self.0.exclusive() {
+            if earlier.iter().any(|o| o.0.exclusive().iter().any(|(f, v)| *f == field && *v == value)) {
+                return Err(ConnectorError::Config { key: format!("{key}.{field}"), problem: format!("`{value}` is used by another sink") });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Deref for SinkConfig {
+    type Target = dyn Sink;
+    fn deref(&self) -> &(dyn Sink + 'static) {
+        &*self.0
+    }
+}
+
+impl DerefMut for SinkConfig {
+    fn deref_mut(&mut self) -> &mut (dyn Sink + 'static) {
+        &mut *self.0
+    }
+}
+
+impl Clone for SinkConfig {
+    fn clone(&self) -> SinkConfig {
+        SinkConfig(self.0.clone_box())
+    }
 }
 
 impl<'de> Deserialize<'de> for SinkConfig {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let value = serde_json::Value::deserialize(deserializer)?;
-        match value.get("type").and_then(serde_json::Value::as_str).unwrap_or("file") {
-            "file" => serde_json::from_value(value).map(SinkConfig::File).map_err(D::Error::custom),
-            "kafka" => serde_json::from_value(value).map(SinkConfig::Kafka).map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!("`{other}` is not a sink type; sinks: file, kafka"))),
-        }
+        let (kind, rest) = typed::<D::Error>(serde_json::Value::deserialize(deserializer)?, Some(SINKS[0].kind))?;
+        let Some(sink) = SINKS.iter().find(|s| s.kind == kind) else {
+            let kinds: Vec<&str> = SINKS.iter().map(|s| s.kind).collect();
+            return Err(D::Error::custom(format!("`{kind}` is not a sink type; sinks: {}", kinds.join(", "))));
+        };
+        (sink.parse)(rest).map(SinkConfig).map_err(D::Error::custom)
     }
 }
 
-impl SinkConfig {
-    /// The stream the sink writes, once validated (`None`: not a stream's name).
-    pub fn output(&self) -> Option<OutputStream> {
-        OutputStream::from_name(self.stream())
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// The name of the stream the sink writes, as configured.
-    pub fn stream(&self) -> &str {
-        match self {
-            SinkConfig::File(c) => &c.stream,
-            SinkConfig::Kafka(c) => &c.stream,
+    fn sinks(text: &str) -> Result<Vec<SinkConfig>, String> {
+        #[derive(Deserialize)]
+        struct File {
+            sinks: Vec<SinkConfig>,
         }
+        serde_json::from_str::<File>(text).map(|f| f.sinks).map_err(|e| e.to_string())
     }
 
-    /// Writes `lines` out. The returned stream passes an epoch once the sink has written or
-    /// staged it, so that a probe after it passes an epoch only once the commit can hold it.
-    /// `delivery` is the Kafka sink's delivery state, on the worker that reports commits to it.
-    ///
-    /// # Errors
-    /// The sink's table cannot be opened, or its output file cannot be prepared.
-    pub fn build<'scope>(
-        &self,
-        lines: timely::dataflow::Stream<'scope, sluice_operators::Epoch, Vec<file::OutputLine>>,
-        state: std::rc::Rc<std::cell::RefCell<sluice_state::WorkerState>>,
-        delivery: Option<std::sync::Arc<kafka::DeliveryState>>,
-    ) -> Result<timely::dataflow::Stream<'scope, sluice_operators::Epoch, Vec<()>>, ConnectorError> {
-        match self {
-            SinkConfig::File(c) => file::file_sink(lines, &c.stream, &c.path, state),
-            SinkConfig::Kafka(c) => kafka::kafka_sink(lines, c, delivery, state),
-        }
-    }
-
-    /// Where it writes, in one line (`features -> out/features.jsonl`).
-    pub fn describe(&self) -> String {
-        match self {
-            SinkConfig::File(f) => format!("{} -> {}", f.stream, f.path.display()),
-            SinkConfig::Kafka(k) => format!("{} -> kafka {} on {} ({:?})", k.stream, k.topic, k.brokers, k.delivery),
-        }
-    }
-
-    /// Makes its relative paths relative to the pipeline file's folder, by `fix`.
-    pub fn resolve_paths(&mut self, fix: &dyn Fn(&mut std::path::PathBuf)) {
-        match self {
-            SinkConfig::File(f) => fix(&mut f.path),
-            SinkConfig::Kafka(_) => {}
-        }
-    }
-
-    /// Checks it against the sinks configured before it (`key` is `sinks[i]`): no two write
-    /// one file or share a transactional id; the `slo` stream goes to a file.
-    ///
-    /// # Errors
-    /// The first problem, with its key.
-    pub fn validate_among(&self, key: &str, earlier: &[SinkConfig]) -> Result<(), ConnectorError> {
-        let bad = |field: &str, problem: String| ConnectorError::Config { key: format!("{key}.{field}"), problem };
-        match self {
-            SinkConfig::File(f) => {
-                if earlier.iter().any(|o| o.path() == Some(f.path.as_path())) {
-                    return Err(bad("path", format!("{} is used by another sink", f.path.display())));
-                }
-            }
-            SinkConfig::Kafka(k) => {
-                if k.stream == OutputStream::Slo.name() {
-                    return Err(bad("type", "the slo stream is written by the monitor to a file sink only".into()));
-                }
-                k.validate(key).map_err(|e| ConnectorError::Config { key: key.to_string(), problem: e.to_string() })?;
-                if earlier.iter().any(|o| matches!(o, SinkConfig::Kafka(x) if x.transactional_id() == k.transactional_id())) {
-                    return Err(bad("transactional_id", format!("`{}` is used by another sink", k.transactional_id())));
-                }
-            }
+    /// Checks each sink against those before it, as the pipeline's `validate` does.
+    fn check(all: &[SinkConfig]) -> Result<(), String> {
+        for (i, s) in all.iter().enumerate() {
+            s.validate_among(&format!("sinks[{i}]"), &all[..i]).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
-    /// The file, for a file sink.
-    pub fn path(&self) -> Option<&std::path::Path> {
-        match self {
-            SinkConfig::File(c) => Some(&c.path),
-            SinkConfig::Kafka(_) => None,
-        }
+    #[test]
+    fn a_type_picks_its_parser_from_the_registry() {
+        let source: SourceConfig = serde_json::from_str(r#"{"type": "generator", "name": "g", "partitions": 3}"#).unwrap();
+        assert_eq!((source.name(), source.partitions()), ("g", 3));
+        assert_eq!(source.get::<generator::GeneratorConfig>().unwrap().partitions, 3);
+        assert!(source.get::<file::FileSourceConfig>().is_none());
+        let e = serde_json::from_str::<SourceConfig>(r#"{"type": "ftp", "name": "x"}"#).unwrap_err().to_string();
+        assert_eq!(e, "`ftp` is not a source type; sources: file, generator, kafka, webhook, postgres");
+        let e = serde_json::from_str::<SourceConfig>(r#"{"name": "x"}"#).unwrap_err().to_string();
+        assert_eq!(e, "missing field `type`");
+        // A key of another type's config is refused by the type's own parser.
+        let e = serde_json::from_str::<SourceConfig>(r#"{"type": "generator", "name": "g", "topic": "t"}"#).unwrap_err().to_string();
+        assert!(e.starts_with("unknown field `topic`"), "{e}");
+        // Sinks default to `file`.
+        let all = sinks(r#"{"sinks": [{"stream": "features", "path": "a.jsonl"}]}"#).unwrap();
+        assert_eq!((all[0].destination(), all[0].output()), ("a.jsonl".to_string(), Some(OutputStream::Features)));
+        let e = sinks(r#"{"sinks": [{"type": "s3", "stream": "features"}]}"#).unwrap_err();
+        assert!(e.starts_with("`s3` is not a sink type; sinks: file, kafka"), "{e}");
+    }
+
+    #[test]
+    fn no_two_sinks_share_a_file_or_a_transactional_id() {
+        let two_files = sinks(r#"{"sinks": [{"stream": "features", "path": "a.jsonl"}, {"stream": "late", "path": "a.jsonl"}]}"#).unwrap();
+        assert_eq!(check(&two_files).unwrap_err(), "sinks[1].path: `a.jsonl` is used by another sink");
+        let kafka =
+            |stream: &str, id: &str| format!(r#"{{"type": "kafka", "stream": "{stream}", "brokers": "b:9092", "topic": "t", "transactional_id": "{id}"}}"#);
+        let same_id = sinks(&format!(r#"{{"sinks": [{}, {}]}}"#, kafka("features", "x"), kafka("late", "x"))).unwrap();
+        assert_eq!(check(&same_id).unwrap_err(), "sinks[1].transactional_id: `x` is used by another sink");
+        let distinct =
+            sinks(&format!(r#"{{"sinks": [{}, {}, {{"stream": "conflicts", "path": "c.jsonl"}}]}}"#, kafka("features", "x"), kafka("late", "y"))).unwrap();
+        assert_eq!(check(&distinct), Ok(()));
+        let slo = sinks(&format!(r#"{{"sinks": [{}]}}"#, kafka("slo", "x"))).unwrap();
+        assert_eq!(check(&slo).unwrap_err(), "sinks[0].type: the slo stream is written by the monitor to a file sink only");
     }
 }

@@ -39,6 +39,12 @@ pub fn tables() -> Vec<TableSpec> {
     vec![TableSpec::new(POSITIONS_TABLE)]
 }
 
+/// Extracts an event time (ms) from a record, for sources paced by event time.
+pub type TimeOf = Box<dyn Fn(&[u8]) -> Option<i64>>;
+
+/// Makes a fresh event-time extractor (one per reader).
+pub type TimeOfFactory = Arc<dyn Fn() -> TimeOf + Send + Sync>;
+
 /// What a read gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStatus {

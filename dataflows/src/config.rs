@@ -119,7 +119,7 @@ fn default_idle_timeout() -> String {
 }
 
 /// A whole pipeline file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Timely workers (threads).
@@ -338,7 +338,7 @@ impl PipelineConfig {
 
     /// Total source partitions.
     pub fn partitions(&self) -> usize {
-        self.sources.iter().map(SourceConfig::partitions).sum()
+        self.sources.iter().map(|s| s.partitions()).sum()
     }
 
     /// The durations, parsed.

@@ -130,9 +130,7 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
     let slide_ms = ((span_ms / 20).max(100) / 100) * 100;
     generator.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let generator_events = generator.events;
-    let sink = |stream: OutputStream| {
-        SinkConfig::File(FileSinkConfig { stream: stream.name().into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) })
-    };
+    let sink = |stream: OutputStream| SinkConfig::new(FileSinkConfig { stream: stream.name().into(), path: dir.join(format!("{stream}.jsonl")) });
     PipelineConfig {
         workers: options.workers,
         state_dir: dir.join("state"),
@@ -146,7 +144,7 @@ pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
         checkpoints_kept: 2,
         feature_cache_entities: 200_000,
         event: payment_schema(),
-        sources: vec![SourceConfig::Generator(generator)],
+        sources: vec![SourceConfig::new(generator)],
         dedup: DedupSection::default(),
         order: OrderSection::default(),
         features: standard_features(),
@@ -181,12 +179,9 @@ pub fn kafka_demo_config(
     prefix: &str,
     delivery: sluice_connectors::kafka::Delivery,
 ) -> (PipelineConfig, GeneratorConfig, String) {
-    let generator = match config.sources.pop() {
-        Some(SourceConfig::Generator(g)) => g,
-        _ => unreachable!("invariant: the demo reads the generator"),
-    };
+    let generator = config.sources.pop().and_then(|s| s.get::<GeneratorConfig>().cloned()).expect("invariant: the demo reads the generator");
     let input = format!("{prefix}payments");
-    config.sources = vec![SourceConfig::Kafka(sluice_connectors::kafka::KafkaSourceConfig {
+    config.sources = vec![SourceConfig::new(sluice_connectors::kafka::KafkaSourceConfig {
         name: "payments".into(),
         brokers: brokers.into(),
         topic: input.clone(),
@@ -202,10 +197,9 @@ pub fn kafka_demo_config(
             continue;
         }
         let stream = sink.stream().to_string();
-        *sink = SinkConfig::Kafka(sluice_connectors::kafka::KafkaSinkConfig {
+        *sink = SinkConfig::new(sluice_connectors::kafka::KafkaSinkConfig {
             topic: format!("{prefix}{}", stream.replace('_', "-")),
             stream,
-            kind: "kafka".into(),
             brokers: brokers.into(),
             delivery,
             progress_topic: None,
@@ -294,10 +288,7 @@ pub fn summary_text(summary: &RunSummary, config: &PipelineConfig) -> String {
 pub fn outputs_text(config: &PipelineConfig) -> String {
     let mut s = String::new();
     for sink in &config.sinks {
-        match sink {
-            SinkConfig::File(f) => s.push_str(&format!("  {}\n", f.path.display())),
-            SinkConfig::Kafka(k) => s.push_str(&format!("  {:<14} → topic {} on {}\n", k.stream, k.topic, k.brokers)),
-        }
+        s.push_str(&format!("  {}\n", sink.destination()));
     }
     s
 }

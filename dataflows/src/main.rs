@@ -514,8 +514,11 @@ fn main() -> Result<()> {
             }
         }
         Command::Connectors => {
-            for c in sluice_connectors::registry() {
-                println!("{:<10} {:<7} {}", c.kind, c.role, c.about);
+            for c in sluice_connectors::SOURCES {
+                println!("{:<10} {:<7} {}", c.kind, "source", c.about);
+            }
+            for c in sluice_connectors::SINKS {
+                println!("{:<10} {:<7} {}", c.kind, "sink", c.about);
             }
         }
     }

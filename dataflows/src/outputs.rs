@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use sluice_connectors::file::OutputLine;
+use sluice_connectors::OutputLine;
 use sluice_operators::{Conflict, DeadLetter, DriftRecord, FeatureRecord, LateEvent, Origin, ScoreRecord, Unscored};
 
 /// Source name and partition-within-source of each global partition.

@@ -17,7 +17,7 @@ pub struct ExportInfo {
     /// Source name per global partition index.
     pub partition_sources: Vec<String>,
     /// Kafka sinks: stream and delivery state.
-    pub deliveries: Vec<(String, std::sync::Arc<sluice_connectors::kafka::DeliveryState>)>,
+    pub deliveries: Vec<(String, std::sync::Arc<sluice_connectors::DeliveryState>)>,
 }
 
 fn escape(v: &str) -> String {

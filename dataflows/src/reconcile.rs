@@ -46,7 +46,7 @@ use differential_dataflow::AsCollection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_connectors::cdc::debezium;
-use sluice_connectors::file::OutputLine;
+use sluice_connectors::OutputLine;
 use sluice_connectors::OutputStream;
 use sluice_operators::decode::{Decoder, EventSchema};
 use sluice_operators::event::{DeadLetter, DeadLetterReason, Epoch, Event, Origin, RawRecord, SourceItem};

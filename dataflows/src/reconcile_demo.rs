@@ -175,11 +175,9 @@ pub fn provider_schema() -> EventSchema {
 /// The reconciliation of `inputs` into `dir` (`reconciliation.jsonl`,
 /// `reconciliation_summary.jsonl`, `dead_letters.jsonl`), settle time 30 s.
 pub fn demo_config(dir: &Path, inputs: &DemoInputs, workers: usize) -> PipelineConfig {
-    let sink = |stream: OutputStream| {
-        SinkConfig::File(FileSinkConfig { stream: stream.name().into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) })
-    };
+    let sink = |stream: OutputStream| SinkConfig::new(FileSinkConfig { stream: stream.name().into(), path: dir.join(format!("{stream}.jsonl")) });
     let file = |name: &str, path: &Path| {
-        SourceConfig::File(FileSourceConfig {
+        SourceConfig::new(FileSourceConfig {
             name: name.into(),
             paths: vec![path.to_path_buf()],
             path: None,

@@ -29,7 +29,7 @@ pub fn golden_pipeline(work: &Path, workers: usize) -> PipelineConfig {
     config.workers = workers;
     config.state_dir = work.join("state");
     for sink in &mut config.sinks {
-        if let sluice_connectors::SinkConfig::File(f) = sink {
+        if let Some(f) = sink.get_mut::<sluice_connectors::file::FileSinkConfig>() {
             f.path = work.join("out").join(f.path.file_name().expect("sink paths name a file"));
         }
     }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use sluice::demo::{demo_config, DemoOptions};
 use sluice::{PipelineConfig, RunControl};
-use sluice_connectors::SourceConfig;
 use sluice_tests::{assert_same_lines, lines};
 
 fn options() -> DemoOptions {
@@ -23,7 +22,7 @@ fn pipeline(dir: &std::path::Path, shift: bool) -> (PipelineConfig, i64) {
     drift.slide = "250ms".into();
     drift.reference.first = Some(20_000);
     config.order.lateness = "500ms".into();
-    let SourceConfig::Generator(g) = &mut config.sources[0] else { panic!("the demo reads a generator") };
+    let Some(g) = config.sources[0].get_mut::<sluice_connectors::generator::GeneratorConfig>() else { panic!("the demo reads a generator") };
     let shift_ms = g.start_ms + (g.shift_after.unwrap() * g.step_us / 1000) as i64;
     if !shift {
         g.shift_after = None;

@@ -18,7 +18,7 @@ fn features_with_idle_timeout(idle_timeout: &str, wait: Duration) -> Vec<String>
     let empty = work.path().join("quiet.jsonl");
     std::fs::write(&empty, b"").unwrap();
     config.sources = vec![
-        SourceConfig::File(FileSourceConfig {
+        SourceConfig::new(FileSourceConfig {
             name: "payments".into(),
             paths: vec![golden_dir().join("part0.jsonl")],
             path: None,
@@ -26,7 +26,7 @@ fn features_with_idle_timeout(idle_timeout: &str, wait: Duration) -> Vec<String>
             pace_speedup: None,
             line_bytes_max: 1 << 20,
         }),
-        SourceConfig::File(FileSourceConfig {
+        SourceConfig::new(FileSourceConfig {
             name: "quiet".into(),
             paths: vec![empty],
             path: None,

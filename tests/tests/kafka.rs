@@ -149,9 +149,8 @@ fn pipeline(dir: &std::path::Path, source: SourceConfig, sinks: Vec<SinkConfig>)
 }
 
 fn kafka_sink(brokers: &str, stream: &str, topic: &str, partitions: u32) -> SinkConfig {
-    SinkConfig::Kafka(KafkaSinkConfig {
+    SinkConfig::new(KafkaSinkConfig {
         stream: stream.into(),
-        kind: "kafka".into(),
         brokers: brokers.into(),
         topic: topic.into(),
         delivery: Delivery::AtLeastOnce,
@@ -163,7 +162,7 @@ fn kafka_sink(brokers: &str, stream: &str, topic: &str, partitions: u32) -> Sink
 }
 
 fn kafka_source(brokers: &str, topic: &str, until: Until) -> SourceConfig {
-    SourceConfig::Kafka(KafkaSourceConfig {
+    SourceConfig::new(KafkaSourceConfig {
         name: "payments".into(),
         brokers: brokers.into(),
         topic: topic.into(),
@@ -196,8 +195,8 @@ fn file_run(dir: &std::path::Path, partitions: &[Vec<Vec<u8>>], epoch_records: u
         paths.push(path);
     }
     let source: FileSourceConfig = serde_json::from_value(serde_json::json!({ "name": "payments", "paths": paths })).unwrap();
-    let file_sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
-    let mut config = pipeline(dir, SourceConfig::File(source), vec![file_sink("features"), file_sink("dead_letters")]);
+    let file_sink = |stream: &str| SinkConfig::new(FileSinkConfig { stream: stream.into(), path: dir.join(format!("{stream}.jsonl")) });
+    let mut config = pipeline(dir, SourceConfig::new(source), vec![file_sink("features"), file_sink("dead_letters")]);
     config.epoch_records = epoch_records;
     sluice::run(&config, &RunControl::default()).unwrap();
     let features = lines(&dir.join("features.jsonl")).into_iter().map(String::into_bytes).collect();
@@ -308,7 +307,7 @@ fn exactly_once_delivery_commits_each_epoch_on_the_project_broker() {
     sluice_connectors::kafka::ensure_topics(&brokers, &BTreeMap::new(), &[(&topic_in, 1), (&topic_out, 1)]).unwrap();
     produce(&brokers, &topic_in, &[generated(1, 2_000).remove(0)]);
     let mut sink = kafka_sink(&brokers, "features", &topic_out, 1);
-    if let SinkConfig::Kafka(k) = &mut sink {
+    if let Some(k) = sink.get_mut::<sluice_connectors::kafka::KafkaSinkConfig>() {
         k.delivery = Delivery::ExactlyOnce;
     }
     let mut config = pipeline(&work.path().join("k"), kafka_source(&brokers, &topic_in, Until::HighWatermark), vec![sink]);
@@ -350,12 +349,9 @@ fn message_metadata_reaches_the_decoder_and_committed_offsets_reach_the_group() 
     producer.flush(Duration::from_secs(30)).unwrap();
 
     let dir = work.path().join("k");
-    let file_sink = |stream: &str| SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: dir.join(format!("{stream}.jsonl")) });
+    let file_sink = |stream: &str| SinkConfig::new(FileSinkConfig { stream: stream.into(), path: dir.join(format!("{stream}.jsonl")) });
     let source = kafka_source(&brokers, &topic_in, Until::HighWatermark);
-    let group = match &source {
-        SourceConfig::Kafka(k) => k.group_id.clone(),
-        _ => unreachable!(),
-    };
+    let group = source.get::<sluice_connectors::kafka::KafkaSourceConfig>().expect("a Kafka source").group_id.clone();
     let mut config = pipeline(&dir, source, vec![file_sink("features"), file_sink("dead_letters")]);
     config.event.entity = "@key".into();
     config.event.kind = Some("@header/type".into());
@@ -420,7 +416,7 @@ fn an_independent_client_produces_the_input_and_reads_the_output() {
     assert_eq!(python(&args).trim(), "6000");
 
     let mut sink = kafka_sink(&brokers, "features", &topic_out, 2);
-    if let SinkConfig::Kafka(k) = &mut sink {
+    if let Some(k) = sink.get_mut::<sluice_connectors::kafka::KafkaSinkConfig>() {
         k.delivery = Delivery::ExactlyOnce;
     }
     let mut config = pipeline(&work.path().join("k"), kafka_source(&brokers, &topic_in, Until::HighWatermark), vec![sink]);

@@ -68,7 +68,7 @@ fn config(dir: &std::path::Path, brokers: &str, until: Until, txn_id: &str) -> P
     c.slo = Vec::new();
     c.epoch_records = 100;
     c.order.lateness = "100ms".into();
-    c.sources = vec![SourceConfig::Kafka(KafkaSourceConfig {
+    c.sources = vec![SourceConfig::new(KafkaSourceConfig {
         name: "payments".into(),
         brokers: brokers.into(),
         topic: "payments".into(),
@@ -79,9 +79,8 @@ fn config(dir: &std::path::Path, brokers: &str, until: Until, txn_id: &str) -> P
         isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
         properties: BTreeMap::new(),
     })];
-    c.sinks = vec![SinkConfig::Kafka(KafkaSinkConfig {
+    c.sinks = vec![SinkConfig::new(KafkaSinkConfig {
         stream: "features".into(),
-        kind: "kafka".into(),
         brokers: brokers.into(),
         topic: "features".into(),
         delivery: Delivery::ExactlyOnce,
@@ -142,7 +141,7 @@ fn each_epoch_is_one_transaction_with_its_progress_record() {
 /// readers, so the retry of an exactly-once epoch cannot be checked by reading here).
 fn at_least_once(dir: &std::path::Path, brokers: &str) -> PipelineConfig {
     let mut c = config(dir, brokers, Until::HighWatermark, "sluice-faults");
-    if let SinkConfig::Kafka(k) = &mut c.sinks[0] {
+    if let Some(k) = c.sinks[0].get_mut::<sluice_connectors::kafka::KafkaSinkConfig>() {
         k.delivery = Delivery::AtLeastOnce;
     }
     c

@@ -39,9 +39,7 @@ fn feature(name: &str, op: FeatureOp, field: bool, window: Option<&str>, slide: 
 }
 
 fn pipeline(work: &Path, workers: usize) -> PipelineConfig {
-    let sink = |stream: &str| {
-        sluice_connectors::SinkConfig::File(FileSinkConfig { stream: stream.into(), kind: "file".into(), path: work.join(format!("{stream}.jsonl")) })
-    };
+    let sink = |stream: &str| sluice_connectors::SinkConfig::new(FileSinkConfig { stream: stream.into(), path: work.join(format!("{stream}.jsonl")) });
     let text = format!(
         "state_dir = {:?}\nepoch_records = {EPOCH_RECORDS}\n[event]\nid = \"/id\"\nentity = \"/customer\"\ntime = \"/created_ms\"\n[[sources]]\ntype = \"generator\"\nname = \"x\"\n",
         work.join("state")
@@ -49,7 +47,7 @@ fn pipeline(work: &Path, workers: usize) -> PipelineConfig {
     let mut config: PipelineConfig = toml::from_str(&text).unwrap();
     config.workers = workers;
     config.event = payment_schema();
-    config.sources = vec![SourceConfig::Generator(generator())];
+    config.sources = vec![SourceConfig::new(generator())];
     config.dedup.ttl = "10s".into();
     config.order.lateness = "2s".into();
     config.order.late = LatePolicy::Side;

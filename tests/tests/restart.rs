@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use sluice_connectors::file::AtEof;
-use sluice_connectors::SourceConfig;
 use sluice_tests::{assert_same_lines, golden_dir, golden_pipeline, lines, run};
 
 /// Copies the first `records` non-blank lines of `from` to `to`.
@@ -27,7 +26,7 @@ fn head(from: &Path, to: &Path, records: usize) {
 fn stop_and_resume(workers_first: usize, workers_second: usize) {
     let work = tempfile::tempdir().unwrap();
     let mut config = golden_pipeline(work.path(), workers_first);
-    let SourceConfig::File(files) = &mut config.sources[0] else { panic!("the golden source is a file source") };
+    let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
     let mut copies = Vec::new();
     for (i, path) in files.files().iter().enumerate() {
         let copy = work.path().join(format!("part{i}.jsonl"));
@@ -45,7 +44,7 @@ fn stop_and_resume(workers_first: usize, workers_second: usize) {
     for (full, copy) in &copies {
         std::fs::copy(full, copy).unwrap();
     }
-    let SourceConfig::File(files) = &mut config.sources[0] else { unreachable!() };
+    let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { unreachable!() };
     files.at_eof = AtEof::Finish;
     config.workers = workers_second;
     let second = run(&config);

@@ -163,7 +163,7 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, 
     let warmup = 3;
     let mut config =
         sluice_bench::standard_pipeline(work.path(), workers, ingest * (seconds + warmup + 2), customers, "5s", 20_000, sluice_bench::Models::default());
-    if let sluice_connectors::SourceConfig::Generator(g) = &mut config.sources[0] {
+    if let Some(g) = config.sources[0].get_mut::<sluice_connectors::generator::GeneratorConfig>() {
         g.rate = ingest;
         g.step_us = 4_000_000 / ingest.max(1);
         g.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;

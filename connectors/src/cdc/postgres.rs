@@ -30,7 +30,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sluice_state::{StateReader, StateStore, Table, U64Codec};
 
-use crate::source::{Fetched, PartitionReader, ReadStatus, POSITIONS_TABLE};
+use crate::connector::{parse_source, Service, ServiceContext, Source, SourceKind};
+use crate::source::{Fetched, PartitionReader, ReadStatus, TimeOfFactory, POSITIONS_TABLE};
 use crate::ConnectorError;
 
 /// When a `postgres` source ends.
@@ -516,6 +517,50 @@ impl SlotAdvancer {
 impl Drop for SlotAdvancer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The `postgres` source's registry line.
+pub const SOURCE: SourceKind = SourceKind {
+    kind: "postgres",
+    about:
+        "PostgreSQL changes by logical decoding (wal2json) from a replication slot, as Debezium-shaped records; the slot advanced only to committed positions",
+    parse: parse_source::<PostgresSourceConfig>,
+};
+
+impl Source for PostgresSourceConfig {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validate(&self, key: &str) -> Result<(), ConnectorError> {
+        PostgresSourceConfig::validate(self, key)
+    }
+
+    /// The server checked and the slot created.
+    fn resolve(&mut self) -> Result<(), ConnectorError> {
+        self.ensure_slot()
+    }
+
+    fn partitions(&self) -> usize {
+        1
+    }
+
+    fn reader(&self, _partition: usize, _time_of: Option<TimeOfFactory>) -> Box<dyn PartitionReader> {
+        Box::new(PostgresReader::new(self))
+    }
+
+    /// Advances the slot to the committed positions.
+    fn start(&self, context: ServiceContext<'_>) -> Result<Option<Box<dyn Service>>, ConnectorError> {
+        Ok(Some(Box::new(SlotAdvancer::start(self, Arc::clone(context.store))?)))
+    }
+}
+
+impl Service for SlotAdvancer {
+    /// Advances to the final committed position once more.
+    fn finish(self: Box<Self>) -> Result<(), ConnectorError> {
+        SlotAdvancer::finish(*self);
+        Ok(())
     }
 }
 

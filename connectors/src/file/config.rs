@@ -87,13 +87,6 @@ impl FileSourceConfig {
 pub struct FileSinkConfig {
     /// The stream: `features`, `dead_letters`, `late` or `conflicts`.
     pub stream: String,
-    /// Sink type; only `file` for now.
-    #[serde(rename = "type", default = "default_sink_type")]
-    pub kind: String,
     /// The output file.
     pub path: PathBuf,
-}
-
-fn default_sink_type() -> String {
-    "file".into()
 }

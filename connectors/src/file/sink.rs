@@ -14,9 +14,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use serde::{Deserialize, Serialize};
 use sluice_operators::epoch::{concat, EpochStash, HeldCapabilities};
-use sluice_operators::{Epoch, Origin};
+use sluice_operators::Epoch;
 use sluice_state::protocol::failpoint;
 use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
 use timely::container::CapacityContainerBuilder;
@@ -24,6 +23,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
+use crate::sink::OutputLine;
 use crate::ConnectorError;
 
 /// The table of committed output lengths: sink name to bytes.
@@ -32,15 +32,6 @@ pub const SINK_TABLE: &str = "sink_positions";
 /// The tables file sinks declare.
 pub fn tables() -> Vec<TableSpec> {
     vec![TableSpec::new(SINK_TABLE)]
-}
-
-/// One output line with the key it is sorted by within its epoch.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct OutputLine {
-    /// Sort key: event time (0 where not meaningful), id, origin.
-    pub key: (i64, String, Origin),
-    /// The line, without its newline.
-    pub bytes: Vec<u8>,
 }
 
 struct Output {

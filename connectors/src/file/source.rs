@@ -6,11 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::file::config::AtEof;
-use crate::source::{Fetched, PartitionReader, ReadStatus};
+use crate::source::{Fetched, PartitionReader, ReadStatus, TimeOf};
 use crate::ConnectorError;
-
-/// Extracts an event time (ms) from a record, for pacing.
-pub type TimeOf = Box<dyn Fn(&[u8]) -> Option<i64>>;
 
 /// A reader of one file.
 pub struct FileReader {

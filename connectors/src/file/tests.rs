@@ -76,7 +76,7 @@ fn pacing_by_event_time_holds_back_records_that_are_not_due() {
     let path = dir.path().join("in.jsonl");
     // Event times 0 s, 0.01 s and 60 s.
     write(&path, b"0\n10\n60000\n");
-    let time_of: TimeOf = Box::new(|bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse().ok());
+    let time_of: crate::source::TimeOf = Box::new(|bytes: &[u8]| std::str::from_utf8(bytes).ok()?.parse().ok());
     let mut r = FileReader::new("s", &path, AtEof::Finish, 100).paced(1.0, time_of);
     let mut out = Vec::new();
     let started = std::time::Instant::now();

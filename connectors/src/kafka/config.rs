@@ -145,9 +145,6 @@ impl KafkaSourceConfig {
 pub struct KafkaSinkConfig {
     /// The stream.
     pub stream: String,
-    /// Always `kafka` here.
-    #[serde(rename = "type")]
-    pub kind: String,
     /// `bootstrap.servers`.
     pub brokers: String,
     /// The output topic.

@@ -29,7 +29,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
 use super::config::{Delivery, KafkaSinkConfig, DEFAULT_MESSAGE_TIMEOUT_MS, DEFAULT_TRANSACTION_TIMEOUT_MS};
-use crate::file::OutputLine;
+use crate::sink::{DeliveryState, OutputLine};
 use crate::{ConnectorError, OutputStream};
 
 /// The outbox: `<sink id> 0x00 <epoch, 8 bytes BE> <seq, 4 bytes BE>` → the output line.
@@ -81,23 +81,6 @@ fn outbox_key(sink: &str, epoch: Epoch, seq: u32) -> Vec<u8> {
 fn epoch_of_key(sink: &str, key: &[u8]) -> Epoch {
     let at = sink.len() + 1;
     Epoch::from_be_bytes(key[at..at + 8].try_into().expect("invariant: outbox keys hold an 8-byte epoch"))
-}
-
-/// What the delivery thread shares with the sink operator and the pipeline.
-#[derive(Debug, Default)]
-pub struct DeliveryState {
-    /// The last epoch delivered (-1: none yet).
-    pub delivered: AtomicI64,
-    /// Records delivered by this process.
-    pub records: AtomicU64,
-    /// Records waiting in the producer's queue (librdkafka's in-flight count).
-    pub queue_depth: AtomicI64,
-    /// Epoch deliveries retried after a retriable error.
-    pub retries: AtomicU64,
-    /// Set by the pipeline once every epoch is committed: deliver what is left and stop.
-    pub finish: AtomicBool,
-    /// The failure that stopped delivery, if any.
-    pub failed: Mutex<Option<String>>,
 }
 
 /// A running delivery thread.

@@ -16,11 +16,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_connectors::file::TimeOfFactory;
-use sluice_connectors::kafka::DeliveryState;
 use sluice_connectors::services::Services;
 use sluice_connectors::source::StopLine;
-use sluice_connectors::{OutputStream, SourceSettings};
+use sluice_connectors::DeliveryState;
+use sluice_connectors::{OutputStream, SourceSettings, TimeOfFactory};
 use sluice_operators::{parse_duration_ms, Decoder, Epoch, Metrics, Models, RawRecord};
 use sluice_state::{StateOptions, StateStore, TableSpec};
 
@@ -192,7 +191,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let resumed_at_epoch = store.resume_epoch();
     report_recovery(&config, &store, started.elapsed())?;
     let services = Services::start(&config.sources, &config.sinks, &store, &control.metrics, &control.stop).map_err(connector_service)?;
-    control.webhook_addrs.lock().expect("invariant: not poisoned").extend(services.webhook_addrs());
+    control.webhook_addrs.lock().expect("invariant: not poisoned").extend(services.addrs());
     let names = partition_names(&config);
     let server = start_server(&config, control, &store, &names, services.delivery_states())?;
     let monitor = start_monitor(&config, &control.metrics)?;
@@ -322,7 +321,7 @@ fn start_server(
 
 /// The monitor thread: freshness samples, SLO intervals, the `slo` records.
 fn start_monitor(config: &PipelineConfig, metrics: &Arc<Metrics>) -> Result<crate::monitor::Monitor, RunError> {
-    let slo_path = config.sinks.iter().find(|s| s.output() == Some(OutputStream::Slo)).and_then(|s| s.path().map(std::path::Path::to_path_buf));
+    let slo_path = config.sinks.iter().find(|s| s.output() == Some(OutputStream::Slo)).and_then(|s| s.file().map(std::path::Path::to_path_buf));
     let interval = Duration::from_millis(
         parse_duration_ms(&config.slo_interval).map_err(|p| RunError::Config(crate::config::ConfigError { key: "slo_interval".into(), problem: p }))? as u64,
     );

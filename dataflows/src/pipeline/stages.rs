@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use sluice_connectors::file::OutputLine;
+use sluice_connectors::OutputLine;
 use sluice_connectors::{source, OutputStream};
 use sluice_operators::event::SourceItem;
 use sluice_operators::{
