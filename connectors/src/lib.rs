@@ -74,26 +74,68 @@ fn typed<E: serde::de::Error>(value: serde_json::Value, default: Option<&str>) -
     Ok((kind, serde_json::Value::Object(map)))
 }
 
+/// The shared part of [`SourceConfig`] and [`SinkConfig`]: a boxed connector of the `type`
+/// the entry names, found in the registry `$registry` (`$default` when the entry has none),
+/// cloned and read through as the trait `$trait`, and downcast to its own config type.
+macro_rules! registered {
+    ($config:ident, $trait:ident, $registry:ident, $role:literal, $default:expr) => {
+        impl $config {
+            #[doc = concat!("The entry of `", $role, "`.")]
+            pub fn new(connector: impl $trait) -> $config {
+                $config(Box::new(connector))
+            }
+
+            #[doc = concat!("The ", $role, " as its own config type, if it is a `T`.")]
+            pub fn get<T: $trait>(&self) -> Option<&T> {
+                self.0.as_any().downcast_ref()
+            }
+
+            #[doc = concat!("The ", $role, " as its own config type, to change, if it is a `T`.")]
+            pub fn get_mut<T: $trait>(&mut self) -> Option<&mut T> {
+                self.0.as_any_mut().downcast_mut()
+            }
+        }
+
+        impl Deref for $config {
+            type Target = dyn $trait;
+            fn deref(&self) -> &(dyn $trait + 'static) {
+                &*self.0
+            }
+        }
+
+        impl DerefMut for $config {
+            fn deref_mut(&mut self) -> &mut (dyn $trait + 'static) {
+                &mut *self.0
+            }
+        }
+
+        impl Clone for $config {
+            fn clone(&self) -> $config {
+                $config(self.0.clone_box())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $config {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                use serde::de::Error;
+                let (kind, rest) = typed::<D::Error>(serde_json::Value::deserialize(deserializer)?, $default)?;
+                let Some(entry) = $registry.iter().find(|s| s.kind == kind) else {
+                    let kinds: Vec<&str> = $registry.iter().map(|s| s.kind).collect();
+                    return Err(D::Error::custom(format!(concat!("`{}` is not a ", $role, " type; ", $role, "s: {}"), kind, kinds.join(", "))));
+                };
+                (entry.parse)(rest).map($config).map_err(D::Error::custom)
+            }
+        }
+    };
+}
+
 /// One `[[sources]]` entry: a [`Source`] of the `type` it names.
 #[derive(Debug)]
 pub struct SourceConfig(Box<dyn Source>);
 
+registered!(SourceConfig, Source, SOURCES, "source", None);
+
 impl SourceConfig {
-    /// The entry of `source`.
-    pub fn new(source: impl Source) -> SourceConfig {
-        SourceConfig(Box::new(source))
-    }
-
-    /// The source as its own config type, if it is a `T`.
-    pub fn get<T: Source>(&self) -> Option<&T> {
-        self.0.as_any().downcast_ref()
-    }
-
-    /// The source as its own config type, to change, if it is a `T`.
-    pub fn get_mut<T: Source>(&mut self) -> Option<&mut T> {
-        self.0.as_any_mut().downcast_mut()
-    }
-
     /// Checks the config; `key` is where it sits (`sources[0]`).
     ///
     /// # Errors
@@ -106,57 +148,13 @@ impl SourceConfig {
     }
 }
 
-impl Deref for SourceConfig {
-    type Target = dyn Source;
-    fn deref(&self) -> &(dyn Source + 'static) {
-        &*self.0
-    }
-}
-
-impl DerefMut for SourceConfig {
-    fn deref_mut(&mut self) -> &mut (dyn Source + 'static) {
-        &mut *self.0
-    }
-}
-
-impl Clone for SourceConfig {
-    fn clone(&self) -> SourceConfig {
-        SourceConfig(self.0.clone_box())
-    }
-}
-
-impl<'de> Deserialize<'de> for SourceConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let (kind, rest) = typed::<D::Error>(serde_json::Value::deserialize(deserializer)?, None)?;
-        let Some(source) = SOURCES.iter().find(|s| s.kind == kind) else {
-            let kinds: Vec<&str> = SOURCES.iter().map(|s| s.kind).collect();
-            return Err(D::Error::custom(format!("`{kind}` is not a source type; sources: {}", kinds.join(", "))));
-        };
-        (source.parse)(rest).map(SourceConfig).map_err(D::Error::custom)
-    }
-}
-
 /// One `[[sinks]]` entry: a [`Sink`] of the `type` it names (`file` when unnamed).
 #[derive(Debug)]
 pub struct SinkConfig(Box<dyn Sink>);
 
+registered!(SinkConfig, Sink, SINKS, "sink", Some(SINKS[0].kind));
+
 impl SinkConfig {
-    /// The entry of `sink`.
-    pub fn new(sink: impl Sink) -> SinkConfig {
-        SinkConfig(Box::new(sink))
-    }
-
-    /// The sink as its own config type, if it is a `T`.
-    pub fn get<T: Sink>(&self) -> Option<&T> {
-        self.0.as_any().downcast_ref()
-    }
-
-    /// The sink as its own config type, to change, if it is a `T`.
-    pub fn get_mut<T: Sink>(&mut self) -> Option<&mut T> {
-        self.0.as_any_mut().downcast_mut()
-    }
-
     /// The stream the sink writes, once validated (`None`: not a stream's name).
     pub fn output(&self) -> Option<OutputStream> {
         OutputStream::from_name(self.0.stream())
@@ -175,37 +173,6 @@ impl SinkConfig {
             }
         }
         Ok(())
-    }
-}
-
-impl Deref for SinkConfig {
-    type Target = dyn Sink;
-    fn deref(&self) -> &(dyn Sink + 'static) {
-        &*self.0
-    }
-}
-
-impl DerefMut for SinkConfig {
-    fn deref_mut(&mut self) -> &mut (dyn Sink + 'static) {
-        &mut *self.0
-    }
-}
-
-impl Clone for SinkConfig {
-    fn clone(&self) -> SinkConfig {
-        SinkConfig(self.0.clone_box())
-    }
-}
-
-impl<'de> Deserialize<'de> for SinkConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let (kind, rest) = typed::<D::Error>(serde_json::Value::deserialize(deserializer)?, Some(SINKS[0].kind))?;
-        let Some(sink) = SINKS.iter().find(|s| s.kind == kind) else {
-            let kinds: Vec<&str> = SINKS.iter().map(|s| s.kind).collect();
-            return Err(D::Error::custom(format!("`{kind}` is not a sink type; sinks: {}", kinds.join(", "))));
-        };
-        (sink.parse)(rest).map(SinkConfig).map_err(D::Error::custom)
     }
 }
 
