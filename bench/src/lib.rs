@@ -70,7 +70,7 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
     config.workers = workers;
     config.event = payment_schema();
     config.sources = vec![SourceConfig::new(g)];
-    config.order.lateness = lateness.to_string();
+    config.order.lateness = lateness.parse().unwrap();
     config.features = standard_features();
     let names: Vec<String> = config.features.iter().map(|f| f.name.clone()).collect();
     let model_config = |path: &Path| {
@@ -85,15 +85,15 @@ pub fn standard_pipeline(work: &Path, workers: usize, events: u64, customers: u6
             features: vec!["amount_last".into()],
             score: models.model.is_some(),
             categories: vec!["currency".into()],
-            window: "10s".into(),
-            slide: "2s".into(),
+            window: "10s".parse().unwrap(),
+            slide: "2s".parse().unwrap(),
             reference: sluice_operators::drift::ReferenceConfig { first: Some(100_000), ..Default::default() },
             bins: 10,
             min_samples: 100,
             thresholds: sluice_operators::drift::Thresholds::default(),
         });
         config.slo = sluice::demo::demo_objectives();
-        config.slo_interval = "1s".into();
+        config.slo_interval = "1s".parse().unwrap();
     }
     config.sinks = vec![sluice_connectors::SinkConfig::new(FileSinkConfig { stream: "features".into(), path: work.join("features.jsonl") })];
     config.validate().expect("the standard pipeline is valid");

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sluice_connectors::SourceConfig;
 use sluice_connectors::{OutputStream, SinkConfig};
 use sluice_operators::slo::{Objective, SloConfig};
-use sluice_operators::{parse_duration_ms, DriftConfig, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
+use sluice_operators::{duration_or_off, DriftConfig, DurationMs, EventSchema, FeatureSet, FeatureSpec, LatePolicy, ModelConfig};
 
 /// A configuration problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub struct ServerSection {
     pub batch_max: usize,
     /// Feature responses are flagged stale when the last commit is older than this.
     #[serde(default = "default_stale_after")]
-    pub stale_after: String,
+    pub stale_after: DurationMs,
     /// Append every served feature vector to this JSONL file (relative to the pipeline file).
     #[serde(default)]
     pub feature_log: Option<PathBuf>,
@@ -63,12 +63,12 @@ fn default_batch_max() -> usize {
 fn default_dataflow_nice() -> i32 {
     10
 }
-fn default_stale_after() -> String {
-    "5s".into()
+fn default_stale_after() -> DurationMs {
+    DurationMs::from_ms(5_000)
 }
 
-fn default_slo_interval() -> String {
-    "10s".into()
+fn default_slo_interval() -> DurationMs {
+    DurationMs::from_ms(10_000)
 }
 
 /// `[dedup]`.
@@ -77,7 +77,7 @@ fn default_slo_interval() -> String {
 pub struct DedupSection {
     /// How long keys are remembered, in event time behind the watermark.
     #[serde(default = "default_ttl")]
-    pub ttl: String,
+    pub ttl: DurationMs,
 }
 
 impl Default for DedupSection {
@@ -86,8 +86,8 @@ impl Default for DedupSection {
     }
 }
 
-fn default_ttl() -> String {
-    "7d".into()
+fn default_ttl() -> DurationMs {
+    DurationMs::from_ms(7 * 86_400_000)
 }
 
 /// `[order]`.
@@ -96,13 +96,13 @@ fn default_ttl() -> String {
 pub struct OrderSection {
     /// Allowed lateness.
     #[serde(default = "default_lateness")]
-    pub lateness: String,
+    pub lateness: DurationMs,
     /// What happens to late events: `side` (default), `drop`, `flag`.
     #[serde(default)]
     pub late: LatePolicy,
     /// Wall time without records after which a partition stops holding the watermark back.
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: String,
+    pub idle_timeout: DurationMs,
 }
 
 impl Default for OrderSection {
@@ -111,11 +111,11 @@ impl Default for OrderSection {
     }
 }
 
-fn default_lateness() -> String {
-    "5s".into()
+fn default_lateness() -> DurationMs {
+    DurationMs::from_ms(5_000)
 }
-fn default_idle_timeout() -> String {
-    "30s".into()
+fn default_idle_timeout() -> DurationMs {
+    DurationMs::from_ms(30_000)
 }
 
 /// A whole pipeline file.
@@ -152,8 +152,8 @@ pub struct PipelineConfig {
     /// Take a checkpoint of the committed state this often (`10m`; `off`: never), into
     /// `<state_dir>/checkpoints/`, to restore from (`sluice checkpoint restore`) when the live
     /// state cannot be trusted.
-    #[serde(default = "default_checkpoint_every")]
-    pub checkpoint_every: String,
+    #[serde(default = "default_checkpoint_every", deserialize_with = "duration_or_off")]
+    pub checkpoint_every: Option<DurationMs>,
     /// Complete checkpoints kept.
     #[serde(default = "default_checkpoints_kept")]
     pub checkpoints_kept: usize,
@@ -188,7 +188,7 @@ pub struct PipelineConfig {
     pub slo: Vec<SloConfig>,
     /// How often SLO records are made (wall clock).
     #[serde(default = "default_slo_interval")]
-    pub slo_interval: String,
+    pub slo_interval: DurationMs,
     /// The HTTP server (`/metrics`); none without this section.
     #[serde(default)]
     pub server: Option<ServerSection>,
@@ -212,8 +212,8 @@ fn default_epoch_ms() -> u64 {
 fn default_max_inflight_epochs() -> u64 {
     4
 }
-fn default_checkpoint_every() -> String {
-    "10m".into()
+fn default_checkpoint_every() -> Option<DurationMs> {
+    Some(DurationMs::from_ms(600_000))
 }
 
 fn default_checkpoints_kept() -> usize {
@@ -267,10 +267,32 @@ impl PipelineConfig {
     /// The file cannot be read or is not a pipeline file.
     pub fn load_unchecked(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| bad(path.display().to_string(), format!("cannot read: {e}")))?;
-        let mut config: PipelineConfig = toml::from_str(&text).map_err(|e| bad(path.display().to_string(), e.to_string().trim().to_string()))?;
+        let mut config = PipelineConfig::parse(&text).map_err(|e| match e.key.as_str() {
+            "" => bad(path.display().to_string(), e.problem),
+            _ => e,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
+    }
+
+    /// Reads a pipeline file's text, durations and all, without resolving its paths or
+    /// validating it.
+    ///
+    /// # Errors
+    /// The text is not a pipeline file: the error names the key (empty for the file as a
+    /// whole) and the line.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let problem = match line {
+                Some(line) => format!("{} (line {line})", inner.message().trim()),
+                None => inner.message().trim().to_string(),
+            };
+            bad(if key == "." { String::new() } else { key }, problem)
+        })
     }
 
     /// Makes relative paths relative to `base`.
@@ -341,20 +363,14 @@ impl PipelineConfig {
         self.sources.iter().map(|s| s.partitions()).sum()
     }
 
-    /// The durations, parsed.
-    ///
-    /// # Errors
-    /// A duration that does not parse.
-    pub fn durations(&self) -> Result<Durations, ConfigError> {
-        Ok(Durations {
-            ttl_ms: parse_duration_ms(&self.dedup.ttl).map_err(|p| bad("dedup.ttl", p))?,
-            lateness_ms: parse_duration_ms(&self.order.lateness).map_err(|p| bad("order.lateness", p))?,
-            idle_timeout_ms: parse_duration_ms(&self.order.idle_timeout).map_err(|p| bad("order.idle_timeout", p))?,
-            checkpoint_every_ms: match self.checkpoint_every.as_str() {
-                "off" => None,
-                every => Some(parse_duration_ms(every).map_err(|p| bad("checkpoint_every", format!("{p} (or `off`)")))?),
-            },
-        })
+    /// The durations the dataflow takes, in ms.
+    pub fn durations(&self) -> Durations {
+        Durations {
+            ttl_ms: self.dedup.ttl.ms(),
+            lateness_ms: self.order.lateness.ms(),
+            idle_timeout_ms: self.order.idle_timeout.ms(),
+            checkpoint_every_ms: self.checkpoint_every.map(DurationMs::ms),
+        }
     }
 
     /// Checks everything that can be checked before running.
@@ -377,7 +393,6 @@ impl PipelineConfig {
         if self.state_cache_mb == 0 {
             return Err(bad("state_cache_mb", "must be at least 1"));
         }
-        self.durations()?;
         self.event.validate().map_err(|e| bad("event", e.to_string()))?;
         if self.sources.is_empty() {
             return Err(bad("sources", "a pipeline needs at least one [[sources]] entry"));
@@ -388,7 +403,6 @@ impl PipelineConfig {
                 return Err(bad(format!("sources[{i}].name"), format!("`{}` is used by another source", s.name())));
             }
         }
-        self.durations()?;
         if let Some(r) = &self.reconcile {
             let names: Vec<&str> = self.sources.iter().map(|s| s.name()).collect();
             r.validate(&names, &self.event)?;
@@ -430,13 +444,11 @@ impl PipelineConfig {
         }
         self.objectives()?;
         if let Some(server) = &self.server {
-            parse_duration_ms(&server.stale_after).map_err(|p| bad("server.stale_after", p))?;
             if server.batch_max == 0 {
                 return Err(bad("server.batch_max", "must be at least 1"));
             }
         }
-        let interval = parse_duration_ms(&self.slo_interval).map_err(|p| bad("slo_interval", p))?;
-        if interval < 100 {
+        if self.slo_interval.ms() < 100 {
             return Err(bad("slo_interval", "must be at least 100ms"));
         }
         for (i, s) in self.sinks.iter().enumerate() {
@@ -473,7 +485,7 @@ name = "g"
 "#;
 
     fn parse(text: &str) -> Result<PipelineConfig, ConfigError> {
-        let c: PipelineConfig = toml::from_str(text).map_err(|e| bad("file", e.to_string()))?;
+        let c = PipelineConfig::parse(text)?;
         c.validate()?;
         Ok(c)
     }
@@ -482,10 +494,7 @@ name = "g"
     fn a_minimal_pipeline_gets_the_documented_defaults() {
         let c = parse(MINIMAL).unwrap();
         assert_eq!((c.workers, c.epoch_records, c.max_inflight_epochs), (1, 10_000, 4));
-        assert_eq!(
-            c.durations().unwrap(),
-            Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 5_000, idle_timeout_ms: 30_000, checkpoint_every_ms: Some(600_000) }
-        );
+        assert_eq!(c.durations(), Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 5_000, idle_timeout_ms: 30_000, checkpoint_every_ms: Some(600_000) });
     }
 
     #[test]
@@ -504,6 +513,20 @@ name = "g"
         assert_eq!((e.key.as_str(), e.problem.as_str()), ("server.dataflow_nice", "20 is not between 0 and 19"));
         let c = parse(&format!("{MINIMAL}\n[server]\nlisten = \"127.0.0.1:0\"")).unwrap();
         assert_eq!(c.server.unwrap().dataflow_nice, 10);
+    }
+
+    #[test]
+    fn durations_are_read_at_load_and_their_errors_name_key_and_line() {
+        let text = MINIMAL.replace("state_dir", "checkpoint_every = \"off\"\nstate_dir") + "[order]\nlateness = 250\nidle_timeout = \"2m\"\n";
+        let c = parse(&text).unwrap();
+        assert_eq!(c.durations(), Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 250, idle_timeout_ms: 120_000, checkpoint_every_ms: None });
+        let e = parse(&format!("{MINIMAL}[order]\nlateness = \"5 minutes\"\n")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("order.lateness", "`5 minutes`: unknown unit `minutes` (use ms, s, m, h or d) (line 13)"));
+        let e = parse(&MINIMAL.replace("state_dir", "checkpoint_every = \"never\"\nstate_dir")).unwrap_err();
+        assert_eq!(e.key, "checkpoint_every");
+        assert!(e.problem.ends_with("(or `off`) (line 2)"), "{e}");
+        let e = parse(&format!("{MINIMAL}[[slo]]\nname = \"x\"\nindicator = \"freshness\"\nthreshold = \"0s\"\nobjective = 0.9\n")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("slo[0].threshold", "`0s` must be positive (line 15)"));
     }
 
     #[test]

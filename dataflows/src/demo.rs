@@ -6,15 +6,12 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use sluice_connectors::file::FileSinkConfig;
-use sluice_connectors::generator::GeneratorConfig;
-use sluice_connectors::SourceConfig;
-use sluice_connectors::{OutputStream, SinkConfig};
-use sluice_operators::drift::{ReferenceConfig, Thresholds};
-use sluice_operators::slo::{Indicator, SloConfig};
-use sluice_operators::{DriftConfig, EventSchema, FeatureOp, FeatureSpec, Metrics, TimeFormat};
+use serde::Deserialize;
+use sluice_connectors::{OutputStream, SinkConfig, SourceConfig};
+use sluice_operators::slo::SloConfig;
+use sluice_operators::{DurationMs, EventSchema, FeatureSpec, Metrics, ModelConfig};
 
-use crate::config::{DedupSection, OrderSection, PipelineConfig, ServerSection};
+use crate::config::{PipelineConfig, ServerSection};
 use crate::pipeline::{RunControl, RunSummary};
 
 /// The demo's knobs.
@@ -36,179 +33,116 @@ pub struct DemoOptions {
     pub http: Option<String>,
 }
 
-/// The event schema of the generator's records.
+/// The demo pipeline, as a pipeline file: what `sluice demo` runs, before its flags.
+pub const DEMO_PIPELINE: &str = include_str!("demo.toml");
+
+/// `demo.toml` as a TOML table.
+fn demo_document() -> toml::Table {
+    DEMO_PIPELINE.parse().expect("invariant: demo.toml is TOML (a unit test reads it)")
+}
+
+/// `demo.toml`, parsed.
+fn demo_pipeline(document: &toml::Table) -> PipelineConfig {
+    let text = toml::to_string(document).expect("invariant: a TOML table prints");
+    PipelineConfig::parse(&text).expect("invariant: demo.toml is a pipeline file (a unit test reads it)")
+}
+
+/// The event schema of the generator's records (`[event]` of `demo.toml`).
 pub fn payment_schema() -> EventSchema {
-    EventSchema {
-        id: "/id".into(),
-        entity: "/customer".into(),
-        time: "/created_ms".into(),
-        time_format: TimeFormat::Millis,
-        kind: Some("/type".into()),
-        numbers: [("amount".to_string(), "/amount".to_string())].into(),
-        strings: [("currency".to_string(), "/currency".to_string()), ("merchant".to_string(), "/merchant".to_string())].into(),
-        time_fallback: None,
-        record_bytes_max: 1 << 20,
-    }
+    demo_pipeline(&demo_document()).event
 }
 
-/// The six standard features of the demo and the benchmark.
+/// The six standard features of the demo and the benchmark (`[[features]]` of `demo.toml`).
 pub fn standard_features() -> Vec<FeatureSpec> {
-    let f = |name: &str, op: FeatureOp, field: Option<&str>, window: Option<&str>, slide: Option<&str>| FeatureSpec {
-        name: name.into(),
-        op,
-        field: field.map(Into::into),
-        window: window.map(Into::into),
-        slide: slide.map(Into::into),
-    };
-    vec![
-        f("txn_count_1m", FeatureOp::Count, None, Some("1m"), None),
-        f("amount_sum_1h", FeatureOp::Sum, Some("amount"), Some("1h"), Some("5m")),
-        f("amount_mean_24h", FeatureOp::Mean, Some("amount"), Some("24h"), Some("1h")),
-        f("amount_max_1h", FeatureOp::Max, Some("amount"), Some("1h"), Some("5m")),
-        f("amount_min_all", FeatureOp::Min, Some("amount"), None, None),
-        f("amount_last", FeatureOp::Last, Some("amount"), None, None),
-    ]
+    demo_pipeline(&demo_document()).features
 }
 
-/// The demo's objectives: end-to-end latency (ingest to committed output, which includes the
-/// 5 s the order operator waits for late events) and freshness.
+/// The demo's objectives (`[[slo]]` of `demo.toml`): end-to-end latency (ingest to committed
+/// output, which includes the 5 s the order operator waits for late events) and freshness.
 pub fn demo_objectives() -> Vec<SloConfig> {
-    vec![
-        SloConfig {
-            name: "committed_within_10s".into(),
-            indicator: Indicator::Latency,
-            stage: "committed".into(),
-            threshold: "10s".into(),
-            objective: 0.999,
-            period: "30d".into(),
-        },
-        SloConfig {
-            name: "scored_within_7s".into(),
-            indicator: Indicator::Latency,
-            stage: "scored".into(),
-            threshold: "7s".into(),
-            objective: 0.99,
-            period: "30d".into(),
-        },
-        SloConfig {
-            name: "fresh_within_10s".into(),
-            indicator: Indicator::Freshness,
-            stage: "committed".into(),
-            threshold: "10s".into(),
-            objective: 0.99,
-            period: "30d".into(),
-        },
-    ]
+    demo_pipeline(&demo_document()).slo
 }
 
-/// A model taking the standard features, with every default.
-fn model(path: &Path) -> sluice_operators::ModelConfig {
-    let names = standard_features().into_iter().map(|f| f.name).collect::<Vec<_>>();
-    sluice_operators::ModelConfig::new(path, &names.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// The demo pipeline writing under `dir`.
+/// The demo pipeline writing under `dir`: `demo.toml` with what the options decide.
 pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
-    let mut generator = GeneratorConfig::named("payments");
-    generator.partitions = 4;
-    generator.rate = options.rate;
-    generator.events = if options.rate > 0 { options.rate * options.duration.as_secs().max(1) } else { options.events };
-    generator.customers = 50_000;
-    generator.duplicate_pct = 2.0;
-    generator.conflict_pct = 0.2;
-    generator.out_of_order_pct = 5.0;
-    generator.late_pct = 0.3;
-    generator.malformed_pct = 0.5;
-    // Event time runs with the wall clock: each partition makes rate/4 events per second (unpaced:
-    // event time as if at 20,000 events/s).
-    let per_partition = if options.rate > 0 { (options.rate as f64 / 4.0).max(1.0) } else { 5_000.0 };
-    generator.step_us = ((1_000_000.0 / per_partition) as u64).max(1);
+    let mut document = demo_document();
+    let source = document.get_mut("sources").and_then(|s| s.as_array_mut()).and_then(|s| s.first_mut()).and_then(|s| s.as_table_mut());
+    let source = source.expect("invariant: demo.toml has a source");
+    let partitions = source.get("partitions").and_then(toml::Value::as_integer).unwrap_or(1).max(1) as u64;
+    let events = if options.rate > 0 { options.rate * options.duration.as_secs().max(1) } else { options.events };
+    // Event time runs with the wall clock: each partition makes rate/partitions events per
+    // second (unpaced: event time as if at 5,000 events/s per partition).
+    let per_partition = if options.rate > 0 { (options.rate as f64 / partitions as f64).max(1.0) } else { 5_000.0 };
+    let step_us = ((1_000_000.0 / per_partition) as u64).max(1);
+    let per_partition_events = events / partitions;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let integer = |n: u64| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    source.insert("events".into(), integer(events));
+    source.insert("rate".into(), integer(options.rate));
+    source.insert("step_us".into(), integer(step_us));
+    source.insert("start_ms".into(), toml::Value::Integer(now_ms));
     // Halfway through, amounts triple: the drift monitor should notice.
-    let per_partition_events = generator.events / 4;
-    generator.shift_after = Some(per_partition_events / 2);
-    let span_ms = (per_partition_events * generator.step_us / 1000) as i64;
+    source.insert("shift_after".into(), integer(per_partition_events / 2));
+
+    let mut config = demo_pipeline(&document);
+    config.resolve_paths(dir);
+    config.workers = options.workers;
+    let span_ms = (per_partition_events * step_us / 1000) as i64;
     let slide_ms = ((span_ms / 20).max(100) / 100) * 100;
-    generator.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let generator_events = generator.events;
-    let sink = |stream: OutputStream| SinkConfig::new(FileSinkConfig { stream: stream.name().into(), path: dir.join(format!("{stream}.jsonl")) });
-    PipelineConfig {
-        workers: options.workers,
-        state_dir: dir.join("state"),
-        epoch_records: 10_000,
-        epoch_ms: 100,
-        max_inflight_epochs: 4,
-        state_cache_mb: 64,
-        state_min_free_mb: 128,
-        state_sync: true,
-        checkpoint_every: "10m".into(),
-        checkpoints_kept: 2,
-        feature_cache_entities: 200_000,
-        event: payment_schema(),
-        sources: vec![SourceConfig::new(generator)],
-        dedup: DedupSection::default(),
-        order: OrderSection::default(),
-        features: standard_features(),
-        model: options.model.as_ref().map(|path| model(path)),
-        shadow: options.shadow.as_ref().map(|path| model(path)),
-        drift: Some(DriftConfig {
-            features: vec!["amount_last".into()],
-            score: false,
-            categories: vec!["currency".into()],
-            window: format!("{}ms", 2 * slide_ms),
-            slide: format!("{slide_ms}ms"),
-            reference: ReferenceConfig { first: Some((generator_events / 10).max(1)), ..ReferenceConfig::default() },
-            bins: 10,
-            min_samples: 100,
-            thresholds: Thresholds::default(),
-        }),
-        slo: demo_objectives(),
-        slo_interval: "2s".into(),
-        server: options.http.as_ref().map(|listen| ServerSection::new(listen)),
-        // Every stream of the standard pipeline, each to `<stream>.jsonl`.
-        sinks: OutputStream::ALL.into_iter().filter(|s| s.of_standard_pipeline()).map(sink).collect(),
-        reconcile: None,
+    if let Some(drift) = config.drift.as_mut() {
+        drift.window = DurationMs::from_ms(2 * slide_ms);
+        drift.slide = DurationMs::from_ms(slide_ms);
+        drift.reference.first = Some((events / 10).max(1));
     }
+    let inputs = config.model.as_ref().map(|m| m.inputs.clone()).unwrap_or_default();
+    let model = |path: &Path| ModelConfig { path: path.to_path_buf(), inputs: inputs.clone(), ..ModelConfig::new(path, &[]) };
+    config.model = options.model.as_deref().map(model);
+    config.shadow = options.shadow.as_deref().map(model);
+    config.server = match (&options.http, config.server.take()) {
+        (Some(listen), Some(server)) => Some(ServerSection { listen: listen.clone(), ..server }),
+        (Some(listen), None) => Some(ServerSection::new(listen)),
+        (None, _) => None,
+    };
+    config
 }
 
 /// `sluice demo --kafka`: the demo pipeline reading topic `{prefix}payments` (4 partitions,
 /// fed from the demo's generator by the caller) and writing every output stream but `slo` to
-/// topic `{prefix}{stream}`. Returns the pipeline and the generator that feeds the input.
+/// topic `{prefix}{stream}` with the sinks' `delivery`. Returns the pipeline and the source it
+/// read before (the generator, to feed the topic from).
+///
+/// # Errors
+/// `delivery` is not a Kafka sink's delivery.
 pub fn kafka_demo_config(
     mut config: PipelineConfig,
     brokers: &str,
     prefix: &str,
-    delivery: sluice_connectors::kafka::Delivery,
-) -> (PipelineConfig, GeneratorConfig, String) {
-    let generator = config.sources.pop().and_then(|s| s.get::<GeneratorConfig>().cloned()).expect("invariant: the demo reads the generator");
-    let input = format!("{prefix}payments");
-    config.sources = vec![SourceConfig::new(sluice_connectors::kafka::KafkaSourceConfig {
-        name: "payments".into(),
-        brokers: brokers.into(),
-        topic: input.clone(),
-        group_id: format!("{prefix}sluice"),
-        start: sluice_connectors::kafka::StartAt::Earliest,
-        until: sluice_connectors::kafka::Until::Forever,
-        partitions: None,
-        isolation: sluice_connectors::kafka::Isolation::ReadCommitted,
-        properties: Default::default(),
-    })];
-    for sink in config.sinks.iter_mut() {
-        if sink.output() == Some(OutputStream::Slo) {
-            continue;
-        }
+    delivery: &str,
+) -> Result<(PipelineConfig, SourceConfig), crate::config::ConfigError> {
+    let connector = |entries: Vec<(&str, toml::Value)>| toml::Value::Table(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+    let text = |t: &str| toml::Value::String(t.into());
+    let source = connector(vec![
+        ("type", text("kafka")),
+        ("name", text("payments")),
+        ("brokers", text(brokers)),
+        ("topic", text(&format!("{prefix}payments"))),
+        ("group_id", text(&format!("{prefix}sluice"))),
+    ]);
+    let source = SourceConfig::deserialize(source).map_err(|e| crate::config::bad("--kafka", e.to_string()))?;
+    let generator = std::mem::replace(&mut config.sources, vec![source]).remove(0);
+    for sink in config.sinks.iter_mut().filter(|s| s.output() != Some(OutputStream::Slo)) {
         let stream = sink.stream().to_string();
-        *sink = SinkConfig::new(sluice_connectors::kafka::KafkaSinkConfig {
-            topic: format!("{prefix}{}", stream.replace('_', "-")),
-            stream,
-            brokers: brokers.into(),
-            delivery,
-            progress_topic: None,
-            transactional_id: None,
-            partitions: 4,
-            properties: Default::default(),
-        });
+        let table = connector(vec![
+            ("type", text("kafka")),
+            ("topic", text(&format!("{prefix}{}", stream.replace('_', "-")))),
+            ("stream", text(&stream)),
+            ("brokers", text(brokers)),
+            ("delivery", text(delivery)),
+            ("partitions", toml::Value::Integer(4)),
+        ]);
+        *sink = SinkConfig::deserialize(table).map_err(|e| crate::config::bad("--delivery", e.to_string()))?;
     }
-    (config, generator, input)
+    Ok((config, generator))
 }
 
 /// One progress line.
@@ -291,4 +225,42 @@ pub fn outputs_text(config: &PipelineConfig) -> String {
         s.push_str(&format!("  {}\n", sink.destination()));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_is_its_pipeline_file_with_what_the_flags_decide() {
+        let dir = Path::new("/tmp/demo-out");
+        let options = DemoOptions {
+            duration: Duration::from_secs(10),
+            rate: 2_000,
+            workers: 2,
+            events: 0,
+            model: Some("m.onnx".into()),
+            shadow: None,
+            http: Some("127.0.0.1:9999".into()),
+        };
+        let config = demo_config(dir, &options);
+        assert_eq!((config.workers, config.state_dir.as_path()), (2, Path::new("/tmp/demo-out/state")));
+        // 20,000 events over 4 partitions at 500/s each: 2 ms apart, a 10 s span.
+        let generator = config.sources[0].get::<sluice_connectors::generator::GeneratorConfig>().unwrap();
+        assert_eq!((generator.events, generator.step_us, generator.shift_after, generator.partitions), (20_000, 2_000, Some(2_500), 4));
+        let drift = config.drift.as_ref().unwrap();
+        assert_eq!((drift.window.ms(), drift.slide.ms(), drift.reference.first), (1_000, 500, Some(2_000)));
+        let model = config.model.as_ref().unwrap();
+        assert_eq!((model.path.as_path(), model.inputs.len()), (Path::new("m.onnx"), 6));
+        assert_eq!(config.server.as_ref().map(|s| s.listen.as_str()), Some("127.0.0.1:9999"));
+        let sinks: Vec<String> = config.sinks.iter().map(|s| s.destination()).collect();
+        assert_eq!(sinks.len(), 9);
+        assert_eq!((sinks[0].as_str(), sinks[8].as_str()), ("/tmp/demo-out/features.jsonl", "/tmp/demo-out/slo.jsonl"));
+        assert_eq!((payment_schema().numbers.len(), standard_features().len(), demo_objectives().len()), (1, 6, 3));
+
+        let options = DemoOptions { model: None, http: None, ..options };
+        let config = demo_config(dir, &options);
+        assert!(config.model.is_none() && config.server.is_none());
+        config.validate().unwrap();
+    }
 }

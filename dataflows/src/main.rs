@@ -357,7 +357,7 @@ fn main() -> Result<()> {
                     model.display()
                 );
             }
-            let ms = sluice_operators::parse_duration_ms(&duration).map_err(anyhow::Error::msg).context("--duration")?;
+            let ms = duration.parse::<sluice_operators::DurationMs>().map_err(anyhow::Error::msg).context("--duration")?.ms();
             if out.exists() {
                 std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
             }
@@ -381,17 +381,15 @@ fn main() -> Result<()> {
             let control = RunControl::default();
             let mut feeder = None;
             if let Some(brokers) = &kafka {
-                let delivery: sluice_connectors::kafka::Delivery = serde_json::from_value(serde_json::Value::String(delivery.clone()))
-                    .map_err(|_| anyhow::anyhow!("--delivery {delivery}: it is exactly_once or at_least_once"))?;
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let prefix = topic_prefix.unwrap_or_else(|| format!("sluice-demo-{now}-"));
-                let (c, generator, input) = sluice::demo::kafka_demo_config(config, brokers, &prefix, delivery);
+                let (c, generator) = sluice::demo::kafka_demo_config(config, brokers, &prefix, &delivery)?;
                 config = c;
-                sluice_connectors::kafka::ensure_topics(brokers, &Default::default(), &[(&input, generator.partitions)])
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("cannot create the demo's input topic on {brokers} (is a broker there? scripts/kafka.sh start runs one)"))?;
+                let input = format!("{prefix}payments");
                 eprintln!("sluice demo: feeding topic {input} on {brokers} from the generator");
-                let f = sluice_connectors::kafka::Feeder::start(&generator, brokers, &input, Arc::clone(&control.stop)).map_err(anyhow::Error::msg)?;
+                let f = sluice_connectors::kafka::Feeder::from_source(&generator, brokers, &input, Arc::clone(&control.stop))
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("cannot feed the demo's input topic on {brokers} (is a broker there? scripts/kafka.sh start runs one)"))?;
                 feeder = Some(f);
             }
             config.validate()?;

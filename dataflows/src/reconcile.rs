@@ -61,7 +61,7 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 use xxhash_rust::xxh3::xxh3_64;
 
-use sluice_operators::parse_duration_ms;
+use sluice_operators::DurationMs;
 
 use crate::config::{bad, ConfigError};
 use crate::outputs::{dead_letter_line, PartitionNames};
@@ -84,7 +84,7 @@ pub struct ReconcileConfig {
     pub ledger: String,
     /// How long a payment may be one-sided (in event time) before it is missing.
     #[serde(default = "default_settle")]
-    pub settle: String,
+    pub settle: DurationMs,
     /// Multiplies the provider's amount into minor units.
     #[serde(default = "default_scale")]
     pub amount_scale: f64,
@@ -102,8 +102,8 @@ pub struct ReconcileConfig {
     pub columns: LedgerColumns,
 }
 
-fn default_settle() -> String {
-    "10m".into()
+fn default_settle() -> DurationMs {
+    DurationMs::from_ms(600_000)
 }
 
 fn default_scale() -> f64 {
@@ -146,7 +146,6 @@ impl ReconcileConfig {
         if self.provider == self.ledger {
             return Err(bad("reconcile.ledger", "the provider and the ledger must be different sources"));
         }
-        self.settle_ms()?;
         for (key, scale) in [("reconcile.amount_scale", self.amount_scale), ("reconcile.ledger_amount_scale", self.ledger_amount_scale)] {
             if !(scale.is_finite() && scale > 0.0) {
                 return Err(bad(key, format!("{scale} is not a positive number")));
@@ -162,14 +161,6 @@ impl ReconcileConfig {
             return Err(bad("event", "a reconciliation needs the provider's status: [event.strings] status, or [event] kind"));
         }
         Ok(())
-    }
-
-    /// `settle` in ms.
-    ///
-    /// # Errors
-    /// Not a duration.
-    pub fn settle_ms(&self) -> Result<i64, ConfigError> {
-        parse_duration_ms(&self.settle).map_err(|p| bad("reconcile.settle", p))
     }
 }
 
@@ -347,7 +338,7 @@ pub fn build<'scope>(
     let scope = items.scope();
     let table: Table<BytesCodec> = state.borrow().store().table(INPUTS_TABLE).map_err(|e| e.to_string())?;
     let resume = state.borrow().store().resume_epoch();
-    let settle_ms = config.settle_ms().map_err(|e| e.to_string())?;
+    let settle_ms = config.settle.ms();
     let decoder = InputDecoder::new(config, schema)?;
     let provider_partitions: Vec<bool> = names.0.iter().map(|(s, _)| s == &config.provider).collect();
     let ledger_partitions: Vec<bool> = names.0.iter().map(|(s, _)| s == &config.ledger).collect();

@@ -15,13 +15,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sluice_connectors::file::FileSinkConfig;
-use sluice_connectors::file::FileSourceConfig;
-use sluice_connectors::{OutputStream, SinkConfig, SourceConfig};
-use sluice_operators::{EventSchema, TimeFormat};
+use sluice_operators::EventSchema;
 
-use crate::config::{DedupSection, OrderSection, PipelineConfig};
-use crate::reconcile::{LedgerColumns, ReconcileConfig};
+use crate::config::PipelineConfig;
 
 /// What the generator wrote.
 #[derive(Debug, Clone)]
@@ -157,70 +153,38 @@ pub fn write_inputs(dir: &Path, payments: u64, seed: u64) -> std::io::Result<Dem
     Ok(DemoInputs { provider: provider_path, ledger: ledger_path, provider_records, ledger_records })
 }
 
-/// How the provider's events read.
+/// The reconciliation demo, as a pipeline file: what `sluice demo --reconcile` runs, before its
+/// flags.
+pub const DEMO_PIPELINE: &str = include_str!("reconcile_demo.toml");
+
+/// `reconcile_demo.toml` with `edit` applied to its TOML table, parsed.
+fn demo_pipeline(edit: impl FnOnce(&mut toml::Table)) -> PipelineConfig {
+    let mut document: toml::Table = DEMO_PIPELINE.parse().expect("invariant: reconcile_demo.toml is TOML (a unit test reads it)");
+    edit(&mut document);
+    let text = toml::to_string(&document).expect("invariant: a TOML table prints");
+    PipelineConfig::parse(&text).expect("invariant: reconcile_demo.toml is a pipeline file (a unit test reads it)")
+}
+
+/// How the provider's events read (`[event]` of `reconcile_demo.toml`).
 pub fn provider_schema() -> EventSchema {
-    let mut s: EventSchema = serde_json::from_value(json!({
-        "id": "/id",
-        "entity": "/data/object/id",
-        "time": "/created",
-        "kind": "/type",
-        "numbers": {"amount": "/data/object/amount"},
-        "strings": {"currency": "/data/object/currency", "status": "/data/object/status"},
-    }))
-    .expect("invariant: a valid schema");
-    s.time_format = TimeFormat::Millis;
-    s
+    demo_pipeline(|_| ()).event
 }
 
 /// The reconciliation of `inputs` into `dir` (`reconciliation.jsonl`,
 /// `reconciliation_summary.jsonl`, `dead_letters.jsonl`), settle time 30 s.
 pub fn demo_config(dir: &Path, inputs: &DemoInputs, workers: usize) -> PipelineConfig {
-    let sink = |stream: OutputStream| SinkConfig::new(FileSinkConfig { stream: stream.name().into(), path: dir.join(format!("{stream}.jsonl")) });
-    let file = |name: &str, path: &Path| {
-        SourceConfig::new(FileSourceConfig {
-            name: name.into(),
-            paths: vec![path.to_path_buf()],
-            path: None,
-            at_eof: Default::default(),
-            pace_speedup: None,
-            line_bytes_max: 1 << 20,
-        })
-    };
-    PipelineConfig {
-        workers,
-        state_dir: dir.join("state"),
-        epoch_records: 2_000,
-        epoch_ms: 100,
-        max_inflight_epochs: 4,
-        state_cache_mb: 64,
-        state_min_free_mb: 128,
-        state_sync: true,
-        checkpoint_every: "10m".into(),
-        checkpoints_kept: 2,
-        feature_cache_entities: 1_000,
-        event: provider_schema(),
-        sources: vec![file("webhooks", &inputs.provider), file("ledger", &inputs.ledger)],
-        dedup: DedupSection::default(),
-        order: OrderSection::default(),
-        features: Vec::new(),
-        model: None,
-        shadow: None,
-        drift: None,
-        slo: Vec::new(),
-        slo_interval: "2s".into(),
-        server: None,
-        sinks: [OutputStream::Reconciliation, OutputStream::ReconciliationSummary, OutputStream::DeadLetters].into_iter().map(sink).collect(),
-        reconcile: Some(ReconcileConfig {
-            provider: "webhooks".into(),
-            ledger: "ledger".into(),
-            settle: "30s".into(),
-            amount_scale: 1.0,
-            ledger_amount_scale: 1.0,
-            statuses: Default::default(),
-            table: Some("public.payments".into()),
-            columns: LedgerColumns { time: Some("updated_ms".into()), ..LedgerColumns::default() },
-        }),
-    }
+    let mut config = demo_pipeline(|document| {
+        let sources = document.get_mut("sources").and_then(|s| s.as_array_mut()).expect("invariant: reconcile_demo.toml has sources");
+        for (source, path) in sources.iter_mut().zip([&inputs.provider, &inputs.ledger]) {
+            // Absolute: the file's relative paths are made relative to `dir`, these are not.
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let paths = toml::Value::Array(vec![toml::Value::String(path.display().to_string())]);
+            source.as_table_mut().expect("invariant: a source is a table").insert("paths".into(), paths);
+        }
+    });
+    config.resolve_paths(dir);
+    config.workers = workers;
+    config
 }
 
 /// What the demo prints at the end: the run's counts and the last totals.
@@ -265,4 +229,24 @@ pub fn summary_text(summary: &crate::pipeline::RunSummary, out: &Path) -> std::i
         text.push('\n');
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reconciliation_demo_is_its_pipeline_file_reading_the_inputs_it_wrote() {
+        let work = tempfile::tempdir().unwrap();
+        let inputs = write_inputs(&work.path().join("in"), 10, 7).unwrap();
+        let config = demo_config(Path::new("/out"), &inputs, 2);
+        assert_eq!((config.workers, config.state_dir.as_path()), (2, Path::new("/out/state")));
+        let file = |i: usize| config.sources[i].get::<sluice_connectors::file::FileSourceConfig>().unwrap().paths.clone();
+        assert_eq!((file(0), file(1)), (vec![inputs.provider.clone()], vec![inputs.ledger.clone()]));
+        let reconcile = config.reconcile.as_ref().unwrap();
+        assert_eq!((reconcile.settle.ms(), reconcile.columns.time.as_deref()), (30_000, Some("updated_ms")));
+        let sinks: Vec<String> = config.sinks.iter().map(|s| s.destination()).collect();
+        assert_eq!(sinks, ["/out/reconciliation.jsonl", "/out/reconciliation_summary.jsonl", "/out/dead_letters.jsonl"]);
+        config.validate().unwrap();
+    }
 }

@@ -139,14 +139,13 @@ impl FeatureService {
     /// features.
     ///
     /// # Errors
-    /// The features do not fit the event schema, `stale_after` is not a duration, the feature
-    /// log cannot be opened, or the state holds no features table.
+    /// The features do not fit the event schema, the feature log cannot be opened, or the state holds no features table.
     pub fn from_config(config: &crate::config::PipelineConfig, server: &crate::config::ServerSection, reader: StateReader) -> Result<Option<Self>, String> {
         if config.features.is_empty() {
             return Ok(None);
         }
         let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| format!("features: {e}"))?;
-        let stale_after_ms = sluice_operators::parse_duration_ms(&server.stale_after).map_err(|e| format!("server.stale_after: {e}"))?;
+        let stale_after_ms = server.stale_after.ms();
         let log = match &server.feature_log {
             Some(path) => Some(Arc::new(FeatureLog::open(path).map_err(|e| format!("server.feature_log: cannot open {}: {e}", path.display()))?)),
             None => None,

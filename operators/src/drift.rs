@@ -53,7 +53,7 @@ use crate::event::{Epoch, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::stats::{chi_square, js_distance, ks, ks_sketch_bound, psi, wasserstein, Sketch, SKETCH_ALPHA};
 use crate::watermark::WatermarkTracker;
-use crate::{parse_duration_ms, OperatorError};
+use crate::{DurationMs, OperatorError};
 
 /// The table of drift state (worker 0's panes and reference).
 pub const DRIFT_TABLE: &str = "drift";
@@ -84,10 +84,10 @@ pub struct DriftConfig {
     pub categories: Vec<String>,
     /// Window size, in event time.
     #[serde(default = "default_window")]
-    pub window: String,
+    pub window: DurationMs,
     /// How far windows move; divides `window`.
     #[serde(default = "default_slide")]
-    pub slide: String,
+    pub slide: DurationMs,
     /// What the windows are compared with.
     #[serde(default)]
     pub reference: ReferenceConfig,
@@ -102,11 +102,11 @@ pub struct DriftConfig {
     pub thresholds: Thresholds,
 }
 
-fn default_window() -> String {
-    "5m".into()
+fn default_window() -> DurationMs {
+    DurationMs::from_ms(300_000)
 }
-fn default_slide() -> String {
-    "1m".into()
+fn default_slide() -> DurationMs {
+    DurationMs::from_ms(60_000)
 }
 fn default_bins() -> usize {
     10
@@ -217,13 +217,11 @@ impl DriftConfig {
     /// (window, slide) in ms.
     ///
     /// # Errors
-    /// A duration that does not parse, or a slide that does not divide the window.
+    /// A slide that does not divide the window.
     pub fn window_slide_ms(&self) -> Result<(i64, i64), OperatorError> {
-        let bad = |key: &str, problem: String| OperatorError::Config { key: format!("drift.{key}"), problem };
-        let window = parse_duration_ms(&self.window).map_err(|p| bad("window", p))?;
-        let slide = parse_duration_ms(&self.slide).map_err(|p| bad("slide", p))?;
-        if slide <= 0 || window <= 0 || window % slide != 0 {
-            return Err(bad("slide", format!("{} must be positive and divide the window {}", self.slide, self.window)));
+        let (window, slide) = (self.window.ms(), self.slide.ms());
+        if window % slide != 0 {
+            return Err(OperatorError::Config { key: "drift.slide".into(), problem: format!("{} does not divide the window {}", self.slide, self.window) });
         }
         Ok((window, slide))
     }

@@ -45,7 +45,7 @@ use timely::dataflow::Stream;
 use crate::epoch::{EpochStash, HeldCapabilities};
 use crate::event::{Epoch, Event, FeatureRecord};
 use crate::metrics::Metrics;
-use crate::OperatorError;
+use crate::{DurationMs, OperatorError};
 
 /// The table of per-entity aggregates.
 pub const FEATURES_TABLE: &str = "features";
@@ -84,12 +84,12 @@ pub struct FeatureSpec {
     /// The numeric field (a key of `[event.numbers]`).
     #[serde(default)]
     pub field: Option<String>,
-    /// `"all"` (default) or a duration (`"1m"`, `"1h"`, `"24h"`).
-    #[serde(default)]
-    pub window: Option<String>,
+    /// `"all"` (default: `None`) or a duration (`"1m"`, `"1h"`, `"24h"`).
+    #[serde(default, deserialize_with = "crate::duration_or_all")]
+    pub window: Option<DurationMs>,
     /// For a sliding window, the slide (a divisor of the window).
     #[serde(default)]
-    pub slide: Option<String>,
+    pub slide: Option<DurationMs>,
 }
 
 /// A window, in ms.
@@ -140,21 +140,15 @@ impl FeatureSet {
                     Some(numbers.iter().position(|n| n == f).ok_or_else(|| err("field", format!("`{f}` is not one of [event.numbers]: {numbers:?}")))?)
                 }
             };
-            let window = match (spec.window.as_deref().unwrap_or("all"), &spec.slide) {
-                ("all", None) => Window::All,
-                ("all", Some(_)) => return Err(err("slide", "a slide needs a window size".into())),
-                (size, slide) => {
-                    let size = crate::parse_duration_ms(size).map_err(|p| err("window", p))?;
-                    match slide {
-                        None => Window::Tumbling(size),
-                        Some(slide) => {
-                            let slide = crate::parse_duration_ms(slide).map_err(|p| err("slide", p))?;
-                            if size % slide != 0 {
-                                return Err(err("slide", format!("{slide} ms does not divide the window of {size} ms")));
-                            }
-                            Window::Sliding { size, slide }
-                        }
+            let window = match (spec.window, spec.slide) {
+                (None, None) => Window::All,
+                (None, Some(_)) => return Err(err("slide", "a slide needs a window size".into())),
+                (Some(size), None) => Window::Tumbling(size.ms()),
+                (Some(size), Some(slide)) => {
+                    if size.ms() % slide.ms() != 0 {
+                        return Err(err("slide", format!("{slide} does not divide the window of {size}")));
                     }
+                    Window::Sliding { size: size.ms(), slide: slide.ms() }
                 }
             };
             let aggregate = match set.aggregates.iter().position(|a| *a == (field, window)) {

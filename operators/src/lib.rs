@@ -19,6 +19,7 @@
 //! | `reconcile.rs` | [`reconcile::reconcile`]: provider events against ledger versions per payment, the changelog and its summary |
 //! | `slo.rs` | [`slo::SloTracker`]: objectives, error budget, multi-window burn-rate alerts; [`slo::SloStatus`] |
 //! | `stats.rs` | drift statistics (PSI, KS, JS, Wasserstein, chi-square) and the mergeable [`stats::Sketch`] |
+//! | `duration.rs` | [`DurationMs`]: durations of pipeline files, read at load |
 //! | `epoch.rs` | [`epoch::EpochStash`] (what arrived per epoch, released below the frontier) and the other helpers for operators that work epoch by epoch |
 //! | `metrics.rs` | [`Metrics`]: counters for the progress display |
 //! | `error.rs` | [`OperatorError`] |
@@ -28,6 +29,7 @@
 pub mod decode;
 pub mod dedup;
 pub mod drift;
+pub mod duration;
 pub mod epoch;
 mod error;
 pub mod event;
@@ -43,6 +45,7 @@ pub mod watermark;
 pub use decode::{Decode, Decoder, EventSchema, TimeFormat};
 pub use dedup::{Dedup, DedupConfig};
 pub use drift::{Drift, DriftConfig, DriftRecord, DriftSample, DriftStatus};
+pub use duration::{duration_or_all, duration_or_off, DurationMs};
 pub use error::OperatorError;
 pub use event::{
     Conflict, DeadLetter, DeadLetterReason, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, RecordMeta,
@@ -53,40 +56,3 @@ pub use metrics::{KafkaPartitionGauge, Metrics, Stage};
 pub use order::{LatePolicy, Order, OrderConfig};
 pub use score::{ModelConfig, ModelSource, Models, Score, ScoreRecord, Scored, Unscored};
 pub use watermark::WatermarkTracker;
-
-/// Parses a duration such as `250ms`, `5s`, `1m`, `1h`, `7d` (or a bare number of ms).
-///
-/// # Errors
-/// A message saying what a duration looks like.
-pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit = unit.trim();
-    let n: i64 = number.parse().map_err(|_| format!("`{text}` is not a duration (like `250ms`, `5s`, `1m`, `1h`, `7d`)"))?;
-    let scale = match unit {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)")),
-    };
-    let ms = n.checked_mul(scale).ok_or_else(|| format!("`{text}` is too long"))?;
-    if ms <= 0 {
-        return Err(format!("`{text}` must be positive"));
-    }
-    Ok(ms)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(super::parse_duration_ms("7d"), Ok(604_800_000));
-        assert_eq!(super::parse_duration_ms("250ms"), Ok(250));
-        assert_eq!(super::parse_duration_ms("90"), Ok(90));
-        assert!(super::parse_duration_ms("5 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(super::parse_duration_ms("0s").is_err());
-    }
-}

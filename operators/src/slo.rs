@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Stage;
-use crate::{parse_duration_ms, OperatorError};
+use crate::{DurationMs, OperatorError};
 
 /// Burn-rate alert windows (ms) and levels: (long, short, level) for page and ticket.
 pub const PAGE: (i64, i64, f64) = (3_600_000, 300_000, 14.4);
@@ -54,19 +54,19 @@ pub struct SloConfig {
     #[serde(default = "default_stage")]
     pub stage: String,
     /// Good is at or below this (a duration).
-    pub threshold: String,
+    pub threshold: DurationMs,
     /// The fraction that must be good, e.g. 0.999.
     pub objective: f64,
     /// The budget's period (default 30d).
     #[serde(default = "default_period")]
-    pub period: String,
+    pub period: DurationMs,
 }
 
 fn default_stage() -> String {
     "committed".into()
 }
-fn default_period() -> String {
-    "30d".into()
+fn default_period() -> DurationMs {
+    DurationMs::from_ms(30 * 86_400_000)
 }
 
 /// An objective, checked.
@@ -90,25 +90,20 @@ impl SloConfig {
     /// Checks it; `key` is where it is in the config (`slo[0]`).
     ///
     /// # Errors
-    /// A bad duration, stage or objective.
+    /// A bad stage or objective.
     pub fn objective(&self, key: &str) -> Result<Objective, OperatorError> {
         let bad = |k: &str, problem: String| OperatorError::Config { key: format!("{key}.{k}"), problem };
         let stage = Stage::from_name(&self.stage).ok_or_else(|| bad("stage", format!("`{}` is not one of features, scored, committed", self.stage)))?;
-        let threshold = parse_duration_ms(&self.threshold).map_err(|p| bad("threshold", p))?;
-        let period_ms = parse_duration_ms(&self.period).map_err(|p| bad("period", p))?;
         if !(self.objective > 0.0 && self.objective < 1.0) {
             return Err(bad("objective", format!("{} is not between 0 and 1 (e.g. 0.999)", self.objective)));
-        }
-        if period_ms <= 0 {
-            return Err(bad("period", "must be positive".into()));
         }
         Ok(Objective {
             name: self.name.clone(),
             indicator: self.indicator,
             stage,
-            threshold_us: threshold.max(0) as u64 * 1000,
+            threshold_us: self.threshold.ms() as u64 * 1000,
             objective: self.objective,
-            period_ms,
+            period_ms: self.period.ms(),
         })
     }
 }
@@ -305,9 +300,9 @@ mod tests {
             name: "fast".into(),
             indicator: Indicator::Latency,
             stage: "scored".into(),
-            threshold: "50ms".into(),
+            threshold: DurationMs::from_ms(50),
             objective: 0.999,
-            period: "1d".into(),
+            period: DurationMs::from_ms(86_400_000),
         }
         .objective("slo[0]")
         .unwrap()
@@ -371,9 +366,9 @@ mod tests {
             name: "x".into(),
             indicator: Indicator::Freshness,
             stage: "committed".into(),
-            threshold: "60s".into(),
+            threshold: DurationMs::from_ms(60_000),
             objective: 1.5,
-            period: "30d".into(),
+            period: DurationMs::from_ms(30 * 86_400_000),
         };
         assert_eq!(c.objective("slo[1]").unwrap_err().to_string(), "slo[1].objective: 1.5 is not between 0 and 1 (e.g. 0.999)");
         c.objective = 0.99;

@@ -35,7 +35,7 @@ fn features_with_idle_timeout(idle_timeout: &str, wait: Duration) -> Vec<String>
             line_bytes_max: 1 << 20,
         }),
     ];
-    config.order.idle_timeout = idle_timeout.into();
+    config.order.idle_timeout = idle_timeout.parse().unwrap();
     config.epoch_ms = 20;
     config.validate().unwrap();
     let control = RunControl::default();

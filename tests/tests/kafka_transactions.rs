@@ -67,7 +67,7 @@ fn config(dir: &std::path::Path, brokers: &str, until: Until, txn_id: &str) -> P
     c.drift = None;
     c.slo = Vec::new();
     c.epoch_records = 100;
-    c.order.lateness = "100ms".into();
+    c.order.lateness = "100ms".parse().unwrap();
     c.sources = vec![SourceConfig::new(KafkaSourceConfig {
         name: "payments".into(),
         brokers: brokers.into(),

@@ -29,9 +29,9 @@ fn metrics_parse_and_name_everything() {
     let options = DemoOptions { duration: Duration::from_secs(3), rate: 8_000, workers: 2, events: 0, model: Some(model), shadow: None, http: None };
     let mut config = demo_config(work.path(), &options);
     config.server = Some(ServerSection::new("127.0.0.1:0"));
-    config.slo_interval = "500ms".into();
+    config.slo_interval = "500ms".parse().unwrap();
     // Release events soon, so that drift windows close while the run goes on.
-    config.order.lateness = "200ms".into();
+    config.order.lateness = "200ms".parse().unwrap();
     let control = RunControl::default();
     let addr_cell = Arc::clone(&control.http_addr);
     let metrics = Arc::clone(&control.metrics);

@@ -35,7 +35,13 @@ fn generator() -> GeneratorConfig {
 }
 
 fn feature(name: &str, op: FeatureOp, field: bool, window: Option<&str>, slide: Option<&str>) -> FeatureSpec {
-    FeatureSpec { name: name.into(), op, field: field.then(|| "amount".into()), window: window.map(Into::into), slide: slide.map(Into::into) }
+    FeatureSpec {
+        name: name.into(),
+        op,
+        field: field.then(|| "amount".into()),
+        window: window.map(|w| w.parse().unwrap()),
+        slide: slide.map(|s| s.parse().unwrap()),
+    }
 }
 
 fn pipeline(work: &Path, workers: usize) -> PipelineConfig {
@@ -48,8 +54,8 @@ fn pipeline(work: &Path, workers: usize) -> PipelineConfig {
     config.workers = workers;
     config.event = payment_schema();
     config.sources = vec![SourceConfig::new(generator())];
-    config.dedup.ttl = "10s".into();
-    config.order.lateness = "2s".into();
+    config.dedup.ttl = "10s".parse().unwrap();
+    config.order.lateness = "2s".parse().unwrap();
     config.order.late = LatePolicy::Side;
     config.features = vec![
         feature("n_1s", FeatureOp::Count, false, Some("1s"), None),

@@ -23,7 +23,7 @@ fn a_new_model_version_takes_effect_at_one_epoch_boundary() {
     let mut config = demo_config(&work.path().join("out"), &options);
     config.model.as_mut().unwrap().reload_ms = 50;
     // Release events while the run goes on, so that both versions score some.
-    config.order.lateness = "200ms".into();
+    config.order.lateness = "200ms".parse().unwrap();
     let swap = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1_500));
         // Replace atomically, as a deployment would.
@@ -64,7 +64,7 @@ fn a_new_version_that_does_not_load_is_reported_and_the_old_one_keeps_scoring() 
     let options = DemoOptions { duration: Duration::from_secs(2), rate: 4_000, workers: 2, events: 0, model: Some(model.clone()), shadow: None, http: None };
     let mut config = demo_config(&work.path().join("out"), &options);
     config.model.as_mut().unwrap().reload_ms = 50;
-    config.order.lateness = "200ms".into();
+    config.order.lateness = "200ms".parse().unwrap();
     let swap = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
         // Half a model file: what a torn copy would leave.

@@ -92,7 +92,7 @@ fn served_values_equal_the_committed_feature_output_while_the_stream_runs() {
     let mut server = ServerSection::new("127.0.0.1:0");
     server.feature_log = Some(work.path().join("served.jsonl"));
     config.server = Some(server);
-    config.order.lateness = "200ms".into();
+    config.order.lateness = "200ms".parse().unwrap();
     config.drift = None;
     let control = RunControl::default();
     let addr_cell = Arc::clone(&control.http_addr);
@@ -243,7 +243,7 @@ fn a_follower_serves_the_last_commit_after_the_pipeline_stops() {
     assert!(summary.resume_epoch > early_epoch + 5, "the follower opened mid-run ({early_epoch} of {})", summary.resume_epoch);
 
     let mut section = ServerSection::new("127.0.0.1:0");
-    section.stale_after = "1ms".into();
+    section.stale_after = "1ms".parse().unwrap();
     let service = sluice::serve::FeatureService::from_config(&config, &section, reader).unwrap().unwrap();
     let server = sluice::server::Server::start(&section.listen, None, Some(service)).unwrap();
     let addr = server.addr();

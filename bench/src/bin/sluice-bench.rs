@@ -168,7 +168,7 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, 
         g.step_us = 4_000_000 / ingest.max(1);
         g.start_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
     }
-    config.order.lateness = "1s".into();
+    config.order.lateness = "1s".parse().unwrap();
     let mut server = sluice::config::ServerSection::new("127.0.0.1:0");
     server.dataflow_nice = nice;
     config.server = Some(server);

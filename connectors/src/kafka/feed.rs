@@ -22,6 +22,19 @@ pub struct Feeder {
 }
 
 impl Feeder {
+    /// Creates `topic` with a partition per partition of `source`, which must be a generator,
+    /// and feeds it from the source ([`Feeder::start`]).
+    ///
+    /// # Errors
+    /// `source` is not a generator, the topic cannot be created, or the producer cannot be
+    /// created.
+    pub fn from_source(source: &crate::SourceConfig, brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> Result<Self, String> {
+        let generator =
+            source.get::<GeneratorConfig>().ok_or_else(|| format!("source `{}` is not a generator: only a generator feeds a topic", source.name()))?;
+        super::ensure_topics(brokers, &Default::default(), &[(topic, generator.partitions)])?;
+        Feeder::start(generator, brokers, topic, stop)
+    }
+
     /// Produces the generator's records into `topic` (which must have at least
     /// `generator.partitions` partitions) until the generator ends or `stop` is set.
     ///

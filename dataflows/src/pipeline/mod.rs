@@ -20,7 +20,7 @@ use sluice_connectors::services::Services;
 use sluice_connectors::source::StopLine;
 use sluice_connectors::DeliveryState;
 use sluice_connectors::{OutputStream, SourceSettings, TimeOfFactory};
-use sluice_operators::{parse_duration_ms, Decoder, Epoch, Metrics, Models, RawRecord};
+use sluice_operators::{Decoder, DurationMs, Epoch, Metrics, Models, RawRecord};
 use sluice_state::{StateOptions, StateStore, TableSpec};
 
 use crate::config::{Durations, PipelineConfig};
@@ -184,10 +184,10 @@ pub(crate) struct Plan {
 pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     let config = resolve(config)?;
-    let durations = config.durations()?;
+    let durations = config.durations();
     let models = start_models(&config, &control.metrics)?;
     let nice = config.server.as_ref().map_or(0, |s| s.dataflow_nice);
-    let store = open_state(&config, &durations, nice)?;
+    let store = open_state(&config, nice)?;
     let resumed_at_epoch = store.resume_epoch();
     report_recovery(&config, &store, started.elapsed())?;
     let services = Services::start(&config.sources, &config.sinks, &store, &control.metrics, &control.stop).map_err(connector_service)?;
@@ -261,13 +261,13 @@ fn start_models(config: &PipelineConfig, metrics: &Arc<Metrics>) -> Result<Optio
     })
 }
 
-fn open_state(config: &PipelineConfig, durations: &Durations, nice: i32) -> Result<Arc<StateStore>, RunError> {
+fn open_state(config: &PipelineConfig, nice: i32) -> Result<Arc<StateStore>, RunError> {
     let options = StateOptions {
         cache_bytes: config.state_cache_mb << 20,
         background_nice: nice,
         min_free_bytes: config.state_min_free_mb << 20,
         sync_commits: config.state_sync,
-        checkpoint_every: durations.checkpoint_every_ms.map(|ms| Duration::from_millis(ms.max(1) as u64)),
+        checkpoint_every: config.checkpoint_every.map(DurationMs::std),
         checkpoints_kept: config.checkpoints_kept,
         ..StateOptions::default()
     };
@@ -322,10 +322,7 @@ fn start_server(
 /// The monitor thread: freshness samples, SLO intervals, the `slo` records.
 fn start_monitor(config: &PipelineConfig, metrics: &Arc<Metrics>) -> Result<crate::monitor::Monitor, RunError> {
     let slo_path = config.sinks.iter().find(|s| s.output() == Some(OutputStream::Slo)).and_then(|s| s.file().map(std::path::Path::to_path_buf));
-    let interval = Duration::from_millis(
-        parse_duration_ms(&config.slo_interval).map_err(|p| RunError::Config(crate::config::ConfigError { key: "slo_interval".into(), problem: p }))? as u64,
-    );
-    crate::monitor::Monitor::start(config.objectives()?, interval, slo_path, Arc::clone(metrics)).map_err(RunError::Monitor)
+    crate::monitor::Monitor::start(config.objectives()?, config.slo_interval.std(), slo_path, Arc::clone(metrics)).map_err(RunError::Monitor)
 }
 
 /// How a paced file source reads an event's time: by the pipeline's `[event]` mapping.
