@@ -295,6 +295,18 @@ impl PipelineConfig {
         })
     }
 
+    /// A pipeline file's text with `edit` applied to its TOML table before it is read (how the
+    /// demos set what their flags decide).
+    ///
+    /// # Errors
+    /// As [`PipelineConfig::parse`] (lines are those of the edited text).
+    pub fn parse_edited(text: &str, edit: impl FnOnce(&mut toml::Table)) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad("", e.message().trim()))?;
+        edit(&mut table);
+        let edited = toml::to_string(&table).map_err(|e| bad("", e.to_string()))?;
+        PipelineConfig::parse(&edited)
+    }
+
     /// Makes relative paths relative to `base`.
     pub fn resolve_paths(&mut self, base: &Path) {
         let fix = |p: &mut PathBuf| {

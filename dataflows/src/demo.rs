@@ -36,55 +36,49 @@ pub struct DemoOptions {
 /// The demo pipeline, as a pipeline file: what `sluice demo` runs, before its flags.
 pub const DEMO_PIPELINE: &str = include_str!("demo.toml");
 
-/// `demo.toml` as a TOML table.
-fn demo_document() -> toml::Table {
-    DEMO_PIPELINE.parse().expect("invariant: demo.toml is TOML (a unit test reads it)")
-}
-
-/// `demo.toml`, parsed.
-fn demo_pipeline(document: &toml::Table) -> PipelineConfig {
-    let text = toml::to_string(document).expect("invariant: a TOML table prints");
-    PipelineConfig::parse(&text).expect("invariant: demo.toml is a pipeline file (a unit test reads it)")
+/// `demo.toml` with `edit` applied to its TOML table, parsed.
+fn demo_pipeline(edit: impl FnOnce(&mut toml::Table)) -> PipelineConfig {
+    PipelineConfig::parse_edited(DEMO_PIPELINE, edit).expect("invariant: demo.toml is a pipeline file (a unit test reads it)")
 }
 
 /// The event schema of the generator's records (`[event]` of `demo.toml`).
 pub fn payment_schema() -> EventSchema {
-    demo_pipeline(&demo_document()).event
+    demo_pipeline(|_| ()).event
 }
 
 /// The six standard features of the demo and the benchmark (`[[features]]` of `demo.toml`).
 pub fn standard_features() -> Vec<FeatureSpec> {
-    demo_pipeline(&demo_document()).features
+    demo_pipeline(|_| ()).features
 }
 
 /// The demo's objectives (`[[slo]]` of `demo.toml`): end-to-end latency (ingest to committed
 /// output, which includes the 5 s the order operator waits for late events) and freshness.
 pub fn demo_objectives() -> Vec<SloConfig> {
-    demo_pipeline(&demo_document()).slo
+    demo_pipeline(|_| ()).slo
 }
 
 /// The demo pipeline writing under `dir`: `demo.toml` with what the options decide.
 pub fn demo_config(dir: &Path, options: &DemoOptions) -> PipelineConfig {
-    let mut document = demo_document();
-    let source = document.get_mut("sources").and_then(|s| s.as_array_mut()).and_then(|s| s.first_mut()).and_then(|s| s.as_table_mut());
-    let source = source.expect("invariant: demo.toml has a source");
-    let partitions = source.get("partitions").and_then(toml::Value::as_integer).unwrap_or(1).max(1) as u64;
     let events = if options.rate > 0 { options.rate * options.duration.as_secs().max(1) } else { options.events };
-    // Event time runs with the wall clock: each partition makes rate/partitions events per
-    // second (unpaced: event time as if at 5,000 events/s per partition).
-    let per_partition = if options.rate > 0 { (options.rate as f64 / partitions as f64).max(1.0) } else { 5_000.0 };
-    let step_us = ((1_000_000.0 / per_partition) as u64).max(1);
-    let per_partition_events = events / partitions;
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let integer = |n: u64| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
-    source.insert("events".into(), integer(events));
-    source.insert("rate".into(), integer(options.rate));
-    source.insert("step_us".into(), integer(step_us));
-    source.insert("start_ms".into(), toml::Value::Integer(now_ms));
-    // Halfway through, amounts triple: the drift monitor should notice.
-    source.insert("shift_after".into(), integer(per_partition_events / 2));
-
-    let mut config = demo_pipeline(&document);
+    let (mut step_us, mut per_partition_events) = (1, events);
+    let mut config = demo_pipeline(|document| {
+        let source = document.get_mut("sources").and_then(|s| s.as_array_mut()).and_then(|s| s.first_mut()).and_then(|s| s.as_table_mut());
+        let source = source.expect("invariant: demo.toml has a source");
+        let partitions = source.get("partitions").and_then(toml::Value::as_integer).unwrap_or(1).max(1) as u64;
+        // Event time runs with the wall clock: each partition makes rate/partitions events per
+        // second (unpaced: event time as if at 5,000 events/s per partition).
+        let per_partition = if options.rate > 0 { (options.rate as f64 / partitions as f64).max(1.0) } else { 5_000.0 };
+        step_us = ((1_000_000.0 / per_partition) as u64).max(1);
+        per_partition_events = events / partitions;
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let integer = |n: u64| toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+        source.insert("events".into(), integer(events));
+        source.insert("rate".into(), integer(options.rate));
+        source.insert("step_us".into(), integer(step_us));
+        source.insert("start_ms".into(), toml::Value::Integer(now_ms));
+        // Halfway through, amounts triple: the drift monitor should notice.
+        source.insert("shift_after".into(), integer(per_partition_events / 2));
+    });
     config.resolve_paths(dir);
     config.workers = options.workers;
     let span_ms = (per_partition_events * step_us / 1000) as i64;

@@ -159,10 +159,7 @@ pub const DEMO_PIPELINE: &str = include_str!("reconcile_demo.toml");
 
 /// `reconcile_demo.toml` with `edit` applied to its TOML table, parsed.
 fn demo_pipeline(edit: impl FnOnce(&mut toml::Table)) -> PipelineConfig {
-    let mut document: toml::Table = DEMO_PIPELINE.parse().expect("invariant: reconcile_demo.toml is TOML (a unit test reads it)");
-    edit(&mut document);
-    let text = toml::to_string(&document).expect("invariant: a TOML table prints");
-    PipelineConfig::parse(&text).expect("invariant: reconcile_demo.toml is a pipeline file (a unit test reads it)")
+    PipelineConfig::parse_edited(DEMO_PIPELINE, edit).expect("invariant: reconcile_demo.toml is a pipeline file (a unit test reads it)")
 }
 
 /// How the provider's events read (`[event]` of `reconcile_demo.toml`).
