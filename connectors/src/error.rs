@@ -5,15 +5,30 @@ use std::path::PathBuf;
 /// The error of a client library or a step, kept as the error's source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Whether retrying the failed operation may help. (No connector error yet says that a failed
-/// operation may have taken effect anyway: a sink's retry is made safe by its commit protocol.)
+/// Whether retrying the failed operation may help, and whether it may have taken effect anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
     /// Not until something is changed: the configuration, the server, the files.
     Never,
     /// Later: the other side (a broker, a server) may come back. Whatever sluice had not
-    /// committed is done again then, from the last commit.
+    /// committed is done again then, from the last commit; the failed operation had no effect.
     Later,
+    /// Later, and the failed operation may have taken effect all the same (an at-least-once
+    /// Kafka send whose acknowledgement never came may be persisted): the retry may repeat it.
+    LaterMayHaveHappened,
+}
+
+impl Retry {
+    /// What running again does, for the message a command ends with.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Retry::Never => "running again will fail the same way until the cause is fixed",
+            Retry::Later => "running again may succeed once the other side is back",
+            Retry::LaterMayHaveHappened => {
+                "running again may succeed once the other side is back; what failed may have been written anyway, so readers may see it twice"
+            }
+        }
+    }
 }
 
 /// Connector errors. Each says whether retrying may help ([`ConnectorError::retry`]).
@@ -55,6 +70,19 @@ pub enum ConnectorError {
         /// What was being done, with the topic and brokers.
         what: String,
         /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A Kafka sink's delivery thread gave up on an epoch (after retrying for
+    /// [`crate::kafka::sink::RETRY_FOR`], or at once on an error that retrying cannot fix).
+    /// The epoch stays in the outbox and goes out after a restart.
+    #[error("Kafka: {what}: delivery failed: {source}")]
+    KafkaDelivery {
+        /// The sink and its topic.
+        what: String,
+        /// At least once: records of the failed epoch may be at the broker already.
+        may_have_happened: bool,
+        /// The delivery error.
         #[source]
         source: BoxError,
     },
@@ -117,7 +145,10 @@ impl ConnectorError {
     /// Whether retrying may help.
     pub fn retry(&self) -> Retry {
         match self {
-            ConnectorError::Kafka { .. } | ConnectorError::Postgres { .. } | ConnectorError::Thread { .. } => Retry::Later,
+            ConnectorError::KafkaDelivery { may_have_happened: true, .. } => Retry::LaterMayHaveHappened,
+            ConnectorError::Kafka { .. } | ConnectorError::KafkaDelivery { .. } | ConnectorError::Postgres { .. } | ConnectorError::Thread { .. } => {
+                Retry::Later
+            }
             ConnectorError::Config { .. }
             | ConnectorError::Io { .. }
             | ConnectorError::OutputTruncated { .. }

@@ -1,6 +1,6 @@
 //! The `sluice` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,73 +45,11 @@ enum Command {
         pipeline: PathBuf,
     },
     /// The embedded demo: generated payment traffic through the whole pipeline to ./sluice-demo/.
-    Demo {
-        /// How long to generate for (e.g. 20s, 2m).
-        #[arg(long, default_value = "20s")]
-        duration: String,
-        /// Events per second (0: as fast as possible).
-        #[arg(long, default_value_t = 20_000)]
-        rate: u64,
-        /// Events in all, when --rate is 0.
-        #[arg(long, default_value_t = 2_000_000)]
-        events: u64,
-        /// Worker threads.
-        #[arg(short, long, default_value_t = 1)]
-        workers: usize,
-        /// Output directory (emptied first).
-        #[arg(long, default_value = "sluice-demo")]
-        out: PathBuf,
-        /// The model that scores every event (committed in the repository).
-        #[arg(long, default_value = "models/fraud_lr.onnx")]
-        model: PathBuf,
-        /// Run without a model.
-        #[arg(long)]
-        no_model: bool,
-        /// A shadow model scored on the same batches, into shadow_scores.jsonl (e.g.
-        /// models/fraud_gbt.onnx).
-        #[arg(long)]
-        shadow: Option<PathBuf>,
-        /// Serve /metrics (Prometheus) on this address; `none` to not serve.
-        #[arg(long, default_value = "127.0.0.1:8787")]
-        http: String,
-        /// Topic in, topic out through this Kafka broker (e.g. 127.0.0.1:19092, which
-        /// `scripts/kafka.sh start` serves): the generator feeds topic PREFIXpayments and the
-        /// outputs go to PREFIXfeatures, PREFIXscores, … (slo stays a file).
-        #[arg(long, value_name = "BROKERS")]
-        kafka: Option<String>,
-        /// The topic prefix with --kafka (default: sluice-demo-<time>-, new topics each run).
-        #[arg(long, requires = "kafka")]
-        topic_prefix: Option<String>,
-        /// The Kafka sinks' guarantee with --kafka: exactly_once (transactions) or at_least_once.
-        #[arg(long, requires = "kafka", default_value = "exactly_once")]
-        delivery: String,
-        /// The reconciliation demo instead: generated provider webhooks against a generated
-        /// ledger change stream (late, duplicated, out of order, disagreeing), reconciled per
-        /// payment into reconciliation.jsonl (a changelog) and reconciliation_summary.jsonl.
-        #[arg(long, conflicts_with = "kafka")]
-        reconcile: bool,
-        /// Payments with --reconcile.
-        #[arg(long, default_value_t = 100_000)]
-        payments: u64,
-    },
+    Demo(DemoArgs),
     /// Serve the feature API from a pipeline's state directory, without running the pipeline:
     /// while it is stopped (the last committed values, flagged stale with their age), or
     /// beside it (following its commits). Ctrl-C stops.
-    Serve {
-        /// The pipeline file (TOML) whose state and features to serve.
-        #[arg(required_unless_present = "demo", conflicts_with = "demo")]
-        pipeline: Option<PathBuf>,
-        /// Serve the state of `sluice demo --out DIR` instead of a pipeline file's.
-        #[arg(long, value_name = "DIR")]
-        demo: Option<PathBuf>,
-        /// Address to listen on (default: the pipeline's `[server] listen`, else 127.0.0.1:8788).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Append every served vector to this JSONL file (the pipeline's own `feature_log` is
-        /// not used: two processes would interleave it).
-        #[arg(long)]
-        feature_log: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Read features from a running pipeline's server.
     Features {
         #[command(subcommand)]
@@ -129,6 +67,76 @@ enum Command {
     },
     /// List the connectors.
     Connectors,
+}
+
+/// `sluice demo`'s flags.
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// How long to generate for (e.g. 20s, 2m).
+    #[arg(long, default_value = "20s")]
+    duration: String,
+    /// Events per second (0: as fast as possible).
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Events in all, when --rate is 0.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Worker threads.
+    #[arg(short, long, default_value_t = 1)]
+    workers: usize,
+    /// Output directory (emptied first).
+    #[arg(long, default_value = "sluice-demo")]
+    out: PathBuf,
+    /// The model that scores every event (committed in the repository).
+    #[arg(long, default_value = "models/fraud_lr.onnx")]
+    model: PathBuf,
+    /// Run without a model.
+    #[arg(long)]
+    no_model: bool,
+    /// A shadow model scored on the same batches, into shadow_scores.jsonl (e.g.
+    /// models/fraud_gbt.onnx).
+    #[arg(long)]
+    shadow: Option<PathBuf>,
+    /// Serve /metrics (Prometheus) on this address; `none` to not serve.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    http: String,
+    /// Topic in, topic out through this Kafka broker (e.g. 127.0.0.1:19092, which
+    /// `scripts/kafka.sh start` serves): the generator feeds topic PREFIXpayments and the
+    /// outputs go to PREFIXfeatures, PREFIXscores, … (slo stays a file).
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// The topic prefix with --kafka (default: sluice-demo-<time>-, new topics each run).
+    #[arg(long, requires = "kafka")]
+    topic_prefix: Option<String>,
+    /// The Kafka sinks' guarantee with --kafka: exactly_once (transactions) or at_least_once.
+    #[arg(long, requires = "kafka", default_value = "exactly_once")]
+    delivery: String,
+    /// The reconciliation demo instead: generated provider webhooks against a generated
+    /// ledger change stream (late, duplicated, out of order, disagreeing), reconciled per
+    /// payment into reconciliation.jsonl (a changelog) and reconciliation_summary.jsonl.
+    #[arg(long, conflicts_with = "kafka")]
+    reconcile: bool,
+    /// Payments with --reconcile.
+    #[arg(long, default_value_t = 100_000)]
+    payments: u64,
+}
+
+/// `sluice serve`'s flags.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The pipeline file (TOML) whose state and features to serve.
+    #[arg(required_unless_present = "demo", conflicts_with = "demo")]
+    pipeline: Option<PathBuf>,
+    /// Serve the state of `sluice demo --out DIR` instead of a pipeline file's.
+    #[arg(long, value_name = "DIR")]
+    demo: Option<PathBuf>,
+    /// Address to listen on (default: the pipeline's `[server] listen`, else 127.0.0.1:8788).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Append every served vector to this JSONL file (the pipeline's own `feature_log` is
+    /// not used: two processes would interleave it).
+    #[arg(long)]
+    feature_log: Option<PathBuf>,
 }
 
 /// Which state directory: a pipeline file's `state_dir`, or a directory.
@@ -255,270 +263,340 @@ fn ctrl_c(stop: Arc<AtomicBool>, what: &'static str) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::Run { pipeline, workers, progress } => run(&pipeline, workers, progress),
+        Command::Validate { pipeline } => validate(&pipeline),
+        Command::Demo(args) if args.reconcile => reconcile_demo(&args),
+        Command::Demo(args) => demo(args),
+        Command::Serve(args) => serve(args),
+        Command::Features { command: FeaturesCommand::Get { entity, server, names, as_of } } => features_get(&entity, &server, names, as_of),
+        Command::Drift { command: DriftCommand::Reference { pipeline, features, scores, events, out } } => {
+            drift_reference(&pipeline, &features, &scores, &events, &out)
+        }
+        Command::Checkpoint { command: CheckpointCommand::List { target } } => checkpoint_list(&target),
+        Command::Checkpoint { command: CheckpointCommand::Restore { target, epoch } } => checkpoint_restore(&target, epoch),
+        Command::Checkpoint { command: CheckpointCommand::Inspect { target, json } } => checkpoint_inspect(&target, json),
+        Command::Connectors => {
+            connectors();
+            Ok(())
+        }
+    }
+}
+
+/// Logs to stderr, as text or JSON lines, filtered by `SLUICE_LOG` (default `info`).
+fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    if cli.log_json {
+    if json {
         tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
-    match cli.command {
-        Command::Run { pipeline, workers, progress } => {
-            let mut config = PipelineConfig::load(&pipeline).context("invalid pipeline")?;
-            if let Some(w) = workers {
-                config.workers = w;
-            }
-            let control = RunControl::default();
-            ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
-            let done = Arc::new(AtomicBool::new(false));
-            let display = progress.then(|| spawn_progress(&control, Arc::clone(&done)));
-            let summary = sluice::run(&config, &control);
-            done.store(true, Ordering::Relaxed);
-            if let Some(d) = display {
-                let _ = d.join();
-            }
-            let summary = summary.inspect_err(|e| {
-                let hint = match e.retry() {
-                    sluice_connectors::Retry::Never => "running again will fail the same way until the cause is fixed",
-                    sluice_connectors::Retry::Later => "running again may succeed once the other side is back",
-                };
-                tracing::error!(retry = hint, "the pipeline stopped: {e}");
-            })?;
-            print!("{}", summary_text(&summary, &config));
-        }
-        Command::Serve { pipeline, demo, listen, feature_log } => {
-            let config = match (pipeline, demo) {
-                (Some(p), _) => PipelineConfig::load(&p).context("invalid pipeline")?,
-                (None, Some(dir)) => {
-                    let options = DemoOptions { duration: Duration::ZERO, rate: 0, workers: 1, events: 0, model: None, shadow: None, http: None };
-                    demo_config(&dir, &options)
-                }
-                (None, None) => unreachable!("clap requires one"),
-            };
-            let mut server = config.server.clone().unwrap_or_else(|| sluice::config::ServerSection::new("127.0.0.1:8788"));
-            if let Some(l) = listen {
-                server.listen = l;
-            }
-            server.feature_log = feature_log;
-            let reader = sluice_state::StateReader::follow(&config.state_dir).context("cannot read the pipeline's state")?;
-            let service = sluice::serve::FeatureService::from_config(&config, &server, reader)
-                .map_err(anyhow::Error::msg)?
-                .context("the pipeline has no [[features]] to serve")?;
-            let running = sluice::server::Server::start(&server.listen, None, Some(service)).map_err(anyhow::Error::msg)?;
-            eprintln!(
-                "sluice serve: features of {} at http://{}/v1/features/{{entity}} (following its commits; Ctrl-C stops)",
-                config.state_dir.display(),
-                running.addr()
-            );
-            let stop = Arc::new(AtomicBool::new(false));
-            ctrl_c(Arc::clone(&stop), "stopping the server");
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            drop(running);
-        }
-        Command::Validate { pipeline } => {
-            let config = PipelineConfig::load(&pipeline).context("invalid pipeline")?;
-            println!("{}: valid", pipeline.display());
-            println!(
-                "  workers {}, {} source partition(s), {} feature(s), state in {}",
-                config.workers,
-                config.partitions(),
-                config.features.len(),
-                config.state_dir.display()
-            );
-            for s in &config.sinks {
-                println!("  {}", s.describe());
-            }
-        }
-        Command::Demo { reconcile: true, workers, out, payments, .. } => {
-            if out.exists() {
-                std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
-            }
-            let inputs = sluice::reconcile_demo::write_inputs(&out.join("inputs"), payments, 42).context("cannot write the demo's inputs")?;
-            eprintln!(
-                "sluice demo --reconcile: {payments} payments: {} provider webhooks, {} ledger changes (in {}/inputs/); outputs in {}/",
-                inputs.provider_records,
-                inputs.ledger_records,
-                out.display(),
-                out.display()
-            );
-            let config = sluice::reconcile_demo::demo_config(&out, &inputs, workers);
-            let control = RunControl::default();
-            let summary = sluice::run(&config, &control)?;
-            print!("{}", sluice::reconcile_demo::summary_text(&summary, &out)?);
-        }
-        Command::Demo { duration, rate, events, workers, out, model, no_model, shadow, http, kafka, topic_prefix, delivery, .. } => {
-            if no_model && shadow.is_some() {
-                anyhow::bail!("--shadow needs a model to shadow: drop --no-model");
-            }
-            if !no_model && !model.is_file() {
-                anyhow::bail!(
-                    "the demo's model {} is not here: run the demo from the repository (make demo), or pass --model PATH or --no-model",
-                    model.display()
-                );
-            }
-            let ms = duration.parse::<sluice_operators::DurationMs>().map_err(anyhow::Error::msg).context("--duration")?.ms();
-            if out.exists() {
-                std::fs::remove_dir_all(&out).with_context(|| format!("cannot empty {}", out.display()))?;
-            }
-            // The demo serves /metrics; when the port is taken (another demo), any free port.
-            let http = if http != "none" && std::net::TcpListener::bind(&http).is_err() {
-                eprintln!("sluice demo: {http} is in use; serving /metrics on a free port instead");
-                "127.0.0.1:0".to_string()
-            } else {
-                http
-            };
-            let options = DemoOptions {
-                duration: Duration::from_millis(ms as u64),
-                rate,
-                workers,
-                events,
-                model: (!no_model).then_some(model),
-                shadow,
-                http: (http != "none").then_some(http),
-            };
-            let mut config = demo_config(&out, &options);
-            let control = RunControl::default();
-            let mut feeder = None;
-            if let Some(brokers) = &kafka {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let prefix = topic_prefix.unwrap_or_else(|| format!("sluice-demo-{now}-"));
-                let (c, generator) = sluice::demo::kafka_demo_config(config, brokers, &prefix, &delivery)?;
-                config = c;
-                let input = format!("{prefix}payments");
-                eprintln!("sluice demo: feeding topic {input} on {brokers} from the generator");
-                let f = sluice_connectors::kafka::Feeder::from_source(&generator, brokers, &input, Arc::clone(&control.stop))
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("cannot feed the demo's input topic on {brokers} (is a broker there? scripts/kafka.sh start runs one)"))?;
-                feeder = Some(f);
-            }
-            config.validate()?;
-            eprintln!("sluice demo: {} workers, {} events/s for {duration}, outputs in {}/", workers, rate, out.display());
-            // With --kafka the source never ends: once everything is fed, drain (read to the
-            // high watermarks, then finish, so every buffered event comes out).
-            let feeder = feeder.map(|f| {
-                let drain = Arc::clone(&control.drain);
-                std::thread::spawn(move || {
-                    while !f.is_finished() {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    let fed = f.join();
-                    drain.store(true, Ordering::Relaxed);
-                    fed
-                })
-            });
-            ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
-            let done = Arc::new(AtomicBool::new(false));
-            let display = spawn_progress(&control, Arc::clone(&done));
-            let addr = Arc::clone(&control.http_addr);
-            std::thread::spawn(move || {
-                for _ in 0..200 {
-                    if let Some(a) = addr.get() {
-                        eprintln!("sluice demo: metrics at http://{a}/metrics");
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            });
-            let summary = sluice::run(&config, &control);
-            done.store(true, Ordering::Relaxed);
-            let _ = display.join();
-            if let Some(f) = feeder {
-                control.stop.store(true, Ordering::Relaxed);
-                control.drain.store(true, Ordering::Relaxed);
-                let fed = f.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))?.map_err(anyhow::Error::msg)?;
-                eprintln!("sluice demo: fed {fed} records to Kafka");
-            }
-            print!("{}", summary_text(&summary?, &config));
-        }
-        Command::Features { command: FeaturesCommand::Get { entity, server, names, as_of } } => {
-            let mut query = Vec::new();
-            if let Some(n) = names {
-                query.push(format!("names={n}"));
-            }
-            if let Some(t) = as_of {
-                query.push(format!("as_of={t}"));
-            }
-            let path = format!("/v1/features/{}{}{}", percent_encode(&entity), if query.is_empty() { "" } else { "?" }, query.join("&"));
-            let (status, body) =
-                http_get(&server, &path).with_context(|| format!("cannot reach the sluice server at {server} (is the pipeline running with [server]?)"))?;
-            if status == 200 {
-                println!("{body}");
-            } else {
-                let message = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(body);
-                anyhow::bail!("{message} (HTTP {status})");
-            }
-        }
-        Command::Drift { command: DriftCommand::Reference { pipeline, features, scores, events, out } } => {
-            let mut config = PipelineConfig::load_unchecked(&pipeline).context("invalid pipeline")?;
-            // The reference being written may be the one the pipeline names: do not read it.
-            if let Some(d) = config.drift.as_mut() {
-                d.reference = sluice_operators::drift::ReferenceConfig::default();
-            }
-            config.validate().context("invalid pipeline")?;
-            let inputs = sluice::reference::ReferenceInputs {
-                features: features.iter().map(PathBuf::as_path).collect(),
-                scores: scores.iter().map(PathBuf::as_path).collect(),
-                events: events.iter().map(PathBuf::as_path).collect(),
-            };
-            let (reference, skipped) = sluice::reference::build(&config, &inputs).map_err(anyhow::Error::msg)?;
-            std::fs::write(&out, serde_json::to_string(&reference)?).with_context(|| format!("cannot write {}", out.display()))?;
-            let counts: Vec<String> = reference
-                .columns
-                .numbers
-                .iter()
-                .chain(&reference.columns.categories)
-                .zip(&reference.summaries)
-                .map(|(c, s)| format!("{c}: {}", s.count()))
-                .collect();
-            println!("{}: reference of {} ({skipped} lines skipped)", out.display(), counts.join(", "));
-        }
-        Command::Checkpoint { command: CheckpointCommand::List { target } } => {
-            let dir = target.dir()?;
-            match target.inspect() {
-                Ok(i) => println!("live        {}", i.summary()),
-                Err(e) => println!("live        cannot be read: {e:#}"),
-            }
-            for c in sluice_state::checkpoint::list(&dir)? {
-                let taken = c.created_ms.map_or(String::new(), |ms| format!(", taken at {}", sluice::checkpoint::utc(ms)));
-                let state = if c.complete { "complete" } else { "HALF-WRITTEN (never restored; removed at the next start)" };
-                println!("checkpoint  epoch {}{taken}: {state}  {}", c.epoch, c.path.display());
-            }
-        }
-        Command::Checkpoint { command: CheckpointCommand::Restore { target, epoch } } => {
-            let dir = target.dir()?;
-            let all = sluice_state::checkpoint::list(&dir)?;
-            let chosen = match epoch {
-                Some(e) => {
-                    all.iter().find(|c| c.epoch == e && c.complete).with_context(|| format!("no complete checkpoint of epoch {e} in {}", dir.display()))?
-                }
-                None => all.iter().rev().find(|c| c.complete).with_context(|| format!("no complete checkpoint in {}", dir.display()))?,
-            };
-            let aside = sluice_state::checkpoint::restore(&dir, chosen)?;
-            println!(
-                "restored the checkpoint of epoch {} into {}; the replaced files are in {} (delete them when done). The next run resumes after epoch {}.",
-                chosen.epoch,
-                dir.display(),
-                aside.display(),
-                chosen.epoch
-            );
-        }
-        Command::Checkpoint { command: CheckpointCommand::Inspect { target, json } } => {
-            let i = target.inspect()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&i.json())?);
-            } else {
-                print!("{}", i.text());
-            }
-        }
-        Command::Connectors => {
-            for c in sluice_connectors::SOURCES {
-                println!("{:<10} {:<7} {}", c.kind, "source", c.about);
-            }
-            for c in sluice_connectors::SINKS {
-                println!("{:<10} {:<7} {}", c.kind, "sink", c.about);
-            }
-        }
+}
+
+/// `sluice run`: the pipeline to the end of its inputs, then its summary.
+fn run(pipeline: &Path, workers: Option<usize>, progress: bool) -> Result<()> {
+    let mut config = PipelineConfig::load(pipeline).context("invalid pipeline")?;
+    if let Some(w) = workers {
+        config.workers = w;
+    }
+    let control = RunControl::default();
+    ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
+    let summary = with_progress(&control, progress, || sluice::run(&config, &control));
+    let summary = summary.inspect_err(|e| tracing::error!(retry = e.retry().hint(), "the pipeline stopped: {e}"))?;
+    print!("{}", summary_text(&summary, &config));
+    Ok(())
+}
+
+/// Runs `body` with the progress line on stderr when `shown`.
+fn with_progress<T>(control: &RunControl, shown: bool, body: impl FnOnce() -> T) -> T {
+    let done = Arc::new(AtomicBool::new(false));
+    let display = shown.then(|| spawn_progress(control, Arc::clone(&done)));
+    let result = body();
+    done.store(true, Ordering::Relaxed);
+    if let Some(d) = display {
+        let _ = d.join();
+    }
+    result
+}
+
+/// `sluice validate`: the pipeline file checked, and what it would run.
+fn validate(pipeline: &Path) -> Result<()> {
+    let config = PipelineConfig::load(pipeline).context("invalid pipeline")?;
+    println!("{}: valid", pipeline.display());
+    println!(
+        "  workers {}, {} source partition(s), {} feature(s), state in {}",
+        config.workers,
+        config.partitions(),
+        config.features.len(),
+        config.state_dir.display()
+    );
+    for s in &config.sinks {
+        println!("  {}", s.describe());
     }
     Ok(())
+}
+
+/// Removes a previous run's output directory.
+fn empty_out(out: &Path) -> Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("cannot empty {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// `sluice demo --reconcile`: generated webhooks and ledger changes, reconciled.
+fn reconcile_demo(args: &DemoArgs) -> Result<()> {
+    let out = &args.out;
+    empty_out(out)?;
+    let inputs = sluice::reconcile_demo::write_inputs(&out.join("inputs"), args.payments, 42).context("cannot write the demo's inputs")?;
+    eprintln!(
+        "sluice demo --reconcile: {} payments: {} provider webhooks, {} ledger changes (in {}/inputs/); outputs in {}/",
+        args.payments,
+        inputs.provider_records,
+        inputs.ledger_records,
+        out.display(),
+        out.display()
+    );
+    let config = sluice::reconcile_demo::demo_config(out, &inputs, args.workers);
+    let summary = sluice::run(&config, &RunControl::default())?;
+    print!("{}", sluice::reconcile_demo::summary_text(&summary, out)?);
+    Ok(())
+}
+
+/// `sluice demo`: the embedded pipeline, on files or through a Kafka broker.
+fn demo(args: DemoArgs) -> Result<()> {
+    let options = demo_options(&args)?;
+    empty_out(&args.out)?;
+    let mut config = demo_config(&args.out, &options);
+    let control = RunControl::default();
+    let feeder = match &args.kafka {
+        Some(brokers) => {
+            let (c, feeder) = kafka_demo(config, brokers, args.topic_prefix.clone(), &args.delivery, &control)?;
+            config = c;
+            Some(feeder)
+        }
+        None => None,
+    };
+    config.validate()?;
+    eprintln!("sluice demo: {} workers, {} events/s for {}, outputs in {}/", args.workers, args.rate, args.duration, args.out.display());
+    ctrl_c(Arc::clone(&control.stop), "stopping at the end of the current epoch");
+    announce_metrics_address(&control);
+    let summary = with_progress(&control, true, || sluice::run(&config, &control));
+    if let Some(f) = feeder {
+        control.stop.store(true, Ordering::Relaxed);
+        control.drain.store(true, Ordering::Relaxed);
+        let fed = f.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))?.map_err(anyhow::Error::msg)?;
+        eprintln!("sluice demo: fed {fed} records to Kafka");
+    }
+    print!("{}", summary_text(&summary?, &config));
+    Ok(())
+}
+
+/// The demo's flags checked and turned into its options.
+fn demo_options(args: &DemoArgs) -> Result<DemoOptions> {
+    if args.no_model && args.shadow.is_some() {
+        anyhow::bail!("--shadow needs a model to shadow: drop --no-model");
+    }
+    if !args.no_model && !args.model.is_file() {
+        anyhow::bail!(
+            "the demo's model {} is not here: run the demo from the repository (make demo), or pass --model PATH or --no-model",
+            args.model.display()
+        );
+    }
+    let duration = args.duration.parse::<sluice_operators::DurationMs>().map_err(anyhow::Error::msg).context("--duration")?;
+    // The demo serves /metrics; when the port is taken (another demo), any free port.
+    let http = match args.http.as_str() {
+        "none" => None,
+        taken if std::net::TcpListener::bind(taken).is_err() => {
+            eprintln!("sluice demo: {taken} is in use; serving /metrics on a free port instead");
+            Some("127.0.0.1:0".to_string())
+        }
+        free => Some(free.to_string()),
+    };
+    Ok(DemoOptions {
+        duration: duration.std(),
+        rate: args.rate,
+        workers: args.workers,
+        events: args.events,
+        model: (!args.no_model).then(|| args.model.clone()),
+        shadow: args.shadow.clone(),
+        http,
+    })
+}
+
+/// The demo through Kafka: its config reading and writing topics, and a thread feeding the
+/// input topic from the generator. With Kafka the source never ends: once everything is fed,
+/// the thread sets `drain` (read to the high watermarks, then finish, so every buffered event
+/// comes out).
+fn kafka_demo(
+    config: PipelineConfig,
+    brokers: &str,
+    topic_prefix: Option<String>,
+    delivery: &str,
+    control: &RunControl,
+) -> Result<(PipelineConfig, std::thread::JoinHandle<Result<u64, String>>)> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let prefix = topic_prefix.unwrap_or_else(|| format!("sluice-demo-{now}-"));
+    let (config, generator) = sluice::demo::kafka_demo_config(config, brokers, &prefix, delivery)?;
+    let input = format!("{prefix}payments");
+    eprintln!("sluice demo: feeding topic {input} on {brokers} from the generator");
+    let feeder = sluice_connectors::kafka::Feeder::from_source(&generator, brokers, &input, Arc::clone(&control.stop))
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot feed the demo's input topic on {brokers} (is a broker there? scripts/kafka.sh start runs one)"))?;
+    let drain = Arc::clone(&control.drain);
+    let thread = std::thread::spawn(move || {
+        while !feeder.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let fed = feeder.join();
+        drain.store(true, Ordering::Relaxed);
+        fed
+    });
+    Ok((config, thread))
+}
+
+/// Prints where `/metrics` is served once the pipeline's server has bound its address.
+fn announce_metrics_address(control: &RunControl) {
+    let addr = Arc::clone(&control.http_addr);
+    std::thread::spawn(move || {
+        for _ in 0..200 {
+            if let Some(a) = addr.get() {
+                eprintln!("sluice demo: metrics at http://{a}/metrics");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+}
+
+/// `sluice serve`: the feature API over a pipeline's state directory, until Ctrl-C.
+fn serve(args: ServeArgs) -> Result<()> {
+    let config = match (&args.pipeline, &args.demo) {
+        (Some(p), _) => PipelineConfig::load(p).context("invalid pipeline")?,
+        (None, Some(dir)) => {
+            let options = DemoOptions { duration: Duration::ZERO, rate: 0, workers: 1, events: 0, model: None, shadow: None, http: None };
+            demo_config(dir, &options)
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let mut server = config.server.clone().unwrap_or_else(|| sluice::config::ServerSection::new("127.0.0.1:8788"));
+    if let Some(l) = args.listen {
+        server.listen = l;
+    }
+    server.feature_log = args.feature_log;
+    let reader = sluice_state::StateReader::follow(&config.state_dir).context("cannot read the pipeline's state")?;
+    let service = sluice::serve::FeatureService::from_config(&config, &server, reader)
+        .map_err(anyhow::Error::msg)?
+        .context("the pipeline has no [[features]] to serve")?;
+    let running = sluice::server::Server::start(&server.listen, None, Some(service)).map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "sluice serve: features of {} at http://{}/v1/features/{{entity}} (following its commits; Ctrl-C stops)",
+        config.state_dir.display(),
+        running.addr()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    ctrl_c(Arc::clone(&stop), "stopping the server");
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(running);
+    Ok(())
+}
+
+/// `sluice features get`: an entity's features from a running pipeline's server.
+fn features_get(entity: &str, server: &str, names: Option<String>, as_of: Option<i64>) -> Result<()> {
+    let mut query = Vec::new();
+    if let Some(n) = names {
+        query.push(format!("names={n}"));
+    }
+    if let Some(t) = as_of {
+        query.push(format!("as_of={t}"));
+    }
+    let path = format!("/v1/features/{}{}{}", percent_encode(entity), if query.is_empty() { "" } else { "?" }, query.join("&"));
+    let (status, body) =
+        http_get(server, &path).with_context(|| format!("cannot reach the sluice server at {server} (is the pipeline running with [server]?)"))?;
+    if status != 200 {
+        let message = serde_json::from_str::<serde_json::Value>(&body).ok().and_then(|v| v["error"].as_str().map(str::to_string)).unwrap_or(body);
+        anyhow::bail!("{message} (HTTP {status})");
+    }
+    println!("{body}");
+    Ok(())
+}
+
+/// `sluice drift reference`: a drift reference file from JSONL samples.
+fn drift_reference(pipeline: &Path, features: &[PathBuf], scores: &[PathBuf], events: &[PathBuf], out: &Path) -> Result<()> {
+    let mut config = PipelineConfig::load_unchecked(pipeline).context("invalid pipeline")?;
+    // The reference being written may be the one the pipeline names: do not read it.
+    if let Some(d) = config.drift.as_mut() {
+        d.reference = sluice_operators::drift::ReferenceConfig::default();
+    }
+    config.validate().context("invalid pipeline")?;
+    let inputs = sluice::reference::ReferenceInputs {
+        features: features.iter().map(PathBuf::as_path).collect(),
+        scores: scores.iter().map(PathBuf::as_path).collect(),
+        events: events.iter().map(PathBuf::as_path).collect(),
+    };
+    let (reference, skipped) = sluice::reference::build(&config, &inputs).map_err(anyhow::Error::msg)?;
+    std::fs::write(out, serde_json::to_string(&reference)?).with_context(|| format!("cannot write {}", out.display()))?;
+    let columns = reference.columns.numbers.iter().chain(&reference.columns.categories);
+    let counts: Vec<String> = columns.zip(&reference.summaries).map(|(c, s)| format!("{c}: {}", s.count())).collect();
+    println!("{}: reference of {} ({skipped} lines skipped)", out.display(), counts.join(", "));
+    Ok(())
+}
+
+/// `sluice checkpoint list`: the live state and the checkpoints, one line each.
+fn checkpoint_list(target: &StateTarget) -> Result<()> {
+    let dir = target.dir()?;
+    match target.inspect() {
+        Ok(i) => println!("live        {}", i.summary()),
+        Err(e) => println!("live        cannot be read: {e:#}"),
+    }
+    for c in sluice_state::checkpoint::list(&dir)? {
+        let taken = c.created_ms.map_or(String::new(), |ms| format!(", taken at {}", sluice::checkpoint::utc(ms)));
+        let state = if c.complete { "complete" } else { "HALF-WRITTEN (never restored; removed at the next start)" };
+        println!("checkpoint  epoch {}{taken}: {state}  {}", c.epoch, c.path.display());
+    }
+    Ok(())
+}
+
+/// `sluice checkpoint restore`: a checkpoint (the newest complete one unless `epoch`) made the
+/// live state.
+fn checkpoint_restore(target: &StateTarget, epoch: Option<u64>) -> Result<()> {
+    let dir = target.dir()?;
+    let all = sluice_state::checkpoint::list(&dir)?;
+    let chosen = match epoch {
+        Some(e) => all.iter().find(|c| c.epoch == e && c.complete).with_context(|| format!("no complete checkpoint of epoch {e} in {}", dir.display()))?,
+        None => all.iter().rev().find(|c| c.complete).with_context(|| format!("no complete checkpoint in {}", dir.display()))?,
+    };
+    let aside = sluice_state::checkpoint::restore(&dir, chosen)?;
+    println!(
+        "restored the checkpoint of epoch {} into {}; the replaced files are in {} (delete them when done). The next run resumes after epoch {}.",
+        chosen.epoch,
+        dir.display(),
+        aside.display(),
+        chosen.epoch
+    );
+    Ok(())
+}
+
+/// `sluice checkpoint inspect`: everything the committed state holds.
+fn checkpoint_inspect(target: &StateTarget, json: bool) -> Result<()> {
+    let i = target.inspect()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&i.json())?);
+    } else {
+        print!("{}", i.text());
+    }
+    Ok(())
+}
+
+/// `sluice connectors`: the registry's source and sink kinds.
+fn connectors() {
+    for c in sluice_connectors::SOURCES {
+        println!("{:<10} {:<7} {}", c.kind, "source", c.about);
+    }
+    for c in sluice_connectors::SINKS {
+        println!("{:<10} {:<7} {}", c.kind, "sink", c.about);
+    }
 }

@@ -90,6 +90,7 @@ pub struct DeliveryHandle {
     pub state: Arc<DeliveryState>,
     /// The sink's description, for messages.
     pub what: String,
+    delivery: Delivery,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -105,7 +106,11 @@ impl DeliveryHandle {
         }
         let failed = self.state.failed.lock().expect("invariant: not poisoned").clone();
         match failed {
-            Some(e) => Err(ConnectorError::Kafka { what: self.what.clone(), source: e.into() }),
+            // At least once, a failed epoch may be at the broker in part: the restart sends it
+            // again. Exactly once, its transaction was aborted.
+            Some(e) => {
+                Err(ConnectorError::KafkaDelivery { what: self.what.clone(), may_have_happened: self.delivery == Delivery::AtLeastOnce, source: e.into() })
+            }
             None => Ok(()),
         }
     }
@@ -592,7 +597,7 @@ pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_
             }
         })
         .map_err(|source| ConnectorError::Thread { thread: "Kafka delivery thread", source })?;
-    Ok(DeliveryHandle { state, what, thread: Some(thread) })
+    Ok(DeliveryHandle { state, what, delivery: config.delivery, thread: Some(thread) })
 }
 
 /// How long an epoch's delivery is retried (the broker away, requests timing out) before the
