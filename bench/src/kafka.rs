@@ -98,9 +98,9 @@ pub fn traffic(events: u64, rate: u64) -> GeneratorConfig {
 /// The broker cannot be reached or refuses the records.
 pub fn preload(brokers: &str, generator: &GeneratorConfig) -> Result<(String, f64)> {
     let topic = unique("in");
-    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic, 4)]).map_err(anyhow::Error::msg)?;
+    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic, 4)])?;
     let started = Instant::now();
-    let n = Feeder::start(generator, brokers, &topic, Arc::new(AtomicBool::new(false))).map_err(anyhow::Error::msg)?.join().map_err(anyhow::Error::msg)?;
+    let n = Feeder::start(generator, brokers, &topic, Arc::new(AtomicBool::new(false)))?.join()?;
     Ok((topic, n as f64 / started.elapsed().as_secs_f64()))
 }
 
@@ -155,11 +155,11 @@ fn read_topic(brokers: &str, topic: &str) -> Result<Vec<(Vec<u8>, i64)>> {
 pub fn latency(brokers: &str, workers: usize, delivery: Delivery, rate: u64, seconds: u64, lateness: &str) -> Result<KafkaRun> {
     let work = tempfile::tempdir()?;
     let (topic_in, topic_out) = (unique("in"), unique("out"));
-    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic_in, 4)]).map_err(anyhow::Error::msg)?;
+    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic_in, 4)])?;
     let config = kafka_pipeline(work.path(), brokers, workers, (&topic_in, &topic_out), delivery, Until::Forever, lateness);
     let control = sluice::RunControl::default();
     let generator = traffic(rate * seconds, rate);
-    let feeder = Feeder::start(&generator, brokers, &topic_in, Arc::clone(&control.stop)).map_err(anyhow::Error::msg)?;
+    let feeder = Feeder::start(&generator, brokers, &topic_in, Arc::clone(&control.stop))?;
     let drain = Arc::clone(&control.drain);
     let fed = std::thread::spawn(move || {
         let n = feeder.join();
@@ -171,7 +171,7 @@ pub fn latency(brokers: &str, workers: usize, delivery: Delivery, rate: u64, sec
     let seconds = started.elapsed().as_secs_f64();
     // The feeder's producer ran in this process too.
     let cpu_seconds = crate::cpu_seconds() - cpu;
-    fed.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))?.map_err(anyhow::Error::msg)?;
+    fed.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))??;
     let id_of = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok().and_then(|v| v["id"].as_str().map(str::to_string));
     let mut produced: HashMap<String, i64> = HashMap::new();
     for (bytes, ts) in read_topic(brokers, &topic_in)? {
@@ -229,7 +229,7 @@ pub fn ceiling(brokers: &str, generator: &GeneratorConfig, preloaded: &str, prod
         out
     };
     let topic = unique("ceiling");
-    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic, 4)]).map_err(anyhow::Error::msg)?;
+    sluice_connectors::kafka::ensure_topics(brokers, &BTreeMap::new(), &[(&topic, 4)])?;
     let producer: BaseProducer =
         rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").set("transactional.id", unique("ceiling")).create()?;
     let started = Instant::now();

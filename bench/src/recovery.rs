@@ -137,8 +137,9 @@ fn cost_run(events: u64, epoch_records: usize, sync: bool) -> Result<(f64, u64, 
     let started = Instant::now();
     let summary = sluice::run(&config, &control)?;
     let rate = summary.records_in as f64 / started.elapsed().as_secs_f64();
-    let (p50, p99) = control.metrics.commit_us.lock().map(|h| (h.value_at_quantile(0.5), h.value_at_quantile(0.99))).unwrap_or((0, 0));
-    Ok((rate, sluice_operators::Metrics::get(&control.metrics.commits), p50, p99))
+    let commit = &control.metrics.commit.duration_us;
+    let (p50, p99) = (commit.quantile_us(0.5).unwrap_or(0), commit.quantile_us(0.99).unwrap_or(0));
+    Ok((rate, sluice_operators::Metrics::get(&control.metrics.commit.commits), p50, p99))
 }
 
 /// `sluice-bench commit-cost`. Unpaced sources end epochs by record count (so that output does

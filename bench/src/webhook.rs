@@ -97,7 +97,7 @@ pub fn run(clients: u64, seconds: u64) -> Result<()> {
         other += r.other;
     }
     let secs = started.elapsed().as_secs_f64();
-    let read = metrics.records_in.load(Ordering::Relaxed);
+    let read = metrics.sources.records_in.load(Ordering::Relaxed);
     drain.store(true, Ordering::Relaxed);
     let summary = pipeline.join().map_err(|_| anyhow::anyhow!("the pipeline panicked"))??;
     println!("signed webhooks (Standard Webhooks, HMAC-SHA256) over HTTP/1.1 keep-alive on loopback, {clients} closed-loop clients, {seconds} s; each 200 after a synced log write");

@@ -222,7 +222,7 @@ pub fn build<'scope>(
             // Backpressure: wait for the dataflow to complete older epochs.
             let complete = probe.with_frontier(|f| f.first().copied()).unwrap_or(Epoch::MAX);
             if worker == 0 {
-                metrics.inflight_epochs.store(epoch.saturating_sub(complete.min(epoch)), Ordering::Relaxed);
+                metrics.sources.inflight_epochs.store(epoch.saturating_sub(complete.min(epoch)), Ordering::Relaxed);
             }
             if epoch >= complete.saturating_add(settings.max_inflight_epochs) {
                 if blocked_since.is_none() {
@@ -236,10 +236,10 @@ pub fn build<'scope>(
             }
             if let Some(since) = blocked_since.take() {
                 let us = since.elapsed().as_micros() as u64;
-                metrics.backpressure_us.fetch_add(us, Ordering::Relaxed);
+                metrics.sources.backpressure_us.fetch_add(us, Ordering::Relaxed);
                 for p in partitions.iter_mut() {
                     p.reader.pause(false);
-                    metrics.add_partition_paused(p.index, us);
+                    metrics.sources.add_paused(p.index, us);
                 }
             }
             let mut session = output.session(held);
@@ -264,7 +264,7 @@ pub fn build<'scope>(
                         failpoint("source.read");
                     }
                     p.in_epoch += buffer.len();
-                    metrics.add_partition_records(p.index, buffer.len() as u64);
+                    metrics.sources.add_records(p.index, buffer.len() as u64);
                     budget -= buffer.len().min(budget);
                     read_total += buffer.len() as u64;
                     for f in buffer.drain(..) {
@@ -272,7 +272,7 @@ pub fn build<'scope>(
                     }
                 }
             }
-            metrics.records_in.fetch_add(read_total, Ordering::Relaxed);
+            metrics.sources.records_in.fetch_add(read_total, Ordering::Relaxed);
             let settled = |p: &Partition| matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.in_epoch >= settings.epoch_records;
             let all_settled = partitions.iter().all(settled);
             let timed_out =

@@ -1,9 +1,10 @@
 //! The pipeline file (TOML): what a pipeline reads, how it decodes, dedups, orders, which
 //! features it keeps, and where its outputs go.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sluice_connectors::SourceConfig;
 use sluice_connectors::{OutputStream, SinkConfig};
 use sluice_operators::slo::{Objective, SloConfig};
@@ -197,7 +198,7 @@ pub struct PipelineConfig {
     pub sinks: Vec<SinkConfig>,
     /// A reconciliation pipeline instead of the feature pipeline (see [`crate::reconcile`]).
     #[serde(default)]
-    pub reconcile: Option<crate::reconcile::ReconcileConfig>,
+    pub reconcile: Option<ReconcileConfig>,
 }
 
 fn default_workers() -> usize {
@@ -474,6 +475,96 @@ impl PipelineConfig {
                 sluice_connectors::ConnectorError::Config { key, problem } => bad(key, problem),
                 other => bad(format!("sinks[{i}]"), other.to_string()),
             })?;
+        }
+        Ok(())
+    }
+}
+
+/// `[reconcile]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// The source of provider events (webhooks), decoded by `[event]`.
+    pub provider: String,
+    /// The source of ledger changes (Debezium envelopes).
+    pub ledger: String,
+    /// How long a payment may be one-sided (in event time) before it is missing.
+    #[serde(default = "default_settle")]
+    pub settle: DurationMs,
+    /// Multiplies the provider's amount into minor units.
+    #[serde(default = "default_scale")]
+    pub amount_scale: f64,
+    /// Multiplies the ledger's amount into minor units.
+    #[serde(default = "default_scale")]
+    pub ledger_amount_scale: f64,
+    /// Provider status to ledger status.
+    #[serde(default)]
+    pub statuses: BTreeMap<String, String>,
+    /// Only changes of this table (`schema.table`) are the ledger; others are dead letters.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The ledger's columns.
+    #[serde(default)]
+    pub columns: LedgerColumns,
+}
+
+fn default_settle() -> DurationMs {
+    DurationMs::from_ms(600_000)
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// `[reconcile.columns]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerColumns {
+    /// The payment id (the table's key).
+    pub key: String,
+    /// Amount.
+    pub amount: String,
+    /// Currency.
+    pub currency: String,
+    /// Status.
+    pub status: String,
+    /// Event time (ms); `None`: the change's `ts_ms`.
+    pub time: Option<String>,
+}
+
+impl Default for LedgerColumns {
+    fn default() -> Self {
+        LedgerColumns { key: "payment_id".into(), amount: "amount".into(), currency: "currency".into(), status: "status".into(), time: None }
+    }
+}
+
+impl ReconcileConfig {
+    /// Checks the section against the pipeline's sources and event schema.
+    ///
+    /// # Errors
+    /// What is wrong, with its key.
+    pub fn validate(&self, sources: &[&str], event: &EventSchema) -> Result<(), ConfigError> {
+        for (key, name) in [("reconcile.provider", &self.provider), ("reconcile.ledger", &self.ledger)] {
+            if !sources.contains(&name.as_str()) {
+                return Err(bad(key, format!("`{name}` is not one of the sources {sources:?}")));
+            }
+        }
+        if self.provider == self.ledger {
+            return Err(bad("reconcile.ledger", "the provider and the ledger must be different sources"));
+        }
+        for (key, scale) in [("reconcile.amount_scale", self.amount_scale), ("reconcile.ledger_amount_scale", self.ledger_amount_scale)] {
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err(bad(key, format!("{scale} is not a positive number")));
+            }
+        }
+        if !event.numbers.contains_key("amount") {
+            return Err(bad("event.numbers", "a reconciliation reads the provider's amount from [event.numbers] amount"));
+        }
+        if !event.strings.contains_key("currency") {
+            return Err(bad("event.strings", "a reconciliation reads the provider's currency from [event.strings] currency"));
+        }
+        if !event.strings.contains_key("status") && event.kind.is_none() {
+            return Err(bad("event", "a reconciliation needs the provider's status: [event.strings] status, or [event] kind"));
         }
         Ok(())
     }

@@ -141,20 +141,20 @@ pub fn kafka_demo_config(
 
 /// One progress line.
 pub fn progress_line(metrics: &Metrics, events_per_s: f64, elapsed: Duration) -> String {
-    let lag = metrics.watermark_lag_ms().map_or("-".to_string(), |l| format!("{:.1}s", l as f64 / 1000.0));
+    let lag = metrics.time.watermark_lag_ms().map_or("-".to_string(), |l| format!("{:.1}s", l as f64 / 1000.0));
     format!(
         "{:>6.1}s  in {:>9}  {:>9.0} ev/s  features {:>9}  scored {:>9}  dupes {:>6}  conflicts {:>5}  late {:>5}  dead {:>5}  watermark lag {:>6}  commits {}",
         elapsed.as_secs_f64(),
-        Metrics::get(&metrics.records_in),
+        Metrics::get(&metrics.sources.records_in),
         events_per_s,
-        Metrics::get(&metrics.features_out),
-        Metrics::get(&metrics.scored),
-        Metrics::get(&metrics.duplicates),
-        Metrics::get(&metrics.conflicts),
-        Metrics::get(&metrics.late),
-        Metrics::get(&metrics.dead_letters),
+        Metrics::get(&metrics.features.records_out),
+        Metrics::get(&metrics.model.scored),
+        Metrics::get(&metrics.dedup.duplicates),
+        Metrics::get(&metrics.dedup.conflicts),
+        Metrics::get(&metrics.time.late),
+        Metrics::get(&metrics.decode.dead_letters),
         lag,
-        Metrics::get(&metrics.commits),
+        Metrics::get(&metrics.commit.commits),
     )
 }
 
@@ -170,7 +170,7 @@ pub fn spawn_progress(control: &RunControl, done: std::sync::Arc<std::sync::atom
             if last_t.elapsed() < Duration::from_secs(1) {
                 continue;
             }
-            let n = Metrics::get(&metrics.records_in);
+            let n = Metrics::get(&metrics.sources.records_in);
             let rate = (n - last_n) as f64 / last_t.elapsed().as_secs_f64();
             (last_n, last_t) = (n, Instant::now());
             let line = progress_line(&metrics, rate, started.elapsed());

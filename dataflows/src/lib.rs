@@ -34,4 +34,4 @@ pub mod serve;
 pub mod server;
 
 pub use config::{ConfigError, PipelineConfig};
-pub use pipeline::{run, RunControl, RunError, RunSummary};
+pub use pipeline::{run, RunControl, RunError, RunSummary, WorkerError};

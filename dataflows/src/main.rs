@@ -386,7 +386,7 @@ fn demo(args: DemoArgs) -> Result<()> {
     if let Some(f) = feeder {
         control.stop.store(true, Ordering::Relaxed);
         control.drain.store(true, Ordering::Relaxed);
-        let fed = f.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))?.map_err(anyhow::Error::msg)?;
+        let fed = f.join().map_err(|_| anyhow::anyhow!("the feeder panicked"))??;
         eprintln!("sluice demo: fed {fed} records to Kafka");
     }
     print!("{}", summary_text(&summary?, &config));
@@ -435,14 +435,13 @@ fn kafka_demo(
     topic_prefix: Option<String>,
     delivery: &str,
     control: &RunControl,
-) -> Result<(PipelineConfig, std::thread::JoinHandle<Result<u64, String>>)> {
+) -> Result<(PipelineConfig, std::thread::JoinHandle<Result<u64, sluice_connectors::ConnectorError>>)> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let prefix = topic_prefix.unwrap_or_else(|| format!("sluice-demo-{now}-"));
     let (config, generator) = sluice::demo::kafka_demo_config(config, brokers, &prefix, delivery)?;
     let input = format!("{prefix}payments");
     eprintln!("sluice demo: feeding topic {input} on {brokers} from the generator");
     let feeder = sluice_connectors::kafka::Feeder::from_source(&generator, brokers, &input, Arc::clone(&control.stop))
-        .map_err(anyhow::Error::msg)
         .with_context(|| format!("cannot feed the demo's input topic on {brokers} (is a broker there? scripts/kafka.sh start runs one)"))?;
     let drain = Arc::clone(&control.drain);
     let thread = std::thread::spawn(move || {
@@ -486,10 +485,8 @@ fn serve(args: ServeArgs) -> Result<()> {
     }
     server.feature_log = args.feature_log;
     let reader = sluice_state::StateReader::follow(&config.state_dir).context("cannot read the pipeline's state")?;
-    let service = sluice::serve::FeatureService::from_config(&config, &server, reader)
-        .map_err(anyhow::Error::msg)?
-        .context("the pipeline has no [[features]] to serve")?;
-    let running = sluice::server::Server::start(&server.listen, None, Some(service)).map_err(anyhow::Error::msg)?;
+    let service = sluice::serve::FeatureService::from_config(&config, &server, reader)?.context("the pipeline has no [[features]] to serve")?;
+    let running = sluice::server::Server::start(&server.listen, None, Some(service))?;
     eprintln!(
         "sluice serve: features of {} at http://{}/v1/features/{{entity}} (following its commits; Ctrl-C stops)",
         config.state_dir.display(),

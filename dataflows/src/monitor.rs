@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_operators::slo::{latency_measurement, Indicator, Measurement, Objective, SloRecord, SloStatus, SloTracker};
-use sluice_operators::{Metrics, Stage};
+use sluice_operators::{LatencyStage, Metrics};
 
 /// A running monitor; [`Monitor::finish`] ends the last interval and stops it.
 #[derive(Debug)]
@@ -27,9 +27,9 @@ fn wall_ms() -> i64 {
 
 /// Freshness now: wall clock − watermark, ms; `None` before the first watermark or after the
 /// input ended.
-pub fn freshness_ms(metrics: &Metrics) -> Option<i64> {
-    let w = metrics.watermark_ms.load(Ordering::Relaxed);
-    (w != i64::MIN && w != i64::MAX).then(|| (wall_ms() - w).max(0))
+pub fn freshness_ms(time: &sluice_operators::metrics::TimeMetrics) -> Option<i64> {
+    let w = time.watermark_ms.get()?;
+    (w != i64::MAX).then(|| (wall_ms() - w).max(0))
 }
 
 struct State {
@@ -41,7 +41,7 @@ struct State {
 
 impl State {
     fn sample_freshness(&mut self, metrics: &Metrics) {
-        let Some(f) = freshness_ms(metrics) else { return };
+        let Some(f) = freshness_ms(&metrics.time) else { return };
         let thresholds: Vec<(Indicator, u64)> = self.tracker.objectives().map(|o| (o.indicator, o.threshold_us)).collect();
         for ((indicator, threshold_us), (good, total)) in thresholds.into_iter().zip(&mut self.freshness) {
             if indicator == Indicator::Freshness {
@@ -53,7 +53,7 @@ impl State {
 
     fn tick(&mut self, metrics: &Metrics) -> Vec<SloRecord> {
         let objectives: Vec<Objective> = self.tracker.objectives().cloned().collect();
-        let now: Vec<hdrhistogram::Histogram<u64>> = Stage::ALL.iter().map(|s| metrics.latency_snapshot(*s)).collect();
+        let now: Vec<hdrhistogram::Histogram<u64>> = LatencyStage::ALL.iter().map(|s| metrics.latency.snapshot(*s)).collect();
         let measurements: Vec<Measurement> = objectives
             .iter()
             .zip(&mut self.freshness)
@@ -74,7 +74,7 @@ impl State {
             }
             let _ = out.flush();
         }
-        if let Ok(mut latest) = metrics.slo_latest.lock() {
+        if let Ok(mut latest) = metrics.slo.latest.lock() {
             latest.clone_from(&records);
         }
         for r in records.iter().filter(|r| r.status != SloStatus::Ok) {
@@ -102,7 +102,7 @@ impl Monitor {
         let n = objectives.len();
         let mut state = State {
             tracker: SloTracker::new(objectives),
-            before: Stage::ALL.iter().map(|s| metrics.latency_snapshot(*s)).collect(),
+            before: LatencyStage::ALL.iter().map(|s| metrics.latency.snapshot(*s)).collect(),
             freshness: vec![(0, 0); n],
             out,
         };

@@ -2,10 +2,17 @@
 //! (version 0.0.4). Names and labels are listed in the README; `dashboards/sluice.json` is a
 //! Grafana dashboard built on them.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use sluice_operators::{Metrics, Stage};
+use sluice_connectors::DeliveryState;
+use sluice_operators::latency::LatencyMetrics;
+use sluice_operators::metrics::{
+    CommitMetrics, DecodeMetrics, DedupMetrics, DriftMetrics, KafkaMetrics, ModelMetrics, SloMetrics, SourceMetrics, TimeMetrics, WebhookMetrics,
+};
+use sluice_operators::{LatencyStage, Metrics};
 
 /// Latency buckets, seconds.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -17,7 +24,7 @@ pub struct ExportInfo {
     /// Source name per global partition index.
     pub partition_sources: Vec<String>,
     /// Kafka sinks: stream and delivery state.
-    pub deliveries: Vec<(String, std::sync::Arc<sluice_connectors::DeliveryState>)>,
+    pub deliveries: Vec<(String, Arc<DeliveryState>)>,
 }
 
 fn escape(v: &str) -> String {
@@ -51,181 +58,212 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &hdrhistogram::Histo
     let _ = writeln!(out, "{name}_count{braces} {}", h.len());
 }
 
-/// Renders every metric.
+/// Renders every metric: each component's families, in the order of [`Metrics`].
 pub fn render(m: &Metrics, info: &ExportInfo) -> String {
     let mut out = String::with_capacity(8192);
-    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    sources(&mut out, &m.sources, info);
+    decode(&mut out, &m.decode);
+    records_out(&mut out, m);
+    dedup(&mut out, &m.dedup);
+    time(&mut out, &m.time);
+    commit(&mut out, &m.commit);
+    kafka(&mut out, &m.kafka, &info.deliveries);
+    webhook(&mut out, &m.webhook);
+    latency(&mut out, &m.latency);
+    model(&mut out, &m.model);
+    drift(&mut out, &m.drift);
+    slo(&mut out, &m.slo);
+    out
+}
 
-    header(&mut out, "sluice_records_in_total", "counter", "Records read, per source.");
-    let mut per_source: std::collections::BTreeMap<&str, u64> = info.partition_sources.iter().map(|s| (s.as_str(), 0)).collect();
-    if let Ok(p) = m.records_by_partition.lock() {
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// A per-partition map summed per source (every source listed, with 0 if it has nothing).
+fn by_source<'a>(per_partition: &std::sync::Mutex<BTreeMap<u32, u64>>, info: &'a ExportInfo) -> BTreeMap<&'a str, u64> {
+    let mut per_source: BTreeMap<&str, u64> = info.partition_sources.iter().map(|s| (s.as_str(), 0)).collect();
+    if let Ok(p) = per_partition.lock() {
         for (index, n) in p.iter() {
             let source = info.partition_sources.get(*index as usize).map_or("unknown", String::as_str);
             *per_source.entry(source).or_default() += n;
         }
     }
-    for (source, n) in per_source {
+    per_source
+}
+
+fn sources(out: &mut String, m: &SourceMetrics, info: &ExportInfo) {
+    header(out, "sluice_records_in_total", "counter", "Records read, per source.");
+    for (source, n) in by_source(&m.records_by_partition, info) {
         let _ = writeln!(out, "sluice_records_in_total{{source=\"{}\"}} {n}", escape(source));
     }
-    header(&mut out, "sluice_events_decoded_total", "counter", "Records decoded into events.");
-    let _ = writeln!(out, "sluice_events_decoded_total {}", get(&m.decoded));
-    header(&mut out, "sluice_records_out_total", "counter", "Records out, per output stream.");
-    for (stream, n) in [
-        ("features", get(&m.features_out)),
-        ("scores", get(&m.scored)),
-        ("shadow_scores", get(&m.shadow_scored)),
-        ("dead_letters", get(&m.dead_letters)),
-        ("late", get(&m.late)),
-        ("conflicts", get(&m.conflicts)),
-    ] {
-        let _ = writeln!(out, "sluice_records_out_total{{stream=\"{stream}\"}} {n}");
+    header(out, "sluice_inflight_epochs", "gauge", "Epochs open in the dataflow (the queue behind the sources).");
+    let _ = writeln!(out, "sluice_inflight_epochs {}", get(&m.inflight_epochs));
+    header(out, "sluice_backpressure_seconds_total", "counter", "Time sources waited for the dataflow (max_inflight_epochs reached).");
+    let _ = writeln!(out, "sluice_backpressure_seconds_total {}", value(get(&m.backpressure_us) as f64 / 1e6));
+    header(out, "sluice_source_paused_seconds_total", "counter", "Time a source's partitions were paused by backpressure (summed over its partitions).");
+    for (source, us) in by_source(&m.paused_us_by_partition, info) {
+        let _ = writeln!(out, "sluice_source_paused_seconds_total{{source=\"{}\"}} {}", escape(source), value(us as f64 / 1e6));
     }
-    header(&mut out, "sluice_dead_letters_total", "counter", "Dead letters, per reason.");
+}
+
+fn decode(out: &mut String, m: &DecodeMetrics) {
+    header(out, "sluice_events_decoded_total", "counter", "Records decoded into events.");
+    let _ = writeln!(out, "sluice_events_decoded_total {}", get(&m.decoded));
+    header(out, "sluice_dead_letters_total", "counter", "Dead letters, per reason.");
     if let Ok(r) = m.dead_letter_reasons.lock() {
         for (reason, n) in r.iter() {
             let _ = writeln!(out, "sluice_dead_letters_total{{reason=\"{}\"}} {n}", escape(reason));
         }
     }
-    header(&mut out, "sluice_dedup_duplicates_total", "counter", "Exact repeats dropped by dedup (dedup hits).");
+}
+
+/// The one family across components: records per output stream.
+fn records_out(out: &mut String, m: &Metrics) {
+    header(out, "sluice_records_out_total", "counter", "Records out, per output stream.");
+    for (stream, n) in [
+        ("features", get(&m.features.records_out)),
+        ("scores", get(&m.model.scored)),
+        ("shadow_scores", get(&m.model.shadow_scored)),
+        ("dead_letters", get(&m.decode.dead_letters)),
+        ("late", get(&m.time.late)),
+        ("conflicts", get(&m.dedup.conflicts)),
+    ] {
+        let _ = writeln!(out, "sluice_records_out_total{{stream=\"{stream}\"}} {n}");
+    }
+}
+
+fn dedup(out: &mut String, m: &DedupMetrics) {
+    header(out, "sluice_dedup_duplicates_total", "counter", "Exact repeats dropped by dedup (dedup hits).");
     let _ = writeln!(out, "sluice_dedup_duplicates_total {}", get(&m.duplicates));
-    header(&mut out, "sluice_dedup_conflicts_total", "counter", "Repeats of an id with a different payload.");
+    header(out, "sluice_dedup_conflicts_total", "counter", "Repeats of an id with a different payload.");
     let _ = writeln!(out, "sluice_dedup_conflicts_total {}", get(&m.conflicts));
-    header(&mut out, "sluice_late_events_total", "counter", "Events behind the watermark.");
+}
+
+fn time(out: &mut String, m: &TimeMetrics) {
+    header(out, "sluice_late_events_total", "counter", "Events behind the watermark.");
     let _ = writeln!(out, "sluice_late_events_total {}", get(&m.late));
-
-    header(&mut out, "sluice_watermark_lag_seconds", "gauge", "Largest event time seen minus the watermark.");
+    header(out, "sluice_watermark_lag_seconds", "gauge", "Largest event time seen minus the watermark.");
     let _ = writeln!(out, "sluice_watermark_lag_seconds {}", value(m.watermark_lag_ms().map_or(f64::NAN, |l| l as f64 / 1000.0)));
-    header(&mut out, "sluice_freshness_seconds", "gauge", "Wall clock minus the watermark.");
+    header(out, "sluice_freshness_seconds", "gauge", "Wall clock minus the watermark.");
     let _ = writeln!(out, "sluice_freshness_seconds {}", value(crate::monitor::freshness_ms(m).map_or(f64::NAN, |f| f as f64 / 1000.0)));
+}
 
-    header(&mut out, "sluice_epochs_committed_total", "counter", "Epoch commits handed to the state store.");
+fn commit(out: &mut String, m: &CommitMetrics) {
+    header(out, "sluice_epochs_committed_total", "counter", "Epoch commits handed to the state store.");
     let _ = writeln!(out, "sluice_epochs_committed_total {}", get(&m.commits));
-    header(&mut out, "sluice_commit_duration_seconds", "histogram", "Time to write and sync one commit batch.");
-    if let Ok(h) = m.commit_us.lock() {
-        histogram(&mut out, "sluice_commit_duration_seconds", "", &h);
-    }
-    header(&mut out, "sluice_inflight_epochs", "gauge", "Epochs open in the dataflow (the queue behind the sources).");
-    let _ = writeln!(out, "sluice_inflight_epochs {}", get(&m.inflight_epochs));
-    header(&mut out, "sluice_backpressure_seconds_total", "counter", "Time sources waited for the dataflow (max_inflight_epochs reached).");
-    let _ = writeln!(out, "sluice_backpressure_seconds_total {}", value(get(&m.backpressure_us) as f64 / 1e6));
+    header(out, "sluice_commit_duration_seconds", "histogram", "Time to write and sync one commit batch.");
+    histogram(out, "sluice_commit_duration_seconds", "", &m.duration_us.snapshot());
+}
 
-    header(&mut out, "sluice_source_paused_seconds_total", "counter", "Time a source's partitions were paused by backpressure (summed over its partitions).");
-    let mut paused: std::collections::BTreeMap<&str, u64> = info.partition_sources.iter().map(|s| (s.as_str(), 0)).collect();
-    if let Ok(p) = m.paused_us_by_partition.lock() {
-        for (index, us) in p.iter() {
-            let source = info.partition_sources.get(*index as usize).map_or("unknown", String::as_str);
-            *paused.entry(source).or_default() += us;
-        }
-    }
-    for (source, us) in paused {
-        let _ = writeln!(out, "sluice_source_paused_seconds_total{{source=\"{}\"}} {}", escape(source), value(us as f64 / 1e6));
-    }
-    if let Ok(k) = m.kafka_partitions.lock() {
+/// One family of a per-instance state: name, kind, help, and how to read the value.
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> i64);
+
+fn kafka(out: &mut String, m: &KafkaMetrics, deliveries: &[(String, Arc<DeliveryState>)]) {
+    if let Ok(k) = m.partitions.lock() {
         if !k.is_empty() {
-            header(
-                &mut out,
-                "sluice_kafka_consumer_lag",
-                "gauge",
-                "Records on the broker after the last committed epoch's position, per Kafka source partition.",
-            );
+            header(out, "sluice_kafka_consumer_lag", "gauge", "Records on the broker after the last committed epoch's position, per Kafka source partition.");
             for ((source, p), g) in k.iter() {
                 let _ = writeln!(out, "sluice_kafka_consumer_lag{{source=\"{}\",partition=\"{p}\"}} {}", escape(source), g.lag());
             }
-            header(&mut out, "sluice_kafka_high_watermark", "gauge", "The broker's high watermark, per Kafka source partition.");
+            header(out, "sluice_kafka_high_watermark", "gauge", "The broker's high watermark, per Kafka source partition.");
             for ((source, p), g) in k.iter() {
                 let _ = writeln!(out, "sluice_kafka_high_watermark{{source=\"{}\",partition=\"{p}\"}} {}", escape(source), g.high_watermark);
             }
-            header(
-                &mut out,
-                "sluice_kafka_committed_offset",
-                "gauge",
-                "The position committed with the last epoch (and to the consumer group), per partition.",
-            );
+            header(out, "sluice_kafka_committed_offset", "gauge", "The position committed with the last epoch (and to the consumer group), per partition.");
             for ((source, p), g) in k.iter() {
                 let _ = writeln!(out, "sluice_kafka_committed_offset{{source=\"{}\",partition=\"{p}\"}} {}", escape(source), g.committed);
             }
         }
     }
-    if !info.deliveries.is_empty() {
-        header(&mut out, "sluice_kafka_producer_queue", "gauge", "Records sent by a Kafka sink and not yet acknowledged by the broker.");
-        for (stream, d) in &info.deliveries {
-            let _ = writeln!(out, "sluice_kafka_producer_queue{{stream=\"{}\"}} {}", escape(stream), d.queue_depth.load(Ordering::Relaxed));
-        }
-        header(&mut out, "sluice_kafka_delivered_epoch", "gauge", "The last epoch a Kafka sink delivered (-1: none).");
-        for (stream, d) in &info.deliveries {
-            let _ = writeln!(out, "sluice_kafka_delivered_epoch{{stream=\"{}\"}} {}", escape(stream), d.delivered.load(Ordering::Relaxed));
-        }
-        header(&mut out, "sluice_kafka_delivery_retries_total", "counter", "Epoch deliveries tried again after a retriable error (broker away, timeouts).");
-        for (stream, d) in &info.deliveries {
-            let _ = writeln!(out, "sluice_kafka_delivery_retries_total{{stream=\"{}\"}} {}", escape(stream), d.retries.load(Ordering::Relaxed));
-        }
-        header(&mut out, "sluice_kafka_delivered_records_total", "counter", "Records a Kafka sink delivered (this process).");
-        for (stream, d) in &info.deliveries {
-            let _ = writeln!(out, "sluice_kafka_delivered_records_total{{stream=\"{}\"}} {}", escape(stream), d.records.load(Ordering::Relaxed));
+    if deliveries.is_empty() {
+        return;
+    }
+    let families: [Family<DeliveryState>; 4] = [
+        ("sluice_kafka_producer_queue", "gauge", "Records sent by a Kafka sink and not yet acknowledged by the broker.", |d| {
+            d.queue_depth.load(Ordering::Relaxed)
+        }),
+        ("sluice_kafka_delivered_epoch", "gauge", "The last epoch a Kafka sink delivered (-1: none).", |d| d.delivered.load(Ordering::Relaxed)),
+        ("sluice_kafka_delivery_retries_total", "counter", "Epoch deliveries tried again after a retriable error (broker away, timeouts).", |d| {
+            d.retries.load(Ordering::Relaxed) as i64
+        }),
+        ("sluice_kafka_delivered_records_total", "counter", "Records a Kafka sink delivered (this process).", |d| d.records.load(Ordering::Relaxed) as i64),
+    ];
+    for (name, kind, help, read) in families {
+        header(out, name, kind, help);
+        for (stream, d) in deliveries {
+            let _ = writeln!(out, "{name}{{stream=\"{}\"}} {}", escape(stream), read(d));
         }
     }
+}
 
-    if let Ok(w) = m.webhook_requests.lock() {
+fn webhook(out: &mut String, m: &WebhookMetrics) {
+    if let Ok(w) = m.requests.lock() {
         if !w.is_empty() {
-            header(&mut out, "sluice_webhook_requests_total", "counter", "Webhook requests per source and outcome: accepted, duplicate, or why refused.");
+            header(out, "sluice_webhook_requests_total", "counter", "Webhook requests per source and outcome: accepted, duplicate, or why refused.");
             for ((source, outcome), n) in w.iter() {
                 let _ = writeln!(out, "sluice_webhook_requests_total{{source=\"{}\",outcome=\"{}\"}} {n}", escape(source), escape(outcome));
             }
         }
     }
-    header(&mut out, "sluice_latency_seconds", "histogram", "Latency from ingest (decode) to a stage: features, scored, committed (end to end).");
-    for stage in Stage::ALL {
-        histogram(&mut out, "sluice_latency_seconds", &format!("stage=\"{}\"", stage.name()), &m.latency_snapshot(stage));
-    }
-    header(&mut out, "sluice_model_batch_seconds", "histogram", "Time of one ONNX Runtime run of the primary model.");
-    if let Ok(h) = m.batch_latency_us.lock() {
-        histogram(&mut out, "sluice_model_batch_seconds", "", &h);
-    }
-    header(&mut out, "sluice_model_reloads_total", "counter", "New model versions loaded.");
-    let _ = writeln!(out, "sluice_model_reloads_total {}", get(&m.model_reloads));
-    header(&mut out, "sluice_model_reload_failures_total", "counter", "New model files that did not load.");
-    let _ = writeln!(out, "sluice_model_reload_failures_total {}", get(&m.model_reload_failures));
+}
 
-    header(&mut out, "sluice_drift_windows_total", "counter", "Drift windows evaluated.");
-    let _ = writeln!(out, "sluice_drift_windows_total {}", get(&m.drift_windows));
-    if let Ok(d) = m.drift_latest.lock() {
-        header(&mut out, "sluice_drift_value", "gauge", "The latest window's drift statistic.");
-        for ((column, statistic), g) in d.iter() {
-            let _ = writeln!(out, "sluice_drift_value{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), value(g.value.unwrap_or(f64::NAN)));
-        }
-        header(&mut out, "sluice_drift_status", "gauge", "The latest window's status: 0 ok, 1 warn, 2 alert, -1 too few samples.");
-        for ((column, statistic), g) in d.iter() {
-            let _ = writeln!(out, "sluice_drift_status{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), g.level);
-        }
-        header(&mut out, "sluice_drift_alerts_total", "counter", "Windows in alert.");
-        for ((column, statistic), g) in d.iter() {
-            let _ = writeln!(out, "sluice_drift_alerts_total{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), g.alerts);
+fn latency(out: &mut String, m: &LatencyMetrics) {
+    header(out, "sluice_latency_seconds", "histogram", "Latency from ingest (decode) to a stage: features, scored, committed (end to end).");
+    for stage in LatencyStage::ALL {
+        histogram(out, "sluice_latency_seconds", &format!("stage=\"{}\"", stage.name()), &m.snapshot(stage));
+    }
+}
+
+fn model(out: &mut String, m: &ModelMetrics) {
+    header(out, "sluice_model_batch_seconds", "histogram", "Time of one ONNX Runtime run of the primary model.");
+    histogram(out, "sluice_model_batch_seconds", "", &m.batch_latency_us.snapshot());
+    header(out, "sluice_model_reloads_total", "counter", "New model versions loaded.");
+    let _ = writeln!(out, "sluice_model_reloads_total {}", get(&m.reloads));
+    header(out, "sluice_model_reload_failures_total", "counter", "New model files that did not load.");
+    let _ = writeln!(out, "sluice_model_reload_failures_total {}", get(&m.reload_failures));
+}
+
+fn drift(out: &mut String, m: &DriftMetrics) {
+    header(out, "sluice_drift_windows_total", "counter", "Drift windows evaluated.");
+    let _ = writeln!(out, "sluice_drift_windows_total {}", get(&m.windows));
+    let Ok(d) = m.latest.lock() else { return };
+    header(out, "sluice_drift_value", "gauge", "The latest window's drift statistic.");
+    for ((column, statistic), g) in d.iter() {
+        let _ = writeln!(out, "sluice_drift_value{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), value(g.value.unwrap_or(f64::NAN)));
+    }
+    header(out, "sluice_drift_status", "gauge", "The latest window's status: 0 ok, 1 warn, 2 alert, -1 too few samples.");
+    for ((column, statistic), g) in d.iter() {
+        let _ = writeln!(out, "sluice_drift_status{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), g.level);
+    }
+    header(out, "sluice_drift_alerts_total", "counter", "Windows in alert.");
+    for ((column, statistic), g) in d.iter() {
+        let _ = writeln!(out, "sluice_drift_alerts_total{{column=\"{}\",statistic=\"{statistic}\"}} {}", escape(column), g.alerts);
+    }
+}
+
+fn slo(out: &mut String, m: &SloMetrics) {
+    let Ok(slo) = m.latest.lock() else { return };
+    header(out, "sluice_slo_good_ratio", "gauge", "Good / total in the latest SLO interval.");
+    for r in slo.iter() {
+        let _ = writeln!(out, "sluice_slo_good_ratio{{objective=\"{}\"}} {}", escape(&r.name), value(r.value.unwrap_or(f64::NAN)));
+    }
+    header(out, "sluice_slo_objective", "gauge", "The objective (fraction that must be good).");
+    for r in slo.iter() {
+        let _ = writeln!(out, "sluice_slo_objective{{objective=\"{}\"}} {}", escape(&r.name), r.objective);
+    }
+    header(out, "sluice_slo_burn_rate", "gauge", "Error budget burn rate over a window.");
+    for r in slo.iter() {
+        for (w, b) in [("5m", r.burn_5m), ("30m", r.burn_30m), ("1h", r.burn_1h), ("6h", r.burn_6h)] {
+            let _ = writeln!(out, "sluice_slo_burn_rate{{objective=\"{}\",window=\"{w}\"}} {}", escape(&r.name), value(b));
         }
     }
-    if let Ok(slo) = m.slo_latest.lock() {
-        header(&mut out, "sluice_slo_good_ratio", "gauge", "Good / total in the latest SLO interval.");
-        for r in slo.iter() {
-            let _ = writeln!(out, "sluice_slo_good_ratio{{objective=\"{}\"}} {}", escape(&r.name), value(r.value.unwrap_or(f64::NAN)));
-        }
-        header(&mut out, "sluice_slo_objective", "gauge", "The objective (fraction that must be good).");
-        for r in slo.iter() {
-            let _ = writeln!(out, "sluice_slo_objective{{objective=\"{}\"}} {}", escape(&r.name), r.objective);
-        }
-        header(&mut out, "sluice_slo_burn_rate", "gauge", "Error budget burn rate over a window.");
-        for r in slo.iter() {
-            for (w, b) in [("5m", r.burn_5m), ("30m", r.burn_30m), ("1h", r.burn_1h), ("6h", r.burn_6h)] {
-                let _ = writeln!(out, "sluice_slo_burn_rate{{objective=\"{}\",window=\"{w}\"}} {}", escape(&r.name), value(b));
-            }
-        }
-        header(&mut out, "sluice_slo_budget_remaining", "gauge", "Error budget remaining over the period (1 untouched, below 0 overspent).");
-        for r in slo.iter() {
-            let _ = writeln!(out, "sluice_slo_budget_remaining{{objective=\"{}\"}} {}", escape(&r.name), value(r.budget_remaining));
-        }
-        header(&mut out, "sluice_slo_status", "gauge", "0 ok, 1 ticket (slow burn), 2 page (fast burn).");
-        for r in slo.iter() {
-            let level = r.status.level();
-            let _ = writeln!(out, "sluice_slo_status{{objective=\"{}\"}} {level}", escape(&r.name));
-        }
+    header(out, "sluice_slo_budget_remaining", "gauge", "Error budget remaining over the period (1 untouched, below 0 overspent).");
+    for r in slo.iter() {
+        let _ = writeln!(out, "sluice_slo_budget_remaining{{objective=\"{}\"}} {}", escape(&r.name), value(r.budget_remaining));
     }
-    out
+    header(out, "sluice_slo_status", "gauge", "0 ok, 1 ticket (slow burn), 2 page (fast burn).");
+    for r in slo.iter() {
+        let _ = writeln!(out, "sluice_slo_status{{objective=\"{}\"}} {}", escape(&r.name), r.status.level());
+    }
 }

@@ -38,7 +38,6 @@
 //! whose output is not written again) and then continues from the sources' positions.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -61,10 +60,9 @@ use timely::dataflow::operators::Concat;
 use timely::dataflow::Stream;
 use xxhash_rust::xxh3::xxh3_64;
 
-use sluice_operators::DurationMs;
-
-use crate::config::{bad, ConfigError};
+use crate::config::{bad, ReconcileConfig};
 use crate::outputs::{dead_letter_line, PartitionNames};
+use crate::pipeline::WorkerError;
 
 /// The table of decoded inputs, replayed at start-up.
 pub const INPUTS_TABLE: &str = "reconcile_inputs";
@@ -72,96 +70,6 @@ pub const INPUTS_TABLE: &str = "reconcile_inputs";
 /// The tables the reconciliation declares.
 pub fn tables() -> Vec<TableSpec> {
     vec![TableSpec::new(INPUTS_TABLE)]
-}
-
-/// `[reconcile]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcileConfig {
-    /// The source of provider events (webhooks), decoded by `[event]`.
-    pub provider: String,
-    /// The source of ledger changes (Debezium envelopes).
-    pub ledger: String,
-    /// How long a payment may be one-sided (in event time) before it is missing.
-    #[serde(default = "default_settle")]
-    pub settle: DurationMs,
-    /// Multiplies the provider's amount into minor units.
-    #[serde(default = "default_scale")]
-    pub amount_scale: f64,
-    /// Multiplies the ledger's amount into minor units.
-    #[serde(default = "default_scale")]
-    pub ledger_amount_scale: f64,
-    /// Provider status to ledger status.
-    #[serde(default)]
-    pub statuses: BTreeMap<String, String>,
-    /// Only changes of this table (`schema.table`) are the ledger; others are dead letters.
-    #[serde(default)]
-    pub table: Option<String>,
-    /// The ledger's columns.
-    #[serde(default)]
-    pub columns: LedgerColumns,
-}
-
-fn default_settle() -> DurationMs {
-    DurationMs::from_ms(600_000)
-}
-
-fn default_scale() -> f64 {
-    1.0
-}
-
-/// `[reconcile.columns]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LedgerColumns {
-    /// The payment id (the table's key).
-    pub key: String,
-    /// Amount.
-    pub amount: String,
-    /// Currency.
-    pub currency: String,
-    /// Status.
-    pub status: String,
-    /// Event time (ms); `None`: the change's `ts_ms`.
-    pub time: Option<String>,
-}
-
-impl Default for LedgerColumns {
-    fn default() -> Self {
-        LedgerColumns { key: "payment_id".into(), amount: "amount".into(), currency: "currency".into(), status: "status".into(), time: None }
-    }
-}
-
-impl ReconcileConfig {
-    /// Checks the section against the pipeline's sources and event schema.
-    ///
-    /// # Errors
-    /// What is wrong, with its key.
-    pub fn validate(&self, sources: &[&str], event: &EventSchema) -> Result<(), ConfigError> {
-        for (key, name) in [("reconcile.provider", &self.provider), ("reconcile.ledger", &self.ledger)] {
-            if !sources.contains(&name.as_str()) {
-                return Err(bad(key, format!("`{name}` is not one of the sources {sources:?}")));
-            }
-        }
-        if self.provider == self.ledger {
-            return Err(bad("reconcile.ledger", "the provider and the ledger must be different sources"));
-        }
-        for (key, scale) in [("reconcile.amount_scale", self.amount_scale), ("reconcile.ledger_amount_scale", self.ledger_amount_scale)] {
-            if !(scale.is_finite() && scale > 0.0) {
-                return Err(bad(key, format!("{scale} is not a positive number")));
-            }
-        }
-        if !event.numbers.contains_key("amount") {
-            return Err(bad("event.numbers", "a reconciliation reads the provider's amount from [event.numbers] amount"));
-        }
-        if !event.strings.contains_key("currency") {
-            return Err(bad("event.strings", "a reconciliation reads the provider's currency from [event.strings] currency"));
-        }
-        if !event.strings.contains_key("status") && event.kind.is_none() {
-            return Err(bad("event", "a reconciliation needs the provider's status: [event.strings] status, or [event] kind"));
-        }
-        Ok(())
-    }
 }
 
 /// A decoded input, as logged.
@@ -205,15 +113,16 @@ impl InputDecoder {
     /// A decoder for `config` with the provider's `schema`.
     ///
     /// # Errors
-    /// The schema does not compile.
-    pub fn new(config: &ReconcileConfig, schema: &EventSchema) -> Result<Self, String> {
+    /// The schema does not compile, or lacks what a reconciliation reads
+    /// ([`ReconcileConfig::validate`] says so first).
+    pub fn new(config: &ReconcileConfig, schema: &EventSchema) -> Result<Self, WorkerError> {
         let numbers = schema.number_names();
         let strings = schema.string_names();
         Ok(InputDecoder {
-            provider: Decoder::new(schema).map_err(|e| e.to_string())?,
+            provider: Decoder::new(schema)?,
             config: config.clone(),
-            amount: numbers.iter().position(|n| n == "amount").ok_or("[event.numbers] has no amount")?,
-            currency: strings.iter().position(|n| n == "currency").ok_or("[event.strings] has no currency")?,
+            amount: numbers.iter().position(|n| n == "amount").ok_or_else(|| bad("event.numbers", "has no amount"))?,
+            currency: strings.iter().position(|n| n == "currency").ok_or_else(|| bad("event.strings", "has no currency"))?,
             status: strings.iter().position(|n| n == "status"),
         })
     }
@@ -320,7 +229,7 @@ pub fn summary_line(summary: &Summary, epoch: Epoch) -> OutputLine {
     OutputLine { key: (0, String::new(), Origin { partition: 0, offset: 0 }), bytes: value.to_string().into_bytes() }
 }
 
-type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), String>;
+type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), WorkerError>;
 
 /// Builds the reconciliation on `items` (every source's records).
 ///
@@ -334,9 +243,9 @@ pub fn build<'scope>(
     state: &Rc<RefCell<WorkerState>>,
     metrics: &Arc<Metrics>,
     sink: Sink<'_, 'scope>,
-) -> Result<(), String> {
+) -> Result<(), WorkerError> {
     let scope = items.scope();
-    let table: Table<BytesCodec> = state.borrow().store().table(INPUTS_TABLE).map_err(|e| e.to_string())?;
+    let table: Table<BytesCodec> = state.borrow().store().table(INPUTS_TABLE)?;
     let resume = state.borrow().store().resume_epoch();
     let settle_ms = config.settle.ms();
     let decoder = InputDecoder::new(config, schema)?;
@@ -345,12 +254,14 @@ pub fn build<'scope>(
 
     // Committed inputs, replayed by worker 0 as the epoch before the first new one.
     let replay: Vec<Input> = if scope.index() == 0 && resume > 0 {
-        let entries = state.borrow().scan_committed(&table).map_err(|e| e.to_string())?;
+        let entries = state.borrow().scan_committed(&table)?;
         let mut out = Vec::with_capacity(entries.len());
         let mut rekeyed = 0usize;
         for (k, v) in entries {
-            let input = bincode::deserialize::<Input>(&v)
-                .map_err(|e| format!("state: a logged reconciliation input does not decode ({e}); the state directory is damaged"))?;
+            let input = bincode::deserialize::<Input>(&v).map_err(|e| sluice_state::StateError::Codec {
+                table: INPUTS_TABLE.to_string(),
+                reason: format!("a logged reconciliation input does not decode ({e}); the state directory is damaged"),
+            })?;
             // Up to version 0.1 the content hash in the key was std's SipHash, which std does not
             // promise to keep: such keys move to the current key with the first new epoch's commit,
             // so that a redelivery of the same input overwrites its entry instead of adding one.
@@ -409,14 +320,14 @@ pub fn build<'scope>(
                     };
                     match result {
                         Ok(Some(i)) => {
-                            m.decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            m.decode.decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let (key, value) = i.log_entry();
                             st.put_raw(epoch, table.index(), &key, value);
                             session.give((Ok(i), epoch));
                         }
                         Ok(None) => {}
                         Err(reason) => {
-                            m.dead_letters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            m.decode.dead_letters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             session.give((Err(DeadLetter { reason, origin: record.origin, raw: record.bytes }), epoch));
                         }
                     }

@@ -26,6 +26,8 @@ use serde_json::{json, Map, Value};
 use sluice_operators::FeatureSet;
 use sluice_state::{BytesCodec, Snapshot, StateReader, Table};
 
+use crate::server::ServerError;
+
 /// What the feature routes need.
 #[derive(Clone)]
 pub struct FeatureService {
@@ -140,17 +142,21 @@ impl FeatureService {
     ///
     /// # Errors
     /// The features do not fit the event schema, the feature log cannot be opened, or the state holds no features table.
-    pub fn from_config(config: &crate::config::PipelineConfig, server: &crate::config::ServerSection, reader: StateReader) -> Result<Option<Self>, String> {
+    pub fn from_config(
+        config: &crate::config::PipelineConfig,
+        server: &crate::config::ServerSection,
+        reader: StateReader,
+    ) -> Result<Option<Self>, ServerError> {
         if config.features.is_empty() {
             return Ok(None);
         }
-        let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| format!("features: {e}"))?;
+        let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(ServerError::Features)?;
         let stale_after_ms = server.stale_after.ms();
         let log = match &server.feature_log {
-            Some(path) => Some(Arc::new(FeatureLog::open(path).map_err(|e| format!("server.feature_log: cannot open {}: {e}", path.display()))?)),
+            Some(path) => Some(Arc::new(FeatureLog::open(path).map_err(|source| ServerError::FeatureLog { path: path.clone(), source })?)),
             None => None,
         };
-        let table = reader.table(sluice_operators::features::FEATURES_TABLE).map_err(|e| e.to_string())?;
+        let table = reader.table(sluice_operators::features::FEATURES_TABLE)?;
         Ok(Some(FeatureService { reader, table, set: Arc::new(set), batch_max: server.batch_max, stale_after_ms, log }))
     }
 

@@ -624,7 +624,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                                 }
                                 Err(reason) => {
                                     rejected += 1;
-                                    metrics.add_dead_letter(&reason);
+                                    metrics.decode.add_dead_letter(&reason);
                                     dead_s.give(DeadLetter { reason, origin: record.origin, raw: record.bytes });
                                 }
                             },
@@ -643,8 +643,8 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                             }
                         }
                     }
-                    metrics.add_decoded(decoded, rejected);
-                    metrics.max_event_time_ms.fetch_max(latest, std::sync::atomic::Ordering::Relaxed);
+                    metrics.decode.add(decoded, rejected);
+                    metrics.time.max_event_time_ms.raise(latest);
                 });
                 held.downgrade(crate::epoch::input_frontier(frontiers));
             }

@@ -184,8 +184,8 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             }
                         }
                     }
-                    metrics.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-                    metrics.conflicts.fetch_add(conflicted, Ordering::Relaxed);
+                    metrics.dedup.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+                    metrics.dedup.conflicts.fetch_add(conflicted, Ordering::Relaxed);
                     for p in &progress {
                         tracker.apply(p);
                     }

@@ -673,7 +673,7 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                         }
                     }
                     if late > 0 {
-                        metrics.drift_late_samples.fetch_add(late, Ordering::Relaxed);
+                        metrics.drift.late_samples.fetch_add(late, Ordering::Relaxed);
                     }
                     for p in &progress {
                         tracker.apply(p);
@@ -743,7 +743,7 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
                             current.iter_mut().zip(summaries).for_each(|(a, b)| a.merge(b));
                         }
                         let records = window_records(&config, &columns, reference, &current, (start, end));
-                        metrics.record_drift(&records);
+                        metrics.drift.record(&records);
                         for r in records {
                             session.give(r);
                         }
@@ -779,5 +779,21 @@ impl<'scope> Drift<'scope> for Stream<'scope, Epoch, Vec<DriftSample>> {
             }
         });
         Ok(records)
+    }
+}
+impl crate::metrics::DriftMetrics {
+    /// Records one window's drift records: each statistic's value and status, alerts counted.
+    pub fn record(&self, records: &[DriftRecord]) {
+        self.windows.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut latest) = self.latest.lock() else { return };
+        for r in records {
+            let level = r.status.level();
+            let gauge = crate::metrics::DriftGauge { value: None, level, alerts: 0, window_end_ms: 0 };
+            let entry = latest.entry((r.column.clone(), r.statistic.clone())).or_insert(gauge);
+            entry.value = r.value;
+            entry.level = level;
+            entry.window_end_ms = r.window_end_ms;
+            entry.alerts += u64::from(level == 2);
+        }
     }
 }

@@ -474,9 +474,9 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if cache.len() > cache_entities_max {
                         cache.clear();
                     }
-                    metrics.features_out.fetch_add(produced, Ordering::Relaxed);
-                    metrics.record_stage(crate::metrics::Stage::Features, crate::event::now_us(), ingest.iter().copied());
-                    metrics.hold_for_commit(epoch, ingest.into_iter());
+                    metrics.features.records_out.fetch_add(produced, Ordering::Relaxed);
+                    metrics.latency.record(crate::latency::LatencyStage::Features, crate::event::now_us(), ingest.iter().copied());
+                    metrics.latency.hold_for_commit(epoch, ingest.into_iter());
                 }
                 held.downgrade(frontier);
             }

@@ -34,6 +34,7 @@ pub mod epoch;
 mod error;
 pub mod event;
 pub mod features;
+pub mod latency;
 pub mod metrics;
 pub mod order;
 pub mod reconcile;
@@ -52,7 +53,8 @@ pub use event::{
     RequiredField, SourceItem,
 };
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};
-pub use metrics::{KafkaPartitionGauge, Metrics, Stage};
+pub use latency::LatencyStage;
+pub use metrics::{KafkaPartitionGauge, Metrics};
 pub use order::{LatePolicy, Order, OrderConfig};
 pub use score::{ModelConfig, ModelSource, Models, Score, ScoreRecord, Scored, Unscored};
 pub use watermark::WatermarkTracker;

@@ -189,14 +189,14 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             buffer.insert((event.time_ms, event.origin), bytes);
                         }
                     }
-                    metrics.late.fetch_add(late_count, Ordering::Relaxed);
+                    metrics.time.late.fetch_add(late_count, Ordering::Relaxed);
                     for p in &progress {
                         tracker.apply(p);
                     }
                     let previous = watermark;
                     let watermark = tracker.advance();
                     if index == 0 {
-                        metrics.watermark_ms.store(watermark, Ordering::Relaxed);
+                        metrics.time.watermark_ms.set(watermark);
                     }
                     let mut released = Vec::new();
                     while let Some(first) = buffer.first_entry() {

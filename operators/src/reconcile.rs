@@ -30,7 +30,6 @@
 //! `(−1, p1 missing_at_provider), (+1, p1 matched)`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::{Hash, Hasher};
 
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
@@ -39,11 +38,10 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Concat;
-
-use crate::epoch::{EpochStash, HeldCapabilities};
 use timely::dataflow::Stream;
 
-use crate::event::Epoch;
+use crate::epoch::{EpochStash, HeldCapabilities};
+use crate::event::{route_hash, Epoch};
 
 /// One provider event (a charge, refund or dispute webhook), decoded.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -326,12 +324,6 @@ enum Side {
     Ledger(LedgerVersion),
 }
 
-fn hash_of(key: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish()
-}
-
 /// The reconciliation of `provider` events against `ledger` versions (both insert-only
 /// collections), as a collection of [`Reconciled`] rows: one per payment, changing as input
 /// arrives and as the clocks pass settle times.
@@ -398,7 +390,7 @@ fn settle<'scope>(
     clock: Stream<'scope, Epoch, Vec<ClockTick>>,
     settle_ms: i64,
 ) -> Stream<'scope, Epoch, Vec<(Reconciled, Epoch, isize)>> {
-    let exchange = Exchange::new(|((payment, _), _, _): &PairingUpdate| hash_of(payment));
+    let exchange = Exchange::new(|((payment, _), _, _): &PairingUpdate| route_hash(payment));
     pairs.binary_frontier::<_, CapacityContainerBuilder<Vec<(Reconciled, Epoch, isize)>>, _, _, _, _>(
         clock,
         exchange,

@@ -40,7 +40,8 @@ use timely::dataflow::Stream;
 
 use crate::epoch::{input_frontier, HeldCapabilities};
 use crate::event::{Epoch, FeatureRecord, Origin};
-use crate::metrics::{Metrics, Stage};
+use crate::latency::LatencyStage;
+use crate::metrics::Metrics;
 use crate::OperatorError;
 
 /// The ONNX Runtime release sluice is built and tested against.
@@ -312,7 +313,7 @@ impl ModelSource {
         }
         match Model::from_bytes(&self.config, &bytes) {
             Ok(_) => {
-                self.metrics.model_reloads.fetch_add(1, Ordering::Relaxed);
+                self.metrics.model.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(model = %self.config.model_name(), version, "new model version loaded; it takes effect at the next epoch");
                 let mut state = self.state.lock().expect("invariant: model source lock not poisoned");
                 state.versions.push(Version { bytes: Arc::new(bytes), version, from_epoch: None });
@@ -321,7 +322,7 @@ impl ModelSource {
                 }
             }
             Err(e) => {
-                self.metrics.model_reload_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.model.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(model = %self.config.model_name(), error = %e, "the new model file does not load; the current version keeps scoring");
             }
         }
@@ -619,14 +620,14 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                             continue;
                         }
                         let (result, latency_us) = primary.run(&batch);
-                        metrics.record_batch_latency(latency_us);
+                        metrics.model.batch_latency_us.record(latency_us);
                         let primary_scores = match result {
                             Ok(scores) => {
-                                metrics.scored.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                                metrics.model.scored.fetch_add(batch.len() as u64, Ordering::Relaxed);
                                 for (record, score) in batch.iter().zip(&scores) {
                                     scores_s.give(primary.record(record, *score, latency_us, None));
                                 }
-                                metrics.record_stage(Stage::Scored, crate::event::now_us(), batch.iter().map(|r| r.ingest_us));
+                                metrics.latency.record(LatencyStage::Scored, crate::event::now_us(), batch.iter().map(|r| r.ingest_us));
                                 Some(scores)
                             }
                             Err(e) => {
@@ -662,7 +663,7 @@ impl<'scope> Score<'scope> for Stream<'scope, Epoch, Vec<FeatureRecord>> {
                                     }
                                     shadow_s.give(shadow.record(record, score, latency_us, primary_score));
                                 }
-                                metrics.record_shadow_batch(rows.len() as u64, compared, abs_diff);
+                                metrics.model.record_shadow_batch(rows.len() as u64, compared, abs_diff);
                             }
                             (Err(e), _) => {
                                 tracing::warn!(model = %shadow.model.name, error = %e, rows = rows.len(), "a shadow batch failed to score");

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Stage;
+use crate::latency::LatencyStage;
 use crate::{DurationMs, OperatorError};
 
 /// Burn-rate alert windows (ms) and levels: (long, short, level) for page and ticket.
@@ -77,7 +77,7 @@ pub struct Objective {
     /// What it measures.
     pub indicator: Indicator,
     /// For latency: the stage.
-    pub stage: Stage,
+    pub stage: LatencyStage,
     /// Good is at or below this, in µs.
     pub threshold_us: u64,
     /// The fraction that must be good.
@@ -93,7 +93,7 @@ impl SloConfig {
     /// A bad stage or objective.
     pub fn objective(&self, key: &str) -> Result<Objective, OperatorError> {
         let bad = |k: &str, problem: String| OperatorError::Config { key: format!("{key}.{k}"), problem };
-        let stage = Stage::from_name(&self.stage).ok_or_else(|| bad("stage", format!("`{}` is not one of features, scored, committed", self.stage)))?;
+        let stage = LatencyStage::from_name(&self.stage).ok_or_else(|| bad("stage", format!("`{}` is not one of features, scored, committed", self.stage)))?;
         if !(self.objective > 0.0 && self.objective < 1.0) {
             return Err(bad("objective", format!("{} is not between 0 and 1 (e.g. 0.999)", self.objective)));
         }
@@ -346,7 +346,7 @@ mod tests {
 
     #[test]
     fn latency_measurements_are_the_interval_between_snapshots() {
-        let mut h = crate::metrics::latency_histogram();
+        let mut h = crate::latency::latency_histogram();
         for v in [10_000u64, 20_000, 60_000] {
             h.record(v).unwrap();
         }

@@ -140,7 +140,7 @@ fn finish(state: &Path, tmp: &Path, epoch: Epoch, keep: usize) -> Result<PathBuf
     crate::protocol::failpoint("checkpoint.files");
     let final_path = dir.join(format!("epoch-{epoch}"));
     let created_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let marker = serde_json::json!({ "epoch": epoch, "created_ms": created_ms, "layout": String::from_utf8_lossy(crate::store::LAYOUT) }).to_string();
+    let marker = serde_json::json!({ "epoch": epoch, "created_ms": created_ms, "layout": String::from_utf8_lossy(crate::layout::LAYOUT) }).to_string();
     let marker_path = tmp.join(MARKER);
     // (the marker is written only into a checkpoint whose files are all its own)
     std::fs::write(&marker_path, marker).map_err(|e| io(&marker_path, "cannot write the checkpoint marker", e))?;

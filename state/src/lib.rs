@@ -14,6 +14,8 @@
 //! | `codec.rs` | [`Codec`]: how a table's values become bytes, and the stock codecs |
 //! | `table.rs` | [`TableSpec`] (declared up front) and [`Table`] (a typed handle) |
 //! | `store.rs` | [`StateStore`]: the RocksDB instance, its options, and the commit of epochs |
+//! | `layout.rs` | the state directory's own keys: layout version, resume epoch, commit time |
+//! | `stage.rs` | a stage: one worker's changes in one epoch, handed to the commit as a unit |
 //! | `worker.rs` | [`WorkerState`]: one worker's staged, not yet committed changes, read through |
 //! | `snapshot.rs` | [`StateReader`] and [`Snapshot`]: consistent reads from any thread |
 //! | `checkpoint.rs` | checkpoints: taking, listing and restoring copies of the committed state |
@@ -37,7 +39,9 @@
 
 mod codec;
 mod error;
+mod layout;
 mod snapshot;
+mod stage;
 mod store;
 mod table;
 mod worker;

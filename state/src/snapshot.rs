@@ -10,7 +10,8 @@ use std::time::Duration;
 use rocksdb::{Options, SnapshotWithThreadMode, DB};
 
 use crate::codec::{decode_in, Codec, I64Codec, U64Codec};
-use crate::store::{StateStore, KEY_COMMITTED_AT_MS, KEY_LAYOUT, KEY_RESUME_EPOCH, LAYOUT, META_CF};
+use crate::layout::{KEY_COMMITTED_AT_MS, KEY_LAYOUT, KEY_RESUME_EPOCH, LAYOUT, META_CF};
+use crate::store::StateStore;
 use crate::table::Table;
 use crate::{Epoch, StateError};
 

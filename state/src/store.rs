@@ -12,18 +12,11 @@ use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::codec::{Codec, U64Codec};
+use crate::layout::{KEY_COMMITTED_AT_MS, KEY_LAYOUT, KEY_RESUME_EPOCH, LAYOUT, META_CF};
 use crate::protocol::failpoint;
+use crate::stage::Stage;
 use crate::table::{ttl_stamp, Table, TableSpec};
-use crate::worker::{Stage, WorkerState};
 use crate::{Epoch, StateError};
-
-pub(crate) const META_CF: &str = "sluice_meta";
-pub(crate) const KEY_LAYOUT: &[u8] = b"layout";
-pub(crate) const KEY_RESUME_EPOCH: &[u8] = b"resume_epoch";
-/// The wall time of the last commit (ms since the Unix epoch), in the same batch.
-pub(crate) const KEY_COMMITTED_AT_MS: &[u8] = b"committed_at_ms";
-/// Bump when the on-disk layout changes incompatibly.
-pub(crate) const LAYOUT: &[u8] = b"sluice-state/1";
 
 /// Tuning of the RocksDB instance. The defaults bound memory at roughly
 /// `cache_bytes + tables * write_buffer_bytes * 2`.
@@ -388,12 +381,6 @@ impl StateStore {
     /// The state directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The staging handle of worker `index`.
-    pub fn worker(self: &Arc<Self>, index: usize) -> WorkerState {
-        assert!(index < self.workers, "invariant: worker index {index} < workers {}", self.workers);
-        WorkerState::new(Arc::clone(self), index)
     }
 
     /// Sets the TTL cutoff of a TTL table: compactions drop values stamped before `cutoff`.

@@ -4,24 +4,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::codec::{decode_in, Codec};
+use crate::stage::Stage;
 use crate::store::StateStore;
 use crate::table::{ttl_stamp, Table};
 use crate::{Epoch, StateError};
 
 /// A committed key and its value bytes.
 pub type Entry = (Vec<u8>, Vec<u8>);
-
-/// The changes one worker made while processing one epoch: per table, key to new value
-/// (`None`: deleted).
-#[derive(Debug, Default)]
-pub(crate) struct Stage {
-    pub(crate) tables: Vec<HashMap<Vec<u8>, Option<Vec<u8>>>>,
-    /// Range deletions `(table, from, to)`, applied before the stage's other changes.
-    pub(crate) range_deletes: Vec<(usize, Vec<u8>, Vec<u8>)>,
-    /// Puts of keys nobody reads back while running `(table, key, value)`, applied after the
-    /// range deletions and before the keyed changes.
-    pub(crate) blind: Vec<(usize, Vec<u8>, Vec<u8>)>,
-}
 
 /// A worker's handle on the state: writes are staged per epoch, reads see the worker's own
 /// staged writes (newest epoch first) and then the committed database.
@@ -42,6 +31,14 @@ pub struct WorkerState {
 impl std::fmt::Debug for WorkerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerState").field("worker", &self.worker).field("open", &self.open.keys()).finish()
+    }
+}
+
+impl StateStore {
+    /// The staging handle of worker `index`.
+    pub fn worker(self: &Arc<Self>, index: usize) -> WorkerState {
+        assert!(index < self.workers(), "invariant: worker index {index} < workers {}", self.workers());
+        WorkerState::new(Arc::clone(self), index)
     }
 }
 

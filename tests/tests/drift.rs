@@ -79,7 +79,7 @@ fn a_stream_without_a_shift_raises_no_alert_across_20_windows() {
         assert_ne!(r["status"], "alert", "{r}");
         assert_eq!(r["reference_n"], records[0]["reference_n"]);
     }
-    assert_eq!(control.metrics.drift_windows.load(Ordering::Relaxed) as usize, ends.len());
+    assert_eq!(control.metrics.drift.windows.load(Ordering::Relaxed) as usize, ends.len());
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn a_stopped_and_resumed_run_emits_the_same_drift_records() {
     let stop = Arc::clone(&control.stop);
     let metrics = Arc::clone(&control.metrics);
     let stopper = std::thread::spawn(move || {
-        while metrics.records_in.load(Ordering::Relaxed) < 100_000 {
+        while metrics.sources.records_in.load(Ordering::Relaxed) < 100_000 {
             std::thread::sleep(Duration::from_millis(1));
         }
         stop.store(true, Ordering::Relaxed);
@@ -107,7 +107,7 @@ fn a_stopped_and_resumed_run_emits_the_same_drift_records() {
     let first_part = PipelineConfig { max_inflight_epochs: 1, ..config_parts.clone() };
     let first = sluice::run(&first_part, &control).unwrap();
     stopper.join().unwrap();
-    assert!(control.metrics.drift_windows.load(Ordering::Relaxed) > 0, "the first part emitted windows");
+    assert!(control.metrics.drift.windows.load(Ordering::Relaxed) > 0, "the first part emitted windows");
     assert!(first.records_in < 200_000, "the first part stopped early: {}", first.records_in);
     let second = sluice::run(&config_parts, &RunControl::default()).unwrap();
     assert!(second.resumed_at_epoch > 0);

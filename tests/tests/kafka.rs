@@ -274,7 +274,7 @@ fn a_stopped_and_resumed_run_loses_and_repeats_nothing() {
     let stop = std::sync::Arc::clone(&control.stop);
     let metrics = std::sync::Arc::clone(&control.metrics);
     let stopper = std::thread::spawn(move || {
-        while metrics.features_out.load(std::sync::atomic::Ordering::Relaxed) < 3_000 {
+        while metrics.features.records_out.load(std::sync::atomic::Ordering::Relaxed) < 3_000 {
             std::thread::sleep(Duration::from_millis(2));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -384,7 +384,7 @@ fn message_metadata_reaches_the_decoder_and_committed_offsets_reach_the_group() 
     tpl.add_partition(&topic_in, 0);
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     assert_eq!(committed.find_partition(&topic_in, 0).unwrap().offset(), Offset::Offset(4), "the group's committed offset");
-    let gauges = control.metrics.kafka_partitions.lock().unwrap().clone();
+    let gauges = control.metrics.kafka.partitions.lock().unwrap().clone();
     assert_eq!(gauges.get(&("payments".to_string(), 0)).map(|g| g.committed), Some(4), "{gauges:?}");
 }
 

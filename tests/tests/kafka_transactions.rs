@@ -161,7 +161,7 @@ fn brokers_down_and_slow_are_ridden_out() {
     let metrics = std::sync::Arc::clone(&control.metrics);
     let config = at_least_once(work.path(), &brokers);
     let run = std::thread::spawn(move || sluice::run(&config, &control));
-    while metrics.features_out.load(std::sync::atomic::Ordering::Relaxed) < 500 {
+    while metrics.features.records_out.load(std::sync::atomic::Ordering::Relaxed) < 500 {
         std::thread::sleep(Duration::from_millis(5));
     }
     for b in 1..=3 {

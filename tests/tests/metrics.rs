@@ -45,7 +45,7 @@ fn metrics_parse_and_name_everything() {
             std::thread::sleep(Duration::from_millis(10));
         };
         // Wait for some output and an SLO interval, then scrape while the run goes on.
-        while metrics.drift_windows.load(std::sync::atomic::Ordering::Relaxed) == 0 || metrics.slo_latest.lock().unwrap().is_empty() {
+        while metrics.drift.windows.load(std::sync::atomic::Ordering::Relaxed) == 0 || metrics.slo.latest.lock().unwrap().is_empty() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let (head, body) = get(addr, "/metrics");

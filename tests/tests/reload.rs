@@ -34,7 +34,7 @@ fn a_new_model_version_takes_effect_at_one_epoch_boundary() {
     let control = RunControl::default();
     let summary = sluice::run(&config, &control).unwrap();
     swap.join().unwrap();
-    assert_eq!(control.metrics.model_reloads.load(Ordering::Relaxed), 1);
+    assert_eq!(control.metrics.model.reloads.load(Ordering::Relaxed), 1);
 
     let out = work.path().join("out");
     let scores: Vec<serde_json::Value> = lines(&out.join("scores.jsonl")).iter().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -77,8 +77,8 @@ fn a_new_version_that_does_not_load_is_reported_and_the_old_one_keeps_scoring() 
     let control = RunControl::default();
     let summary = sluice::run(&config, &control).unwrap();
     swap.join().unwrap();
-    assert_eq!(control.metrics.model_reload_failures.load(Ordering::Relaxed), 1, "the bad file was seen, once");
-    assert_eq!(control.metrics.model_reloads.load(Ordering::Relaxed), 0);
+    assert_eq!(control.metrics.model.reload_failures.load(Ordering::Relaxed), 1, "the bad file was seen, once");
+    assert_eq!(control.metrics.model.reloads.load(Ordering::Relaxed), 0);
 
     let out = work.path().join("out");
     let scores: Vec<serde_json::Value> = lines(&out.join("scores.jsonl")).iter().map(|l| serde_json::from_str(l).unwrap()).collect();

@@ -172,7 +172,7 @@ fn signed_webhooks_are_logged_before_the_2xx_and_applied_once() {
             ("evt_7".into(), "c3".into(), 1.0, 2.0)
         ]
     );
-    let counts = metrics.webhook_requests.lock().unwrap().clone();
+    let counts = metrics.webhook.requests.lock().unwrap().clone();
     let n = |o: &str| counts.get(&("psp".to_string(), o.to_string())).copied().unwrap_or(0);
     assert_eq!(
         (n("accepted"), n("duplicate"), n("bad_signature"), n("stale_timestamp"), n("missing_header"), n("too_large"), n("bad_json")),

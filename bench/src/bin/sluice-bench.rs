@@ -184,7 +184,7 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, 
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         std::thread::sleep(std::time::Duration::from_secs(warmup));
-        let in_before = metrics.records_in.load(std::sync::atomic::Ordering::Relaxed);
+        let in_before = metrics.sources.records_in.load(std::sync::atomic::Ordering::Relaxed);
         let started = Instant::now();
         let per_client = lookups as f64 / clients as f64;
         let threads: Vec<_> = (0..clients)
@@ -198,7 +198,7 @@ fn serve(lookups: u64, ingest: u64, seconds: u64, clients: u64, workers: usize, 
             statuses = (statuses.0 + r.statuses.0, statuses.1 + r.statuses.1, statuses.2 + r.statuses.2);
         }
         let secs = started.elapsed().as_secs_f64();
-        let ingested = metrics.records_in.load(std::sync::atomic::Ordering::Relaxed) - in_before;
+        let ingested = metrics.sources.records_in.load(std::sync::atomic::Ordering::Relaxed) - in_before;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         println!("feature lookups over HTTP on loopback while the standard pipeline ingests ({workers} worker(s), dataflow_nice {nice}), {clients} keep-alive clients, open loop");
         println!(
@@ -316,7 +316,7 @@ fn main() -> Result<()> {
             let summary = sluice::run(&config, &control)?;
             let secs = started.elapsed().as_secs_f64();
             let cpu_secs = sluice_bench::cpu_seconds() - cpu;
-            let q = |x: f64| control.metrics.batch_latency_quantile_us(x).map_or(f64::NAN, |v| v as f64);
+            let q = |x: f64| control.metrics.model.batch_latency_us.quantile_us(x).map_or(f64::NAN, |v| v as f64);
             println!(
                 "workers={workers} events={} seconds={secs:.3} events_per_s={:.0} events_per_cpu_s={:.0} peak_rss_mib={:.1} features={} duplicates={} late={} dead={} scored={} batch_p50_us={} batch_p99_us={}",
                 summary.records_in,

@@ -10,6 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use super::logs::Quiet;
+use crate::error::ConnectorError;
 use crate::generator::{GeneratorConfig, GeneratorReader};
 use crate::source::{PartitionReader, ReadStatus};
 
@@ -18,7 +19,7 @@ use crate::source::{PartitionReader, ReadStatus};
 pub struct Feeder {
     /// Records produced (acknowledged or not) so far.
     pub produced: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<Result<u64, String>>,
+    thread: std::thread::JoinHandle<Result<u64, ConnectorError>>,
 }
 
 impl Feeder {
@@ -28,9 +29,10 @@ impl Feeder {
     /// # Errors
     /// `source` is not a generator, the topic cannot be created, or the producer cannot be
     /// created.
-    pub fn from_source(source: &crate::SourceConfig, brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> Result<Self, String> {
-        let generator =
-            source.get::<GeneratorConfig>().ok_or_else(|| format!("source `{}` is not a generator: only a generator feeds a topic", source.name()))?;
+    pub fn from_source(source: &crate::SourceConfig, brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> Result<Self, ConnectorError> {
+        let generator = source
+            .get::<GeneratorConfig>()
+            .ok_or_else(|| ConnectorError::Config { key: format!("sources.{}.type", source.name()), problem: "only a generator feeds a topic".into() })?;
         super::ensure_topics(brokers, &Default::default(), &[(topic, generator.partitions)])?;
         Feeder::start(generator, brokers, topic, stop)
     }
@@ -40,13 +42,13 @@ impl Feeder {
     ///
     /// # Errors
     /// The producer cannot be created.
-    pub fn start(generator: &GeneratorConfig, brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> Result<Self, String> {
+    pub fn start(generator: &GeneratorConfig, brokers: &str, topic: &str, stop: Arc<AtomicBool>) -> Result<Self, ConnectorError> {
         let producer: BaseProducer<Quiet> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
             .create_with_context(Quiet)
-            .map_err(|e| format!("cannot create a producer for {brokers}: {e}"))?;
+            .map_err(|e| ConnectorError::Kafka { what: format!("cannot create a producer for {brokers}"), source: e.into() })?;
         let mut readers: Vec<GeneratorReader> = (0..generator.partitions).map(|p| GeneratorReader::new(generator, p)).collect();
         let topic = topic.to_string();
         let produced = Arc::new(AtomicU64::new(0));
@@ -63,7 +65,7 @@ impl Feeder {
                             continue;
                         }
                         batch.clear();
-                        let status = reader.read(1_000, &mut batch).map_err(|e| e.to_string())?;
+                        let status = reader.read(1_000, &mut batch)?;
                         ended[p] = status == ReadStatus::End;
                         any |= !batch.is_empty();
                         for f in &batch {
@@ -75,7 +77,7 @@ impl Feeder {
                                         producer.poll(Duration::from_millis(5));
                                         record = back;
                                     }
-                                    Err((e, _)) => return Err(format!("cannot produce to {topic}: {e}")),
+                                    Err((e, _)) => return Err(ConnectorError::Kafka { what: format!("cannot produce to {topic}"), source: e.into() }),
                                 }
                             }
                         }
@@ -83,10 +85,12 @@ impl Feeder {
                     }
                     producer.poll(if any { Duration::ZERO } else { Duration::from_millis(1) });
                 }
-                producer.flush(Duration::from_secs(60)).map_err(|e| format!("cannot flush the produced records to {topic}: {e}"))?;
+                producer
+                    .flush(Duration::from_secs(60))
+                    .map_err(|e| ConnectorError::Kafka { what: format!("cannot flush the produced records to {topic}"), source: e.into() })?;
                 Ok(count.load(Ordering::Relaxed))
             })
-            .map_err(|e| format!("cannot start the feeder: {e}"))?;
+            .map_err(|e| ConnectorError::Thread { thread: "Kafka feeder", source: e })?;
         Ok(Feeder { produced, thread })
     }
 
@@ -99,7 +103,7 @@ impl Feeder {
     ///
     /// # Errors
     /// A produce or flush failed.
-    pub fn join(self) -> Result<u64, String> {
-        self.thread.join().map_err(|_| "the feeder panicked".to_string())?
+    pub fn join(self) -> Result<u64, ConnectorError> {
+        self.thread.join().map_err(|_| ConnectorError::Kafka { what: "feeding the topic".into(), source: "the feeder thread panicked".into() })?
     }
 }

@@ -119,7 +119,7 @@ impl Publisher {
                 }
             }
         }
-        if let Ok(mut m) = self.metrics.kafka_partitions.lock() {
+        if let Ok(mut m) = self.metrics.kafka.partitions.lock() {
             for (p, g) in gauges {
                 m.insert((self.config.name.clone(), p), g);
             }

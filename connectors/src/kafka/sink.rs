@@ -271,7 +271,8 @@ fn kafka(what: &str, config: &KafkaSinkConfig, e: impl std::fmt::Display) -> Str
 ///
 /// # Errors
 /// The broker refuses.
-pub fn ensure_topics(brokers: &str, properties: &BTreeMap<String, String>, topics: &[(&str, u32)]) -> Result<(), String> {
+pub fn ensure_topics(brokers: &str, properties: &BTreeMap<String, String>, topics: &[(&str, u32)]) -> Result<(), ConnectorError> {
+    let fail = |what: String| move |e: KafkaError| ConnectorError::Kafka { what, source: e.into() };
     let mut c = ClientConfig::new();
     for (k, v) in properties {
         if k.starts_with("security.") || k.starts_with("sasl.") || k.starts_with("ssl.") {
@@ -279,24 +280,25 @@ pub fn ensure_topics(brokers: &str, properties: &BTreeMap<String, String>, topic
         }
     }
     c.set("bootstrap.servers", brokers);
-    let admin: AdminClient<Quiet> = c.create_with_context(Quiet).map_err(|e| format!("cannot create an admin client for {brokers}: {e}"))?;
+    let admin: AdminClient<Quiet> = c.create_with_context(Quiet).map_err(fail(format!("cannot create an admin client for {brokers}")))?;
     // Only what is missing: some brokers (and librdkafka's mock cluster) do not answer
     // CreateTopics at all.
-    let metadata = admin.inner().fetch_metadata(None, KAFKA_TIMEOUT).map_err(|e| format!("cannot read the metadata of {brokers}: {e}"))?;
+    let metadata = admin.inner().fetch_metadata(None, KAFKA_TIMEOUT).map_err(fail(format!("cannot read the metadata of {brokers}")))?;
     let exists = |name: &str| metadata.topics().iter().any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
     let new: Vec<NewTopic<'_>> = topics.iter().filter(|(t, _)| !exists(t)).map(|(t, p)| NewTopic::new(t, *p as i32, TopicReplication::Fixed(1))).collect();
     if new.is_empty() {
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| ConnectorError::Thread { thread: "Kafka admin runtime", source: e })?;
     let results = runtime
         .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT))))
-        .map_err(|e| format!("cannot create topics on {brokers}: {e}"))?;
+        .map_err(fail(format!("cannot create topics on {brokers}")))?;
     for r in results {
         match r {
             Ok(t) => tracing::info!(topic = %t, "created Kafka topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, e)) => return Err(format!("cannot create topic `{t}` on {brokers}: {e}")),
+            Err((t, e)) => return Err(ConnectorError::Kafka { what: format!("cannot create topic `{t}` on {brokers}"), source: e.into() }),
         }
     }
     Ok(())
@@ -577,7 +579,7 @@ pub fn start_delivery(config: &KafkaSinkConfig, store: Arc<StateStore>, stop_on_
         let what = format!("{what}: {step}");
         move |e: String| ConnectorError::Kafka { what, source: e.into() }
     };
-    ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)]).map_err(kafka("topics"))?;
+    ensure_topics(&config.brokers, &config.properties, &[(&config.topic, config.partitions), (&progress_topic, 1)])?;
     let producer = new_producer(config).map_err(|e| kafka("producer")(e.message))?;
     let delivered = read_progress(config).map_err(kafka("progress"))?;
     let state = Arc::new(DeliveryState::default());

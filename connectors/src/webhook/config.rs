@@ -1,9 +1,11 @@
 //! `[[sources]] type = "webhook"`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
+use super::log::WebhookLog;
 use super::signature::{Scheme, Verifier};
 use crate::ConnectorError;
 
@@ -50,6 +52,21 @@ pub struct WebhookSourceConfig {
     /// A request whose body has not all arrived this long after its header is answered 408 (ms).
     #[serde(default = "default_body_timeout_ms")]
     pub body_timeout_ms: u64,
+    /// The log, once opened: shared by the server and the reader (and by every clone of this
+    /// config), so the log is opened once per pipeline without a process-wide registry.
+    #[serde(skip)]
+    pub(crate) opened: OpenedLog,
+}
+
+/// The log a webhook source opened (see [`WebhookSourceConfig::log`]); equal whatever it holds,
+/// so configs compare by what was written in the file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenedLog(pub(crate) Arc<Mutex<Option<Arc<WebhookLog>>>>);
+
+impl PartialEq for OpenedLog {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 fn default_header_timeout_ms() -> u64 {

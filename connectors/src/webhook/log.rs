@@ -12,12 +12,12 @@
 //! get one). Appends made at the same time share one synced write (group commit): the first
 //! to find the writer free writes every append waiting, then wakes their callers.
 //!
-//! A log is opened once per process and directory ([`WebhookLog::open`] returns the same
-//! handle to the server and to the reader).
+//! A log is opened once per source: the source's config holds the handle and gives it to the
+//! server and to the reader; a second open of a directory in use is refused by RocksDB's lock.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use sluice_operators::RecordMeta;
@@ -63,11 +63,6 @@ impl std::fmt::Debug for WebhookLog {
     }
 }
 
-fn registry() -> &'static Mutex<HashMap<PathBuf, std::sync::Weak<WebhookLog>>> {
-    static LOGS: OnceLock<Mutex<HashMap<PathBuf, std::sync::Weak<WebhookLog>>>> = OnceLock::new();
-    LOGS.get_or_init(|| Mutex::new(HashMap::new()))
-}
-
 fn db_error(what: &str, path: &Path, e: impl std::fmt::Display) -> ConnectorError {
     ConnectorError::WebhookLog { path: path.to_path_buf(), what: what.to_string(), source: e.to_string().into() }
 }
@@ -90,17 +85,13 @@ fn decode(v: &[u8]) -> Option<(i64, &str, &[u8])> {
 }
 
 impl WebhookLog {
-    /// Opens (creating) the log in `dir`; the same handle for the same directory within a process.
+    /// Opens (creating) the log in `dir`.
     ///
     /// # Errors
-    /// RocksDB cannot open the directory.
+    /// RocksDB cannot open the directory (one in use by another handle is locked).
     pub fn open(dir: &Path) -> Result<Arc<Self>, ConnectorError> {
         std::fs::create_dir_all(dir).map_err(|e| db_error("cannot create", dir, e))?;
         let path = dir.canonicalize().map_err(|e| db_error("cannot resolve", dir, e))?;
-        let mut logs = registry().lock().expect("invariant: not poisoned");
-        if let Some(log) = logs.get(&path).and_then(std::sync::Weak::upgrade) {
-            return Ok(log);
-        }
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -112,10 +103,7 @@ impl WebhookLog {
             Some(Err(e)) => return Err(db_error("cannot read", &path, e)),
             None => 0,
         };
-        let log =
-            Arc::new(WebhookLog { path: path.clone(), db, next: Mutex::new(next), queue: Mutex::new(Vec::new()), read: std::sync::atomic::AtomicU64::new(0) });
-        logs.insert(path, Arc::downgrade(&log));
-        Ok(log)
+        Ok(Arc::new(WebhookLog { path, db, next: Mutex::new(next), queue: Mutex::new(Vec::new()), read: std::sync::atomic::AtomicU64::new(0) }))
     }
 
     /// Appends a webhook unless its id is in the log; durable (WAL synced) when it returns.
@@ -299,7 +287,8 @@ mod tests {
             assert_eq!(log.append("a", b"{\"n\":1}", 10).unwrap(), Appended::New(0));
             assert_eq!(log.append("b", b"{\"n\":2}", 11).unwrap(), Appended::New(1));
             assert_eq!(log.append("a", b"{\"n\":1, \"again\":true}", 12).unwrap(), Appended::Duplicate(0));
-            assert!(Arc::ptr_eq(&log, &WebhookLog::open(dir.path()).unwrap()), "one handle per directory");
+            let again = WebhookLog::open(dir.path()).unwrap_err().to_string();
+            assert!(again.contains("cannot open") && again.contains("lock"), "a log in use is not opened twice: {again}");
         }
         let log = WebhookLog::open(dir.path()).unwrap();
         assert_eq!(log.end(), 2);

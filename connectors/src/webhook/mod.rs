@@ -29,8 +29,16 @@ pub const SOURCE: SourceKind = SourceKind {
 };
 
 impl WebhookSourceConfig {
+    /// The source's log: opened by the first caller (the server, at start), then the same
+    /// handle for the reader.
     fn log(&self) -> Result<Arc<WebhookLog>, ConnectorError> {
-        WebhookLog::open(self.log_dir.as_deref().expect("invariant: the pipeline sets the log directory (default_under) before using it"))
+        let mut opened = self.opened.0.lock().expect("invariant: not poisoned");
+        if let Some(log) = opened.as_ref() {
+            return Ok(Arc::clone(log));
+        }
+        let log = WebhookLog::open(self.log_dir.as_deref().expect("invariant: the pipeline sets the log directory (default_under) before using it"))?;
+        *opened = Some(Arc::clone(&log));
+        Ok(log)
     }
 }
 

@@ -46,9 +46,7 @@ struct Shared {
 
 impl Shared {
     fn count(&self, outcome: &str) {
-        if let Ok(mut m) = self.metrics.webhook_requests.lock() {
-            *m.entry((self.name.clone(), outcome.to_string())).or_default() += 1;
-        }
+        self.metrics.webhook.add(&self.name, outcome);
     }
 
     fn answer(&self, status: StatusCode, outcome: &str, message: &str) -> Response {

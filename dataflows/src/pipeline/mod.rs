@@ -105,8 +105,8 @@ pub enum RunError {
     #[error(transparent)]
     Model(sluice_operators::OperatorError),
     /// The HTTP server cannot start (the address taken, or the feature service's config).
-    #[error("{0}")]
-    Server(String),
+    #[error(transparent)]
+    Server(#[from] crate::server::ServerError),
     /// The SLO monitor's thread cannot start.
     #[error("cannot start the SLO monitor: {0}")]
     Monitor(#[source] std::io::Error),
@@ -121,13 +121,43 @@ pub enum RunError {
         source: sluice_connectors::ConnectorError,
     },
     /// A worker failed.
-    #[error("worker {worker}: {message}")]
+    #[error("worker {worker}: {source}")]
     Worker {
         /// Which worker.
         worker: usize,
         /// What failed.
-        message: String,
+        #[source]
+        source: WorkerError,
     },
+}
+
+/// Why a worker could not build its dataflow, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// An operator could not be built (its configuration, its state tables).
+    #[error(transparent)]
+    Operator(#[from] sluice_operators::OperatorError),
+    /// The state layer failed while building (a table, a replay of committed inputs).
+    #[error("state: {0}")]
+    State(#[from] sluice_state::StateError),
+    /// The configuration does not fit (caught here only if validation let it through).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The sources' reader or a sink could not be built.
+    #[error("{what}: {source}")]
+    Connector {
+        /// The sources, or the sink of a stream.
+        what: String,
+        /// Why.
+        #[source]
+        source: sluice_connectors::ConnectorError,
+    },
+    /// Handing an epoch in for commit failed: the store has stopped committing.
+    #[error("commit failed: {0}")]
+    Commit(#[source] sluice_state::StateError),
+    /// The worker's thread panicked, or timely could not start the workers.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl RunError {
@@ -136,7 +166,8 @@ impl RunError {
     pub fn retry(&self) -> sluice_connectors::Retry {
         match self {
             RunError::Connector { source, .. } => source.retry(),
-            RunError::Monitor(_) | RunError::Server(_) => sluice_connectors::Retry::Later,
+            RunError::Server(e) => e.retry(),
+            RunError::Monitor(_) => sluice_connectors::Retry::Later,
             RunError::Config(_) | RunError::State(_) | RunError::Model(_) | RunError::Worker { .. } => sluice_connectors::Retry::Never,
         }
     }
@@ -216,20 +247,20 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
         nice,
     });
     let workers = plan.config.workers;
-    let guards =
-        timely::execute(timely::Config::process(workers), move |worker| worker::run(worker, &plan)).map_err(|e| RunError::Worker { worker: 0, message: e })?;
+    let guards = timely::execute(timely::Config::process(workers), move |worker| worker::run(worker, &plan))
+        .map_err(|e| RunError::Worker { worker: 0, source: WorkerError::Aborted(e) })?;
     for (worker, result) in guards.join().into_iter().enumerate() {
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(message)) => return Err(RunError::Worker { worker, message }),
-            Err(panic) => return Err(RunError::Worker { worker, message: panic }),
+            Ok(Err(source)) => return Err(RunError::Worker { worker, source }),
+            Err(panic) => return Err(RunError::Worker { worker, source: WorkerError::Aborted(panic) }),
         }
     }
     // The last batches may still be on their way to disk; then the Kafka sinks deliver every
     // committed epoch left.
     store.sync()?;
     services.finish().map_err(connector_service)?;
-    control.metrics.committed_before(store.resume_epoch(), sluice_operators::event::now_us());
+    control.metrics.latency.committed_before(store.resume_epoch(), sluice_operators::event::now_us());
     monitor.finish();
     drop(server);
     Ok(summary(&control.metrics, resumed_at_epoch, store.resume_epoch(), started.elapsed()))
@@ -313,8 +344,8 @@ fn start_server(
         return Ok(None);
     };
     let info = crate::prometheus::ExportInfo { partition_sources: names.0.iter().map(|(s, _)| s.clone()).collect(), deliveries };
-    let features = crate::serve::FeatureService::from_config(config, s, sluice_state::StateReader::new(Arc::clone(store))).map_err(RunError::Server)?;
-    let server = crate::server::Server::start(&s.listen, Some((Arc::clone(&control.metrics), info)), features).map_err(RunError::Server)?;
+    let features = crate::serve::FeatureService::from_config(config, s, sluice_state::StateReader::new(Arc::clone(store)))?;
+    let server = crate::server::Server::start(&s.listen, Some((Arc::clone(&control.metrics), info)), features)?;
     let _ = control.http_addr.set(server.addr());
     Ok(Some(server))
 }
@@ -340,19 +371,20 @@ fn summary(m: &Metrics, resumed_at_epoch: Epoch, resume_epoch: Epoch, elapsed: D
     RunSummary {
         resumed_at_epoch,
         resume_epoch,
-        records_in: Metrics::get(&m.records_in),
-        decoded: Metrics::get(&m.decoded),
-        dead_letters: Metrics::get(&m.dead_letters),
-        duplicates: Metrics::get(&m.duplicates),
-        conflicts: Metrics::get(&m.conflicts),
-        late: Metrics::get(&m.late),
-        features_out: Metrics::get(&m.features_out),
-        scored: Metrics::get(&m.scored),
-        shadow_scored: Metrics::get(&m.shadow_scored),
-        shadow_mean_abs_diff: m.shadow_mean_abs_diff(),
-        drift_windows: Metrics::get(&m.drift_windows),
+        records_in: Metrics::get(&m.sources.records_in),
+        decoded: Metrics::get(&m.decode.decoded),
+        dead_letters: Metrics::get(&m.decode.dead_letters),
+        duplicates: Metrics::get(&m.dedup.duplicates),
+        conflicts: Metrics::get(&m.dedup.conflicts),
+        late: Metrics::get(&m.time.late),
+        features_out: Metrics::get(&m.features.records_out),
+        scored: Metrics::get(&m.model.scored),
+        shadow_scored: Metrics::get(&m.model.shadow_scored),
+        shadow_mean_abs_diff: m.model.shadow_mean_abs_diff(),
+        drift_windows: Metrics::get(&m.drift.windows),
         drift_alerts: m
-            .drift_latest
+            .drift
+            .latest
             .lock()
             .map(|l| l.iter().filter(|(_, g)| g.alerts > 0).map(|((c, s), g)| (c.clone(), s.clone(), g.alerts)).collect())
             .unwrap_or_default(),

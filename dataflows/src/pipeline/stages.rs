@@ -25,7 +25,7 @@ use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::scope::Scope;
 use timely::dataflow::{ProbeHandle, Stream};
 
-use super::Plan;
+use super::{Plan, WorkerError};
 use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, late_line, score_line, unscored_line};
 
 /// Builds the worker's dataflow: reads the partitions it owns (global index modulo the
@@ -37,7 +37,7 @@ pub(super) fn build<'scope>(
     (index, peers): (usize, usize),
     state: &Rc<RefCell<WorkerState>>,
     probe: &ProbeHandle<Epoch>,
-) -> Result<(), String> {
+) -> Result<(), WorkerError> {
     let config = &plan.config;
     let mut readers = Vec::new();
     let mut global = 0u32;
@@ -50,13 +50,15 @@ pub(super) fn build<'scope>(
         }
     }
     let items = source::build(scope, readers, plan.settings, Rc::clone(state), probe.clone(), Arc::clone(&plan.stop), Arc::clone(&plan.metrics))
-        .map_err(|e| e.to_string())?;
-    let sink = |lines: Stream<'scope, Epoch, Vec<OutputLine>>, stream: OutputStream| -> Result<(), String> {
+        .map_err(|source| WorkerError::Connector { what: "the sources".into(), source })?;
+    let sink = |lines: Stream<'scope, Epoch, Vec<OutputLine>>, stream: OutputStream| -> Result<(), WorkerError> {
         match config.sinks.iter().find(|s| s.output() == Some(stream)) {
             Some(s) => {
                 // Worker 0 tells a Kafka sink's delivery thread what was committed.
                 let delivery = (index == 0).then(|| plan.delivery_states.iter().find(|(s, _)| s == stream.name()).map(|(_, d)| Arc::clone(d))).flatten();
-                s.build(lines, Rc::clone(state), delivery).map_err(|e| e.to_string())?.probe_with(probe);
+                s.build(lines, Rc::clone(state), delivery)
+                    .map_err(|source| WorkerError::Connector { what: format!("the sink of `{}`", stream.name()), source })?
+                    .probe_with(probe);
             }
             None => {
                 lines.probe_with(probe);
@@ -75,25 +77,25 @@ fn standard<'scope>(
     items: Stream<'scope, Epoch, Vec<SourceItem>>,
     plan: &Plan,
     state: &Rc<RefCell<WorkerState>>,
-    sink: &dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), String>,
-) -> Result<(), String> {
+    sink: &dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), WorkerError>,
+) -> Result<(), WorkerError> {
     let (config, durations, metrics, names) = (&plan.config, &plan.durations, &plan.metrics, &plan.names);
-    let decoder = Decoder::new(&config.event).map_err(|e| e.to_string())?;
-    let (events, dead, progress) = items.decode(decoder, Rc::clone(state), Arc::clone(metrics)).map_err(|e| e.to_string())?;
+    let decoder = Decoder::new(&config.event)?;
+    let (events, dead, progress) = items.decode(decoder, Rc::clone(state), Arc::clone(metrics))?;
     let progress = progress.broadcast();
     let partitions = config.partitions();
     let dedup = DedupConfig { ttl_ms: durations.ttl_ms, lateness_ms: durations.lateness_ms, partitions };
-    let (firsts, conflicts) = events.dedup(progress.clone(), dedup, Rc::clone(state), Arc::clone(metrics)).map_err(|e| e.to_string())?;
+    let (firsts, conflicts) = events.dedup(progress.clone(), dedup, Rc::clone(state), Arc::clone(metrics))?;
     let order = OrderConfig { lateness_ms: durations.lateness_ms, late: config.order.late, partitions };
-    let (ordered, late) = firsts.order(progress.clone(), order, Rc::clone(state), Arc::clone(metrics)).map_err(|e| e.to_string())?;
+    let (ordered, late) = firsts.order(progress.clone(), order, Rc::clone(state), Arc::clone(metrics))?;
     let events_for_drift = config.drift.as_ref().filter(|d| !d.categories.is_empty()).map(|_| ordered.clone());
-    let set = FeatureSet::new(&config.features, &config.event.number_names()).map_err(|e| e.to_string())?;
+    let set = FeatureSet::new(&config.features, &config.event.number_names())?;
     let feature_names = set.names.clone();
-    let features = ordered.features(set, config.feature_cache_entities, Rc::clone(state), Arc::clone(metrics)).map_err(|e| e.to_string())?;
+    let features = ordered.features(set, config.feature_cache_entities, Rc::clone(state), Arc::clone(metrics))?;
 
     let mut scores_for_drift = None;
     if let Some(models) = &plan.models {
-        let scored = features.clone().score(models.clone(), &feature_names, Arc::clone(metrics)).map_err(|e| e.to_string())?;
+        let scored = features.clone().score(models.clone(), &feature_names, Arc::clone(metrics))?;
         if config.drift.as_ref().is_some_and(|d| d.score) {
             scores_for_drift = Some(scored.scores.clone());
         }
@@ -103,8 +105,7 @@ fn standard<'scope>(
     }
     if let Some(drift) = &config.drift {
         let samples = drift_samples(drift, &config.event.string_names(), &feature_names, features.clone(), scores_for_drift, events_for_drift);
-        let records =
-            samples.drift(progress, drift.clone(), (partitions, durations.lateness_ms), Rc::clone(state), Arc::clone(metrics)).map_err(|e| e.to_string())?;
+        let records = samples.drift(progress, drift.clone(), (partitions, durations.lateness_ms), Rc::clone(state), Arc::clone(metrics))?;
         sink(records.map(|r| drift_line(&r)), OutputStream::Drift)?;
     }
     sink(features.map(move |r| feature_line(&r, &feature_names)), OutputStream::Features)?;

@@ -10,10 +10,10 @@ use sluice_operators::Epoch;
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
 
-use super::{stages, Plan};
+use super::{stages, Plan, WorkerError};
 
 /// Builds the worker's dataflow and steps it until every input is done.
-pub(super) fn run(worker: &mut Worker, plan: &Plan) -> Result<(), String> {
+pub(super) fn run(worker: &mut Worker, plan: &Plan) -> Result<(), WorkerError> {
     sluice_state::sched::set_thread_nice(plan.nice);
     let (index, peers) = (worker.index(), worker.peers());
     let state = Rc::new(RefCell::new(plan.store.worker(index)));
@@ -24,7 +24,7 @@ pub(super) fn run(worker: &mut Worker, plan: &Plan) -> Result<(), String> {
 
 /// Steps the dataflow; whenever the probe passes an epoch, hands the epoch's staged state in
 /// (the store commits it once every worker has). Worker 0 records each commit.
-fn commit_loop(worker: &mut Worker, plan: &Plan, state: &Rc<RefCell<sluice_state::WorkerState>>, probe: &ProbeHandle<Epoch>) -> Result<(), String> {
+fn commit_loop(worker: &mut Worker, plan: &Plan, state: &Rc<RefCell<sluice_state::WorkerState>>, probe: &ProbeHandle<Epoch>) -> Result<(), WorkerError> {
     let metrics = &plan.metrics;
     let mut handed: Option<Epoch> = None;
     let mut seen_resume = plan.store.resume_epoch();
@@ -33,9 +33,9 @@ fn commit_loop(worker: &mut Worker, plan: &Plan, state: &Rc<RefCell<sluice_state
         let frontier = probe.with_frontier(|f| f.first().copied());
         if frontier != handed {
             handed = frontier;
-            let committed = state.borrow_mut().hand_in(frontier).map_err(|e| format!("commit failed: {e}"))?;
+            let committed = state.borrow_mut().hand_in(frontier).map_err(WorkerError::Commit)?;
             if committed.is_some() {
-                metrics.commits.fetch_add(1, Ordering::Relaxed);
+                metrics.commit.commits.fetch_add(1, Ordering::Relaxed);
             }
         }
         if worker.index() == 0 {
@@ -46,10 +46,10 @@ fn commit_loop(worker: &mut Worker, plan: &Plan, state: &Rc<RefCell<sluice_state
                 }
                 seen_resume = resume;
                 let now = sluice_operators::event::now_us();
-                metrics.last_commit_ms.store(now / 1000, Ordering::Relaxed);
-                metrics.committed_before(resume, now);
-                if let (Some(info), Ok(mut h)) = (plan.store.last_commit(), metrics.commit_us.lock()) {
-                    h.saturating_record(info.duration.as_micros() as u64);
+                metrics.commit.last_ms.store(now / 1000, Ordering::Relaxed);
+                metrics.latency.committed_before(resume, now);
+                if let Some(info) = plan.store.last_commit() {
+                    metrics.commit.duration_us.record(info.duration.as_micros() as u64);
                 }
             }
         }
