@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 DEMO_ARGS ?= --duration 20s
 
-.PHONY: demo test setup build lint bench bench-kafka bench-webhook bench-serve bench-reconcile bench-recovery bench-commit golden clean-demo
+.PHONY: demo test check setup build lint bench bench-kafka bench-webhook bench-serve bench-reconcile bench-recovery bench-commit golden exact clean-demo
 
 # The shared target directory keeps every version of every test binary (about 0.5 GB each)
 # it ever linked; those not relinked for a day are removed (cargo relinks them when needed).
@@ -25,6 +25,16 @@ demo: setup
 lint: setup
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+# The inner loop: format, lints, the unit tests of every crate, the operators' tests (dedup,
+# order, drift on a real dataflow), and the end-to-end tests that need no broker, database or killed process (golden, exact, reference,
+# restart, idle partitions, drift). `make test` runs everything.
+check: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) test --release --workspace --lib --bins
+	$(CARGO) test --release -p sluice-operators --test dedup --test order --test drift
+	$(CARGO) test --release -p sluice-tests --test golden --test exact --test reference --test restart --test idle --test drift
 
 # Everything in release: RocksDB is built once, and the end-to-end tests are heavy. The Kafka
 # tests need the project's broker (tansu, scripts/kafka.sh; SLUICE_KAFKA_PORT moves it), the
@@ -72,6 +82,10 @@ bench-serve: setup
 # Rewrites the golden fixture and its expected outputs (needs only python3).
 golden:
 	python3 tests/fixtures/golden/make_golden.py
+
+# Rewrites the exact-output fixture and its expected outputs (needs only python3).
+exact:
+	python3 tests/fixtures/exact/make_exact.py
 
 clean-demo:
 	rm -rf sluice-demo

@@ -119,20 +119,45 @@ fn workdir(root: &Path, name: &str, pace: Option<f64>) -> (PathBuf, PathBuf, usi
     (dir, pipeline, events)
 }
 
-/// Compares every output stream of `dir` with the reference's: (duplicates, lost), and
-/// panics unless the files are identical.
-fn compare(dir: &Path, reference: &Path, what: &str) -> (usize, usize) {
-    let (mut duplicates, mut lost) = (0, 0);
+/// A run's output against the reference's, counted before anything is asserted so that the
+/// report prints the real figures (then [`Compared::assert_exact`] fails on them).
+struct Compared {
+    what: String,
+    /// Lines in the output more often than in the reference's.
+    duplicates: usize,
+    /// Lines of the reference's missing from the output.
+    lost: usize,
+    /// Per stream that differs: what is wrong with it.
+    problems: Vec<String>,
+}
+
+impl Compared {
+    fn report(&self, scenario: &str, kills: usize, events: usize, recoveries: Vec<Duration>) {
+        Report { scenario: scenario.into(), kills, events, duplicates: self.duplicates, lost: self.lost, recoveries }.print();
+        self.assert_exact();
+    }
+
+    fn assert_exact(&self) {
+        assert!(self.problems.is_empty(), "{}: {}", self.what, self.problems.join("; "));
+    }
+}
+
+/// Compares every output stream of `dir` with the reference's, byte for byte.
+fn compare(dir: &Path, reference: &Path, what: &str) -> Compared {
+    let mut compared = Compared { what: what.to_string(), duplicates: 0, lost: 0, problems: Vec::new() };
     for stream in STREAMS {
         let actual = lines(&dir.join("out").join(format!("{stream}.jsonl")));
         let expected = lines(&reference.join("out").join(format!("{stream}.jsonl")));
         let (d, l) = diff_counts(&actual, &expected);
-        duplicates += d;
-        lost += l;
-        assert!(d == 0 && l == 0, "{what}: {stream}: {d} duplicated and {l} lost lines");
-        assert!(actual == expected, "{what}: {stream}: the same lines in another order");
+        compared.duplicates += d;
+        compared.lost += l;
+        if d > 0 || l > 0 {
+            compared.problems.push(format!("{stream}: {d} duplicated and {l} lost lines"));
+        } else if actual != expected {
+            compared.problems.push(format!("{stream}: the same lines in another order"));
+        }
     }
-    (duplicates, lost)
+    compared
 }
 
 fn reference(root: &Path) -> (PathBuf, usize) {
@@ -159,8 +184,7 @@ fn a_kill_at_each_step_of_the_commit_protocol_leaves_the_output_exact() {
         let (dir, pipeline, _) = workdir(root.path(), name, None);
         run_to_failpoint(&dir, &pipeline, spec);
         let recovery = run_to_end(&dir, &pipeline);
-        let (duplicates, lost) = compare(&dir, &reference, spec);
-        Report { scenario: format!("file-kill@{name}"), kills: 1, events, duplicates, lost, recoveries: recovery.into_iter().collect() }.print();
+        compare(&dir, &reference, spec).report(&format!("file-kill@{name}"), 1, events, recovery.into_iter().collect());
     }
 }
 
@@ -184,9 +208,104 @@ fn thirty_kills_at_random_moments_leave_the_output_exact() {
         kills += 1;
     }
     recoveries.extend(run_to_end(&dir, &pipeline));
-    let (duplicates, lost) = compare(&dir, &reference, "30 random kills");
-    assert!(recoveries.len() >= 10, "only {} of 31 restarts committed before the next kill", recoveries.len());
-    Report { scenario: "file-crash-loop".into(), kills, events, duplicates, lost, recoveries }.print();
+    let restarts_committed = recoveries.len();
+    compare(&dir, &reference, "30 random kills").report("file-crash-loop", kills, events, recoveries);
+    assert!(restarts_committed >= 10, "only {restarts_committed} of 31 restarts committed before the next kill");
+}
+
+/// Two partitions of 30,000 events 10 ms apart, with repeats of earlier lines: after line i
+/// with i % 200 == 199 (i ≥ 300) line i − 300 again (3 s of event time back: its key is still
+/// within the 2 s TTL behind a watermark 5 s behind, a duplicate), after line i with
+/// i % 200 == 99 (i ≥ 1000) line i − 1000 (10 s back: its key has expired, so it is a new
+/// event, and late). Returns the number of input lines.
+fn write_ttl_input(dir: &Path) -> usize {
+    let t0 = 1_790_000_000_000i64;
+    let mut total = 0;
+    for p in 0..2usize {
+        let line = |i: usize| {
+            format!(
+                r#"{{"id":"p{p}-{i}","customer":"c{}","amount":{:.2},"created_ms":{}}}"#,
+                (i * 7 + p) % 300,
+                (i * 37 % 10_000) as f64 / 100.0,
+                t0 + i as i64 * 10 + p as i64 * 3
+            )
+        };
+        let mut text = String::new();
+        for i in 0..TTL_PER_PARTITION {
+            text.push_str(&line(i));
+            text.push('\n');
+            total += 1;
+            let back = match i % 200 {
+                199 if i >= 300 => Some(300),
+                99 if i >= 1_000 => Some(1_000),
+                _ => None,
+            };
+            if let Some(back) = back {
+                text.push_str(&line(i - back));
+                text.push('\n');
+                total += 1;
+            }
+        }
+        std::fs::write(dir.join(format!("part{p}.jsonl")), text).unwrap();
+    }
+    total
+}
+
+const TTL_PER_PARTITION: usize = 30_000;
+
+/// Dedup keys expiring while the process is killed and restarted: a 2 s TTL (the default is 7
+/// days, so no other crash test forgets a key), epochs of 1 s of event time, paced so that 12
+/// kills land across the run;
+/// the output equals an uninterrupted run's, and that run's is right by hand: every first copy
+/// a feature record, the repeats 10 s back late (their keys expired), those 3 s back dropped.
+#[test]
+fn dedup_keys_expire_across_kills_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let setup = |name: &str, pace: Option<f64>| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let events = write_ttl_input(&dir);
+        let pipeline = write_pipeline(&dir, pace);
+        let text = std::fs::read_to_string(&pipeline).unwrap();
+        // Epochs of 1 s of event time, so that a key 10 s back is from an earlier epoch (within
+        // an epoch every repeat is a duplicate).
+        let text = text.replace("epoch_records = 2000", "epoch_records = 100").replace("[order]", "[dedup]\nttl = \"2s\"\n[order]");
+        std::fs::write(&pipeline, text).unwrap();
+        (dir, pipeline, events)
+    };
+    let (reference, _, events) = {
+        let (dir, pipeline, events) = setup("ttl-reference", None);
+        assert_eq!(run_to_end(&dir, &pipeline), None, "a fresh run does not recover");
+        (dir, pipeline, events)
+    };
+    // Per partition: 145 repeats 10 s back (i = 1099, 1299, …, 29899), 149 repeats 3 s back
+    // (i = 399, …, 29999).
+    assert_eq!(events, 2 * (TTL_PER_PARTITION + 145 + 149));
+    assert_eq!(lines(&reference.join("out/features.jsonl")).len(), 2 * TTL_PER_PARTITION);
+    let late = lines(&reference.join("out/late.jsonl"));
+    assert_eq!(late.len(), 2 * 145);
+    assert!(late.iter().all(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let i: usize = v["id"].as_str().unwrap().split('-').nth(1).unwrap().parse().unwrap();
+        i % 200 == 99 && i + 1_000 < TTL_PER_PARTITION
+    }));
+    assert!(lines(&reference.join("out/conflicts.jsonl")).is_empty() && lines(&reference.join("out/dead_letters.jsonl")).is_empty());
+
+    // 300 s of event time at 30x: about 10 s.
+    let (dir, pipeline, _) = setup("ttl-kills", Some(30.0));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(36);
+    let mut recoveries = Vec::new();
+    for kill in 0..12 {
+        let run = spawn(&dir, &pipeline, &[]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(150..600)));
+        if let Some(t) = run.time_to("first commit after recovery") {
+            recoveries.push(t);
+        }
+        let (running, text) = run.kill9();
+        assert!(running, "the run ended before kill {}; make the input longer:\n{text}", kill + 1);
+    }
+    recoveries.extend(run_to_end(&dir, &pipeline));
+    compare(&dir, &reference, "12 kills with a 2 s dedup TTL").report("file-crash-loop-ttl-2s", 12, events, recoveries);
 }
 
 /// The table files and write-ahead logs of a state directory.
@@ -233,7 +352,7 @@ fn sluice_cli(dir: &Path, args: &[&str]) -> String {
 }
 
 /// `sluice checkpoint restore`, then a run to the end: the output must equal the reference's.
-fn restore_and_finish(dir: &Path, reference: &Path, what: &str) -> (usize, usize) {
+fn restore_and_finish(dir: &Path, reference: &Path, what: &str) -> Compared {
     let restored = sluice_cli(dir, &["checkpoint", "restore", "pipeline.toml"]);
     assert!(restored.contains("restored the checkpoint of epoch"), "{restored}");
     run_to_end(dir, &dir.join("pipeline.toml"));
@@ -255,9 +374,7 @@ fn refused(dir: &Path, pipeline: &Path, expected: &str) {
 fn state_that_cannot_be_trusted_is_refused_or_recovered_exactly() {
     let root = tempfile::tempdir().unwrap();
     let (reference, events) = reference(root.path());
-    let report = |scenario: &str, kills: usize, dl: (usize, usize)| {
-        Report { scenario: scenario.into(), kills, events, duplicates: dl.0, lost: dl.1, recoveries: Vec::new() }.print()
-    };
+    let report = |scenario: &str, kills: usize, compared: Compared| compared.report(scenario, kills, events, Vec::new());
 
     // A table file cut in half: refused at start.
     let (dir, _, _) = finished(root.path(), "sst");
@@ -290,11 +407,9 @@ fn state_that_cannot_be_trusted_is_refused_or_recovered_exactly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no complete checkpoint"), "a half-written checkpoint restored: {err}");
     let recovery = run_to_end(&dir, &pipeline);
-    let dl = compare(&dir, &reference, "after a half-written checkpoint");
+    compare(&dir, &reference, "after a half-written checkpoint").report("half-written-checkpoint:recovered", 1, events, recovery.into_iter().collect());
     let list = sluice_cli(&dir, &["checkpoint", "list", "pipeline.toml"]);
     assert!(!list.contains("HALF-WRITTEN"), "the next start removes the half-written one:\n{list}");
-    Report { scenario: "half-written-checkpoint:recovered".into(), kills: 1, events, duplicates: dl.0, lost: dl.1, recoveries: recovery.into_iter().collect() }
-        .print();
 
     // Bytes flipped in the last commit's WAL record, after a kill: RocksDB's point-in-time
     // recovery stops before the damaged record, the run resumes at an earlier commit, cuts the
@@ -316,8 +431,7 @@ fn state_that_cannot_be_trusted_is_refused_or_recovered_exactly() {
         std::fs::write(&wal, &bytes).unwrap();
         let recovery = run_to_end(&dir, &pipeline);
         assert!(recovery.is_some(), "{scenario}: resumed from a commit");
-        let dl = compare(&dir, &reference, scenario);
-        Report { scenario: scenario.into(), kills: 1, events, duplicates: dl.0, lost: dl.1, recoveries: recovery.into_iter().collect() }.print();
+        compare(&dir, &reference, scenario).report(scenario, 1, events, recovery.into_iter().collect());
     }
 
     // A directory written by another layout: refused, with what to do.
@@ -329,7 +443,7 @@ fn state_that_cannot_be_trusted_is_refused_or_recovered_exactly() {
         db.put_cf(db.cf_handle("sluice_meta").unwrap(), b"layout", b"sluice-state/0").unwrap();
     }
     refused(&dir, &dir.join("pipeline.toml"), "written by another version of sluice; delete it to start over");
-    report("incompatible-layout:refused", 0, (0, 0));
+    Report { scenario: "incompatible-layout:refused".into(), kills: 0, events, duplicates: 0, lost: 0, recoveries: Vec::new() }.print();
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped.
@@ -413,8 +527,7 @@ fn a_full_state_disk_stops_commits_answers_503_and_resumes_once_freed() {
     let resumed_at = wait_for(&run, "disk space is back; commits resume", Duration::from_secs(10));
     let (status, text) = run.wait(Duration::from_secs(120));
     assert!(status.success(), "{text}");
-    let (duplicates, lost) = compare(&dir, &reference, "disk full");
-    Report { scenario: "disk-full".into(), kills: 0, events, duplicates, lost, recoveries: vec![resumed_at.saturating_sub(freed_at)] }.print();
+    compare(&dir, &reference, "disk full").report("disk-full", 0, events, vec![resumed_at.saturating_sub(freed_at)]);
     std::fs::remove_dir_all(disk.0.join("state")).unwrap();
 
     // A webhook source on the full disk: 503 with Retry-After and nothing stored, until the
@@ -446,8 +559,8 @@ fn a_full_state_disk_stops_commits_answers_503_and_resumes_once_freed() {
     assert_eq!(common::post(addr, "evt_far", &far), Some(200));
     let out = dir.join("features.jsonl");
     let waited = std::time::Instant::now();
-    while lines(&out).len() < 11 {
-        assert!(waited.elapsed() < Duration::from_secs(30), "only {} feature records:\n{}", lines(&out).len(), run.text());
+    while common::lines_so_far(&out).len() < 11 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "only {} feature records:\n{}", common::lines_so_far(&out).len(), run.text());
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));

@@ -319,6 +319,22 @@ fn exactly_once_delivery_commits_each_epoch_on_the_project_broker() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len() as u64, summary.features_out, "each record once");
+    // One transaction per epoch: on the one output partition, the records of an epoch are
+    // together (epochs never interleave or come back), numbered 0, 1, 2, … within it, and the
+    // 2,000 input records in epochs of 200 spread their output over several epochs.
+    let stamps: Vec<(u64, u64)> = got.iter().map(|g| (g.headers["sluice-epoch"].parse().unwrap(), g.headers["sluice-seq"].parse().unwrap())).collect();
+    let mut epochs: Vec<u64> = Vec::new();
+    for (i, (epoch, seq)) in stamps.iter().enumerate() {
+        if i == 0 || stamps[i - 1].0 != *epoch {
+            assert!(!epochs.contains(epoch), "epoch {epoch} comes back at record {i}: {stamps:?}");
+            epochs.push(*epoch);
+            assert_eq!(*seq, 0, "epoch {epoch} starts at sequence 0");
+        } else {
+            assert_eq!(*seq, stamps[i - 1].1 + 1, "record {i} of epoch {epoch} follows the one before");
+        }
+    }
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epochs in order: {epochs:?}");
+    assert!(epochs.len() >= 5, "output of 2,000 records in epochs of 200 in only {} epochs", epochs.len());
 }
 
 /// The message key, timestamp and headers reach the decoder (`@key`, `@timestamp` as the

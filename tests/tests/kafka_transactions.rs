@@ -161,13 +161,19 @@ fn brokers_down_and_slow_are_ridden_out() {
     let metrics = std::sync::Arc::clone(&control.metrics);
     let config = at_least_once(work.path(), &brokers);
     let run = std::thread::spawn(move || sluice::run(&config, &control));
+    let started = Instant::now();
     while metrics.features.records_out.load(std::sync::atomic::Ordering::Relaxed) < 500 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no feature records after 60 s");
+        assert!(!run.is_finished(), "the run ended before 500 feature records");
         std::thread::sleep(Duration::from_millis(5));
     }
     for b in 1..=3 {
         mock.broker_down(b).unwrap();
     }
+    // The outage must hit a run that still has records to deliver (it ends once all are).
+    assert!(!run.is_finished(), "the run was over before the brokers went down");
     std::thread::sleep(Duration::from_secs(3));
+    assert!(!run.is_finished(), "the run ended while every broker was down");
     for b in 1..=3 {
         mock.broker_round_trip_time(b, Duration::from_millis(200)).unwrap();
         mock.broker_up(b).unwrap();

@@ -46,12 +46,14 @@ fn metrics_parse_and_name_everything() {
         };
         // Wait for some output and an SLO interval, then scrape while the run goes on.
         while metrics.drift.windows.load(std::sync::atomic::Ordering::Relaxed) == 0 || metrics.slo.latest.lock().unwrap().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(60), "no drift window and SLO record within 60 s");
             std::thread::sleep(Duration::from_millis(20));
         }
         let (head, body) = get(addr, "/metrics");
         let (_, health) = get(addr, "/healthz");
         (head, body, health)
     });
+    let final_metrics = Arc::clone(&control.metrics);
     let summary = sluice::run(&config, &control).unwrap();
     let (head, body, health) = scraper.join().unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -116,4 +118,44 @@ fn metrics_parse_and_name_everything() {
     // Dead letters carry their reason class; their sum is the dead letters counted then.
     let dead: Vec<&prometheus_parse::Sample> = scrape.samples.iter().filter(|s| s.metric == "sluice_dead_letters_total").collect();
     assert!(dead.iter().all(|s| !s.labels.get("reason").unwrap_or("").contains(':')));
+    let counter = |s: &prometheus_parse::Sample| match s.value {
+        prometheus_parse::Value::Counter(n) => n,
+        ref other => panic!("{} is not a counter: {other:?}", s.metric),
+    };
+    let dead_sum: f64 = dead.iter().map(|s| counter(s)).sum();
+    let dead_then = scrape.samples.iter().find(|s| s.metric == "sluice_records_out_total" && s.labels.get("stream") == Some("dead_letters")).map(counter);
+    assert_eq!(Some(dead_sum), dead_then, "dead letters by reason sum to the dead letters out");
+    final_values_agree_with_the_outputs(&final_metrics, &summary, work.path());
+}
+
+/// `/metrics` as rendered from the metrics after the run agrees with what the run wrote: each
+/// stream's records-out counter equals the lines of its output file, the dead letters by
+/// reason sum to the dead-letter lines, and every record read is accounted for once.
+fn final_values_agree_with_the_outputs(metrics: &sluice_operators::Metrics, summary: &sluice::RunSummary, dir: &std::path::Path) {
+    let info = sluice::prometheus::ExportInfo { partition_sources: vec!["payments".to_string(); 64], ..Default::default() };
+    let scrape = parse(&sluice::prometheus::render(metrics, &info));
+    let one = |metric: &str, label: Option<(&str, &str)>| -> f64 {
+        let found: Vec<f64> = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Gauge(n) | prometheus_parse::Value::Untyped(n) => n,
+                ref other => panic!("{metric}: {other:?}"),
+            })
+            .collect();
+        found.iter().sum()
+    };
+    let file_lines = |stream: &str| sluice_tests::lines(&dir.join(format!("{stream}.jsonl"))).len() as f64;
+    for stream in ["features", "scores", "dead_letters", "late", "conflicts"] {
+        assert_eq!(one("sluice_records_out_total", Some(("stream", stream))), file_lines(stream), "sluice_records_out_total{{stream=\"{stream}\"}}");
+    }
+    assert_eq!(one("sluice_dead_letters_total", None), file_lines("dead_letters"), "dead letters by reason");
+    let records_in = one("sluice_records_in_total", None);
+    assert_eq!(records_in, summary.records_in as f64);
+    // Every record read is a dead letter, a duplicate, a conflict, late, or a feature record.
+    let accounted =
+        file_lines("dead_letters") + one("sluice_dedup_duplicates_total", None) + file_lines("conflicts") + file_lines("late") + file_lines("features");
+    assert_eq!(accounted, records_in, "every record read accounted for once");
+    assert_eq!(one("sluice_events_decoded_total", None), records_in - file_lines("dead_letters"));
 }

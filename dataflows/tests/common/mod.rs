@@ -122,8 +122,17 @@ pub fn run_to_failpoint(dir: &Path, pipeline: &Path, spec: &str) -> String {
     text
 }
 
-/// Lines of a file (empty if missing).
+/// The lines of a file.
+///
+/// # Panics
+/// If the file cannot be read: a missing output is a failure, not an empty one (while a run
+/// is still starting, poll with [`lines_so_far`]).
 pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())).lines().map(str::to_string).collect()
+}
+
+/// The lines of a file a running pipeline writes: none while it does not exist yet.
+pub fn lines_so_far(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|t| t.lines().map(str::to_string).collect()).unwrap_or_default()
 }
 
