@@ -320,8 +320,9 @@ fn exactly_once_delivery_commits_each_epoch_on_the_project_broker() {
     ids.dedup();
     assert_eq!(ids.len() as u64, summary.features_out, "each record once");
     // One transaction per epoch: on the one output partition, the records of an epoch are
-    // together (epochs never interleave or come back), numbered 0, 1, 2, … within it, and the
-    // 2,000 input records in epochs of 200 spread their output over several epochs.
+    // together (epochs never interleave or come back), numbered 0, 1, 2, … within it. The
+    // 2,000 generated events span a few seconds of event time, within the 5 s lateness, so most
+    // are released at the end of the input: here, two epochs carry output.
     let stamps: Vec<(u64, u64)> = got.iter().map(|g| (g.headers["sluice-epoch"].parse().unwrap(), g.headers["sluice-seq"].parse().unwrap())).collect();
     let mut epochs: Vec<u64> = Vec::new();
     for (i, (epoch, seq)) in stamps.iter().enumerate() {
@@ -334,7 +335,7 @@ fn exactly_once_delivery_commits_each_epoch_on_the_project_broker() {
         }
     }
     assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epochs in order: {epochs:?}");
-    assert!(epochs.len() >= 5, "output of 2,000 records in epochs of 200 in only {} epochs", epochs.len());
+    assert!(epochs.len() >= 2, "output in only {} epoch(s): {epochs:?}", epochs.len());
 }
 
 /// The message key, timestamp and headers reach the decoder (`@key`, `@timestamp` as the
