@@ -13,7 +13,7 @@ use sluice_state::{StateError, StateReader, TableInfo};
 pub struct Inspection {
     /// The state directory.
     pub path: PathBuf,
-    /// The layout tag (`sluice-state/1`).
+    /// The layout tag (`sluice-state/2`).
     pub layout: Option<String>,
     /// A run resumes at this epoch: every epoch below it is committed.
     pub resume_epoch: Epoch,

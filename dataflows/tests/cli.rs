@@ -341,7 +341,7 @@ fn checkpoint_inspect_shows_the_committed_positions_and_lengths() {
         let len = std::fs::metadata(dir.path().join("out").join(format!("{name}.jsonl"))).unwrap().len();
         assert_eq!(s["bytes"].as_u64().unwrap(), len, "{name}");
     }
-    assert_eq!(v["layout"], "sluice-state/1");
+    assert_eq!(v["layout"], "sluice-state/2");
     let resume = v["resume_epoch"].as_u64().unwrap();
     assert!(resume > 0 && v["committed_epoch"].as_u64() == Some(resume - 1), "{v}");
     assert!(v["tables"].as_array().unwrap().iter().any(|t| t["name"] == "features"), "{v}");

@@ -10,10 +10,18 @@
 //! the copies of a key are taken in origin order (partition, offset), so the *first* copy is
 //! the same for any number of workers.
 //!
-//! Keeps, in the RocksDB table `dedup_keys`, each key's event time and payload hash. A key is
-//! forgotten once it is older than `ttl` behind the watermark (the watermark before the epoch
-//! being processed); a compaction filter then drops it from disk. Nothing is kept in memory
-//! beyond the epochs not yet committed: 10M keys cost disk, not RAM.
+//! Keeps the keys in memory: per key, a 128-bit hash of the id (no false "duplicate" in any
+//! payment volume), the first copy's event time and its payload hash, 32 bytes in one hash map.
+//! A key is forgotten once it is older than `ttl` behind the watermark (the watermark before
+//! the epoch being processed): it is then treated as never seen, and swept out of the map each
+//! time the cutoff has advanced by an eighth of the TTL, so memory holds the keys within about
+//! 1.125 × `ttl` (10M keys: about 550 MB).
+//!
+//! Durable per epoch, off the hot path: the keys first seen in an epoch go to the RocksDB table
+//! `dedup_keys` as **one value** (a run: key `(epoch, worker)`, 32 bytes per key) in the epoch's
+//! commit; a run is deleted (one point delete) in the first epoch whose cutoff passes all its
+//! keys. At start every worker rebuilds its index from the committed runs, keeping the keys it
+//! owns (by the hash, for any number of workers) that are within the TTL.
 //!
 //! A repeat with the same payload hash is a duplicate: counted and dropped. A repeat with a
 //! different payload is a conflict: it goes to the conflicts output with the first copy's time,
@@ -28,25 +36,26 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use sluice_state::{Table, TableSpec, WorkerState};
+use rustc_hash::FxHashMap;
+use sluice_state::{BytesCodec, Table, TableSpec, WorkerState};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
-use crate::epoch::{input_frontier, EpochStash, HeldCapabilities};
-use crate::event::{route_hash, Conflict, Epoch, Event, PartitionProgress};
+use crate::epoch::{input_frontier, run_key, EpochStash, HeldCapabilities, RunKey};
+use crate::event::{Conflict, Epoch, Event, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
 use crate::OperatorError;
 
-/// The table of seen keys: id to (event time, payload hash).
+/// The table of dedup runs: `(epoch, worker)` to the keys first seen there.
 pub const KEYS_TABLE: &str = "dedup_keys";
 
 /// The tables dedup declares.
 pub fn tables() -> Vec<TableSpec> {
-    vec![TableSpec::new(KEYS_TABLE).with_ttl().with_point_lookups()]
+    vec![TableSpec::new(KEYS_TABLE)]
 }
 
 /// Dedup settings.
@@ -60,17 +69,99 @@ pub struct DedupConfig {
     pub partitions: usize,
 }
 
-fn encode_seen(time_ms: i64, hash: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
-    <sluice_state::I64Codec as sluice_state::Codec>::encode(&time_ms, &mut v);
-    v.extend_from_slice(&hash.to_le_bytes());
-    v
+/// The 128-bit key of an id.
+pub fn key_hash(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
 }
 
-fn decode_seen(bytes: &[u8]) -> Option<(i64, u64)> {
-    let time = sluice_state::ttl_stamp(bytes)?;
-    let hash = u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?);
-    Some((time, hash))
+/// The worker route of a key: its low 64 bits (the same at rebuild, from the stored hash).
+fn route_of(key: u128) -> u64 {
+    key as u64
+}
+
+/// What is kept of a key: the first copy's event time and payload hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    time_ms: i64,
+    payload_hash: u64,
+}
+
+/// One stored entry of a run: hash, time, payload hash, little-endian.
+const RUN_ENTRY_BYTES: usize = 32;
+/// The first byte of a run's value: its format.
+const RUN_FORMAT: u8 = 1;
+
+fn encode_entry(out: &mut Vec<u8>, key: u128, seen: Seen) {
+    out.extend_from_slice(&key.to_le_bytes());
+    out.extend_from_slice(&seen.time_ms.to_le_bytes());
+    out.extend_from_slice(&seen.payload_hash.to_le_bytes());
+}
+
+/// The entries of a run's value.
+fn decode_run(bytes: &[u8]) -> Result<impl Iterator<Item = (u128, Seen)> + '_, String> {
+    match bytes.split_first() {
+        Some((&RUN_FORMAT, entries)) if entries.len() % RUN_ENTRY_BYTES == 0 => Ok(entries.chunks_exact(RUN_ENTRY_BYTES).map(|e| {
+            let key = u128::from_le_bytes(e[..16].try_into().expect("16 bytes"));
+            let time_ms = i64::from_le_bytes(e[16..24].try_into().expect("8 bytes"));
+            let payload_hash = u64::from_le_bytes(e[24..].try_into().expect("8 bytes"));
+            (key, Seen { time_ms, payload_hash })
+        })),
+        Some((&RUN_FORMAT, entries)) => Err(format!("a dedup run of {} bytes is not a whole number of {RUN_ENTRY_BYTES}-byte entries", entries.len())),
+        Some((format, _)) => Err(format!("unknown dedup run format {format}")),
+        None => Err("an empty dedup run".into()),
+    }
+}
+
+/// The keys within the TTL, and the stored runs not yet deleted.
+struct KeyIndex {
+    seen: FxHashMap<u128, Seen>,
+    /// The cutoff of the last sweep.
+    swept_at: i64,
+    /// Sweep when the cutoff has moved this far since.
+    sweep_ms: i64,
+    /// Runs in the table, oldest first: key and the latest event time in it.
+    runs: VecDeque<(RunKey, i64)>,
+}
+
+impl KeyIndex {
+    /// Rebuilds the index of worker `index` of `peers` from the committed runs: the keys it
+    /// owns not expired at `cutoff`. Worker 0 takes charge of deleting the runs found.
+    fn rebuild(state: &WorkerState, table: &Table<BytesCodec>, ttl_ms: i64, cutoff: i64, (index, peers): (usize, usize)) -> Result<Self, OperatorError> {
+        let mut keys = KeyIndex { seen: FxHashMap::default(), swept_at: cutoff, sweep_ms: (ttl_ms / 8).max(1), runs: VecDeque::new() };
+        // Runs in key order are in epoch order: a key stored again (after it expired) is
+        // overwritten by its later run.
+        for (run, value) in state.scan_committed(table)? {
+            let entries = decode_run(&value).map_err(|reason| sluice_state::StateError::Codec { table: KEYS_TABLE.into(), reason })?;
+            let mut latest = i64::MIN;
+            for (key, seen) in entries {
+                latest = latest.max(seen.time_ms);
+                if seen.time_ms >= cutoff && (route_of(key) % peers as u64) as usize == index {
+                    keys.seen.insert(key, seen);
+                }
+            }
+            if index == 0 {
+                let run: RunKey = run
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| sluice_state::StateError::Codec { table: KEYS_TABLE.into(), reason: format!("a run key of {} bytes", run.len()) })?;
+                keys.runs.push_back((run, latest));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Forgets the keys expired at `cutoff` once it has moved an eighth of the TTL, and stages
+    /// the deletion of the runs all of whose keys are expired.
+    fn expire(&mut self, cutoff: i64, epoch: Epoch, state: &mut WorkerState, table: &Table<BytesCodec>) {
+        if cutoff >= self.swept_at.saturating_add(self.sweep_ms) {
+            self.seen.retain(|_, s| s.time_ms >= cutoff);
+            self.swept_at = cutoff;
+        }
+        while self.runs.front().is_some_and(|(_, latest)| *latest < cutoff) {
+            let (run, _) = self.runs.pop_front().expect("invariant: checked non-empty");
+            state.delete(epoch, table, &run);
+        }
+    }
 }
 
 /// The dedup operator.
@@ -103,12 +194,16 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         state: Rc<RefCell<WorkerState>>,
         metrics: Arc<Metrics>,
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<Conflict>>), OperatorError> {
-        let table: Table<sluice_state::BytesCodec> = state.borrow().store().table(KEYS_TABLE)?;
+        let scope = self.scope();
+        let (index, peers) = (scope.index(), scope.peers());
+        let table: Table<BytesCodec> = state.borrow().store().table(KEYS_TABLE)?;
         let committed = crate::decode::committed_progress(&state.borrow())?;
         let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed);
+        let cutoff = tracker.watermark().saturating_sub(config.ttl_ms);
+        let mut keys = KeyIndex::rebuild(&state.borrow(), &table, config.ttl_ms, cutoff, (index, peers))?;
 
-        let mut builder = OperatorBuilder::new("Dedup".to_owned(), self.scope());
-        let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| route_hash(&e.id)));
+        let mut builder = OperatorBuilder::new("Dedup".to_owned(), scope);
+        let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| route_of(key_hash(&e.id))));
         let mut progress_in = builder.new_input(progress, Pipeline);
         let (firsts_out, firsts) = builder.new_output::<Vec<Event>>();
         let (conflicts_out, conflicts) = builder.new_output::<Vec<Conflict>>();
@@ -118,8 +213,8 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
             let mut pending: EpochStash<Pending> = EpochStash::new();
-            // Cutoffs of processed epochs, applied to the compaction filter once committed.
-            let mut cutoffs: VecDeque<(Epoch, i64)> = VecDeque::new();
+            let mut order: Vec<(u128, crate::event::Origin, u32)> = Vec::new();
+            let mut run: Vec<u8> = Vec::new();
             move |frontiers| {
                 events_in.for_each_stamp(|cap, data| {
                     let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
@@ -137,51 +232,55 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let mut firsts_h = firsts_out.activate();
                 let mut conflicts_h = conflicts_out.activate();
                 while let Some((epoch, Pending { events, progress })) = pending.pop_complete(frontier) {
-                    let mut events = crate::epoch::concat(events);
+                    let events = crate::epoch::concat(events);
                     let cutoff = tracker.watermark().saturating_sub(config.ttl_ms);
-                    // Copies of one key sit side by side, the first (lowest origin) first; the
-                    // sorted keys also make RocksDB's batched lookup faster.
-                    events.sort_unstable_by(|a, b| (a.id.as_str(), a.origin).cmp(&(b.id.as_str(), b.origin)));
-                    let stored = {
-                        let mut keys: Vec<&[u8]> = events.iter().map(|e| e.id.as_bytes()).collect();
-                        keys.dedup();
-                        let values = state.borrow_mut().get_many_raw(&table, &keys, Some(cutoff)).unwrap_or_else(|e| panic!("dedup: cannot read state: {e}"));
-                        values.into_iter().map(|v| v.as_deref().and_then(decode_seen)).collect::<Vec<_>>()
-                    };
+                    let mut state = state.borrow_mut();
+                    keys.expire(cutoff, epoch, &mut state, &table);
+                    // Copies of one key side by side, the first (lowest origin) first, so the
+                    // first copy is the same for any number of workers.
+                    order.clear();
+                    order.extend(events.iter().enumerate().map(|(i, e)| (key_hash(&e.id), e.origin, i as u32)));
+                    order.sort_unstable();
+                    // Per event: the first copy's (time, payload hash), `None` for a first copy.
+                    let mut decisions: Vec<Option<Seen>> = vec![None; events.len()];
+                    run.clear();
+                    run.push(RUN_FORMAT);
+                    let mut first: Option<Seen> = None;
+                    for (n, (key, _, i)) in order.iter().enumerate() {
+                        let i = *i as usize;
+                        if n == 0 || order[n - 1].0 != *key {
+                            // A key stored in an earlier epoch is known while within the TTL;
+                            // copies within this epoch always compare with its first copy.
+                            first = keys.seen.get(key).copied().filter(|s| s.time_ms >= cutoff);
+                            if first.is_none() {
+                                let seen = Seen { time_ms: events[i].time_ms, payload_hash: events[i].payload_hash };
+                                keys.seen.insert(*key, seen);
+                                encode_entry(&mut run, *key, seen);
+                                decisions[i] = None;
+                                first = Some(seen);
+                                continue;
+                            }
+                        }
+                        decisions[i] = first;
+                    }
+                    if run.len() > 1 {
+                        state.put_blind(epoch, &table, &run_key(epoch, index), run.clone());
+                        let latest = run[1..].chunks_exact(RUN_ENTRY_BYTES).map(|e| i64::from_le_bytes(e[16..24].try_into().expect("8 bytes"))).max();
+                        keys.runs.push_back((run_key(epoch, index), latest.unwrap_or(i64::MIN)));
+                    }
                     let firsts_cap = held.at(0, epoch);
                     let conflicts_cap = held.at(1, epoch);
                     let mut firsts_s = firsts_h.session(&firsts_cap);
                     let mut conflicts_s = conflicts_h.session(&conflicts_cap);
                     let (mut duplicates, mut conflicted) = (0, 0);
-                    let mut state = state.borrow_mut();
-                    // Decide on borrowed events first (no id is cloned), then move them out.
-                    let mut decisions: Vec<Option<(i64, u64)>> = Vec::with_capacity(events.len());
-                    let mut key_index = 0usize;
-                    // (time, hash) of the first copy of the current key, from the store or this epoch.
-                    let mut first: Option<(i64, u64)> = None;
-                    for (i, event) in events.iter().enumerate() {
-                        if i == 0 || events[i - 1].id != event.id {
-                            if i > 0 {
-                                key_index += 1;
-                            }
-                            first = stored[key_index];
-                        }
-                        decisions.push(first);
-                        if first.is_none() {
-                            first = Some((event.time_ms, event.payload_hash));
-                        }
-                    }
                     for (event, first) in events.into_iter().zip(decisions) {
                         match first {
-                            Some((_, hash)) if hash == event.payload_hash => duplicates += 1,
-                            Some((first_time_ms, _)) => {
+                            Some(s) if s.payload_hash == event.payload_hash => duplicates += 1,
+                            Some(s) => {
                                 conflicted += 1;
-                                conflicts_s.give(Conflict { event, first_time_ms });
+                                conflicts_s.give(Conflict { event, first_time_ms: s.time_ms });
                             }
-                            None => {
-                                state.put_raw(epoch, table.index(), event.id.as_bytes(), encode_seen(event.time_ms, event.payload_hash));
-                                firsts_s.give(event);
-                            }
+                            None => firsts_s.give(event),
                         }
                     }
                     metrics.dedup.duplicates.fetch_add(duplicates, Ordering::Relaxed);
@@ -190,16 +289,6 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         tracker.apply(p);
                     }
                     tracker.advance();
-                    cutoffs.push_back((epoch, cutoff));
-                }
-                // Let compactions drop keys expired as of a committed epoch.
-                let resume = state.borrow().store().resume_epoch();
-                let mut latest = None;
-                while cutoffs.front().is_some_and(|(e, _)| *e < resume) {
-                    latest = cutoffs.pop_front().map(|(_, c)| c);
-                }
-                if let Some(cutoff) = latest {
-                    state.borrow().store().set_ttl_cutoff(&table, cutoff);
                 }
                 held.downgrade(frontier);
             }
@@ -213,9 +302,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seen_values_round_trip_and_carry_the_ttl_stamp() {
-        let v = encode_seen(-42, 7);
-        assert_eq!(decode_seen(&v), Some((-42, 7)));
-        assert_eq!(sluice_state::ttl_stamp(&v), Some(-42));
+    fn runs_round_trip_and_refuse_a_torn_value() {
+        let mut run = vec![RUN_FORMAT];
+        encode_entry(&mut run, u128::MAX - 5, Seen { time_ms: -42, payload_hash: 7 });
+        encode_entry(&mut run, 3, Seen { time_ms: 1_790_000_000_000, payload_hash: u64::MAX });
+        let entries: Vec<(u128, Seen)> = decode_run(&run).unwrap().collect();
+        assert_eq!(entries, vec![(u128::MAX - 5, Seen { time_ms: -42, payload_hash: 7 }), (3, Seen { time_ms: 1_790_000_000_000, payload_hash: u64::MAX })]);
+        assert_eq!(decode_run(&run[..run.len() - 1]).err().unwrap(), "a dedup run of 63 bytes is not a whole number of 32-byte entries");
+        assert_eq!(decode_run(&[9]).err().unwrap(), "unknown dedup run format 9");
     }
 }

@@ -11,6 +11,18 @@ use timely::progress::frontier::MutableAntichain;
 
 use crate::event::Epoch;
 
+/// The key of one worker's per-epoch run of state (dedup keys, buffered events): epoch, then
+/// worker, big-endian, so that runs sort in epoch order.
+pub type RunKey = [u8; 12];
+
+/// The key of worker `worker`'s run of epoch `epoch`.
+pub fn run_key(epoch: Epoch, worker: usize) -> RunKey {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&epoch.to_be_bytes());
+    key[8..].copy_from_slice(&(worker as u32).to_be_bytes());
+    key
+}
+
 /// The least epoch any of the inputs may still deliver; `None` when all are closed.
 pub fn input_frontier(frontiers: &[MutableAntichain<Epoch>]) -> Option<Epoch> {
     frontiers.iter().filter_map(|f| f.frontier().first().copied()).min()
@@ -128,4 +140,14 @@ pub fn concat<T>(chunks: Vec<Vec<T>>) -> Vec<T> {
         out.append(&mut chunk);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_keys_sort_by_epoch_then_worker() {
+        assert!(run_key(1, 9) < run_key(2, 0) && run_key(2, 0) < run_key(2, 1) && run_key(255, 0) < run_key(256, 0));
+    }
 }

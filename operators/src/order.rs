@@ -11,13 +11,17 @@
 //! 1. an event of epoch `e` whose time is below the watermark as of the end of epoch `e − 1`
 //!    is **late**: sent to the late output (`late = "side"`, the default), dropped (`"drop"`),
 //!    or passed on at once with `late = true` (`"flag"`);
-//! 2. every other event is buffered, in memory and in the RocksDB table `order_buffer` (so a
-//!    restart finds it), keyed by (time, origin);
+//! 2. every other event is buffered in memory (encoded: a third of the memory of an `Event`);
 //! 3. the epoch's progress advances the watermark, and every buffered event with a time below
-//!    the new watermark is released, sorted by (time, id, origin). Since the watermark is the
-//!    same on every worker, one range deletion of the keys below it clears the released events
-//!    of all workers from the table; an event buffered and released in the same epoch never
-//!    reaches RocksDB at all.
+//!    the new watermark is released, sorted by (time, id, origin).
+//!
+//! Durable per epoch, off the hot path: the events that arrived in an epoch and are still
+//! buffered at its end go to the RocksDB table `order_buffer` as **one value** (a run: key
+//! `(epoch, worker)`), and the watermark released below goes to `order_released`, both in the
+//! epoch's commit; an event buffered and released in the same epoch never reaches RocksDB. A run
+//! is deleted (one point delete) in the first epoch whose watermark has released all of it. At
+//! start every worker rebuilds its buffer from the committed runs: the events it owns (by
+//! entity, for any number of workers) at or above the committed release watermark.
 //!
 //! So the output is in event-time order per worker and per entity, and which events are late
 //! depends only on what each partition delivered per epoch, not on the number of workers. When
@@ -28,31 +32,61 @@
 //! (3 < 10), the watermark becomes 20 and 12 is released; 20 and 30 wait.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sluice_state::{Codec, Table, TableSpec, WorkerState};
+use sluice_state::{BytesCodec, Codec, I64Codec, Table, TableSpec, WorkerState};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
-use crate::epoch::{input_frontier, EpochStash, HeldCapabilities};
+use crate::epoch::{input_frontier, run_key, EpochStash, HeldCapabilities, RunKey};
 use crate::event::{route_hash, Epoch, Event, EventCodec, LateEvent, Origin, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
 use crate::OperatorError;
 
-/// The table of buffered events: (time, partition, offset) to the event.
+/// The table of buffer runs: `(epoch, worker)` to the events that arrived in that epoch and were
+/// still buffered at its end.
 pub const BUFFER_TABLE: &str = "order_buffer";
+/// The table holding the watermark every event below which was released (one key).
+pub const RELEASED_TABLE: &str = "order_released";
+const RELEASED_KEY: &[u8] = b"released_below";
 
 /// The tables order declares.
 pub fn tables() -> Vec<TableSpec> {
-    vec![TableSpec::new(BUFFER_TABLE)]
+    vec![TableSpec::new(BUFFER_TABLE), TableSpec::new(RELEASED_TABLE)]
+}
+
+/// The first byte of a run's value: its format.
+const RUN_FORMAT: u8 = 1;
+
+/// Appends one encoded event to a run: its length (u32, little-endian), then its bytes.
+fn push_to_run(run: &mut Vec<u8>, encoded: &[u8]) {
+    run.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    run.extend_from_slice(encoded);
+}
+
+/// The encoded events of a run's value.
+fn decode_run(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut rest = match bytes.split_first() {
+        Some((&RUN_FORMAT, rest)) => rest,
+        Some((format, _)) => return Err(format!("unknown order run format {format}")),
+        None => return Err("an empty order run".into()),
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = rest.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or("a torn order run")?;
+        let event = rest.get(4..4 + len).ok_or("a torn order run")?;
+        out.push(event);
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
 }
 
 /// What to do with an event behind the watermark.
@@ -77,14 +111,6 @@ pub struct OrderConfig {
     pub late: LatePolicy,
     /// Number of source partitions.
     pub partitions: usize,
-}
-
-fn buffer_key(time_ms: i64, origin: Origin) -> [u8; 20] {
-    let mut key = [0u8; 20];
-    key[..8].copy_from_slice(&((time_ms as u64) ^ (1 << 63)).to_be_bytes());
-    key[8..12].copy_from_slice(&origin.partition.to_be_bytes());
-    key[12..].copy_from_slice(&origin.offset.to_be_bytes());
-    key
 }
 
 /// The order operator.
@@ -116,19 +142,31 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<LateEvent>>), OperatorError> {
         let scope = self.scope();
         let (index, peers) = (scope.index(), scope.peers());
-        let table: Table<EventCodec> = state.borrow().store().table(BUFFER_TABLE)?;
+        let table: Table<BytesCodec> = state.borrow().store().table(BUFFER_TABLE)?;
+        let released_table: Table<I64Codec> = state.borrow().store().table(RELEASED_TABLE)?;
         let committed = crate::decode::committed_progress(&state.borrow())?;
         let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed);
 
-        // Restore the buffer: the entries of the entities this worker owns.
-        // Buffered events are held encoded: a third of the memory of an `Event` and its strings,
-        // and the same bytes go to the table.
+        // Restore the buffer: the events of the entities this worker owns that were not released
+        // by the last committed epoch. Buffered events are held encoded: a third of the memory of
+        // an `Event` and its strings, and the same bytes go to the runs.
+        let released_below = state.borrow_mut().get(&released_table, RELEASED_KEY)?.unwrap_or(i64::MIN);
         let mut buffer: BTreeMap<BufferKey, Vec<u8>> = BTreeMap::new();
+        // Runs in the table, oldest first: key and the latest event time in it (worker 0 takes
+        // charge of those found at start).
+        let mut runs: VecDeque<(RunKey, i64)> = VecDeque::new();
         for (key, value) in state.borrow().scan_committed(&table)? {
-            let event = EventCodec::decode(&value).map_err(|reason| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason })?;
-            debug_assert_eq!(key.as_slice(), buffer_key(event.time_ms, event.origin).as_slice());
-            if (route_hash(&event.entity) % peers as u64) as usize == index {
-                buffer.insert((event.time_ms, event.origin), value);
+            let codec = |reason: String| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason };
+            let mut latest = i64::MIN;
+            for bytes in decode_run(&value).map_err(codec)? {
+                let event = EventCodec::decode(bytes).map_err(codec)?;
+                latest = latest.max(event.time_ms);
+                if event.time_ms >= released_below && (route_hash(&event.entity) % peers as u64) as usize == index {
+                    buffer.insert((event.time_ms, event.origin), bytes.to_vec());
+                }
+            }
+            if index == 0 {
+                runs.push_back((key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?, latest));
             }
         }
 
@@ -143,6 +181,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         builder.build(move |capabilities| {
             let mut held = HeldCapabilities::new(capabilities);
             let mut pending: EpochStash<(Vec<Vec<Event>>, Vec<PartitionProgress>)> = EpochStash::new();
+            let mut run: Vec<u8> = Vec::new();
             move |frontiers| {
                 events_in.for_each_stamp(|cap, data| {
                     let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
@@ -212,19 +251,31 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     for event in released {
                         ordered_s.give(event);
                     }
-                    // What arrived in this epoch and is still buffered goes to the table; what
-                    // was released within the epoch never reaches RocksDB.
+                    // What arrived in this epoch and is still buffered goes to the table as one
+                    // run; what was released within the epoch never reaches RocksDB.
+                    run.clear();
+                    run.push(RUN_FORMAT);
+                    let mut latest = i64::MIN;
                     for key in arrived {
                         if let Some(bytes) = buffer.get(&key) {
-                            state.put_blind(epoch, &table, &buffer_key(key.0, key.1), bytes.clone());
+                            push_to_run(&mut run, bytes);
+                            latest = latest.max(key.0);
                         }
                     }
-                    // Every worker releases everything below the same watermark in the same
-                    // epoch, so one range deletion (staged by worker 0) removes all released
-                    // events of all workers from the table.
-                    if index == 0 && watermark > previous && watermark > i64::MIN {
-                        let origin = Origin { partition: 0, offset: 0 };
-                        state.delete_range(epoch, &table, &buffer_key(i64::MIN, origin), &buffer_key(watermark, origin));
+                    if run.len() > 1 {
+                        state.put_blind(epoch, &table, &run_key(epoch, index), run.clone());
+                        runs.push_back((run_key(epoch, index), latest));
+                    }
+                    if watermark > previous {
+                        // Runs all of whose events are released go; the watermark says which
+                        // events of the runs kept were.
+                        while runs.front().is_some_and(|(_, latest)| *latest < watermark) {
+                            let (key, _) = runs.pop_front().expect("invariant: checked non-empty");
+                            state.delete(epoch, &table, &key);
+                        }
+                        if index == 0 {
+                            state.put(epoch, &released_table, RELEASED_KEY, &watermark);
+                        }
                     }
                     for event in flagged {
                         ordered_s.give(event);
@@ -242,10 +293,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buffer_keys_sort_by_time_then_origin() {
-        let a = buffer_key(-1, Origin { partition: 9, offset: 9 });
-        let b = buffer_key(0, Origin { partition: 0, offset: 0 });
-        let c = buffer_key(0, Origin { partition: 0, offset: 1 });
-        assert!(a < b && b < c);
+    fn runs_round_trip_and_refuse_a_torn_value() {
+        let mut run = vec![RUN_FORMAT];
+        push_to_run(&mut run, b"first");
+        push_to_run(&mut run, b"");
+        push_to_run(&mut run, b"third event");
+        assert_eq!(decode_run(&run).unwrap(), vec![&b"first"[..], &b""[..], &b"third event"[..]]);
+        assert_eq!(decode_run(&run[..run.len() - 1]).unwrap_err(), "a torn order run");
+        assert_eq!(decode_run(&[2]).unwrap_err(), "unknown order run format 2");
     }
 }

@@ -305,7 +305,7 @@ impl Snapshot<'_> {
         self.meta::<U64Codec>(KEY_RESUME_EPOCH).map(|e| e.unwrap_or(0))
     }
 
-    /// The layout tag the directory was written with (`sluice-state/1`).
+    /// The layout tag the directory was written with (`sluice-state/2`).
     ///
     /// # Errors
     /// RocksDB read errors.
