@@ -52,7 +52,7 @@ pub const FEATURES_TABLE: &str = "features";
 
 /// The tables the features operator declares.
 pub fn tables() -> Vec<TableSpec> {
-    vec![TableSpec::new(FEATURES_TABLE)]
+    vec![TableSpec::new(FEATURES_TABLE).with_point_lookups()]
 }
 
 /// An aggregation.
@@ -270,61 +270,115 @@ fn read(state: &AggState, window: Window, time: i64) -> Agg {
     total
 }
 
+/// The format byte of an entity's stored state.
+const STATE_FORMAT: u8 = 3;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// Encodes an entity's state compactly: most buckets hold one value or none, so a bucket is its
+/// start (as a difference from the previous bucket's), its counts (varints), and only the floats
+/// its count needs: none for no value, the value itself for one (sum, min, max and last are then
+/// what adding it to an empty aggregate gives), sum, min, max and last for more.
 fn encode_state(state: &[AggState], last_time_ms: i64, out: &mut Vec<u8>) {
-    out.push(2);
-    out.extend_from_slice(&last_time_ms.to_le_bytes());
-    out.extend_from_slice(&(state.len() as u32).to_le_bytes());
+    out.push(STATE_FORMAT);
+    put_varint(out, zigzag(last_time_ms));
+    put_varint(out, state.len() as u64);
     for buckets in state {
-        out.extend_from_slice(&(buckets.len() as u32).to_le_bytes());
+        put_varint(out, buckets.len() as u64);
+        let mut previous = 0i64;
         for (start, a) in buckets {
-            out.extend_from_slice(&start.to_le_bytes());
-            out.extend_from_slice(&a.events.to_le_bytes());
-            out.extend_from_slice(&a.values.to_le_bytes());
-            for f in [a.sum, a.min, a.max] {
-                out.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            match a.last {
-                Some(v) => {
-                    out.push(1);
-                    out.extend_from_slice(&v.to_bits().to_le_bytes());
+            put_varint(out, zigzag(start.wrapping_sub(previous)));
+            previous = *start;
+            put_varint(out, a.events);
+            put_varint(out, a.values);
+            match a.values {
+                0 => {}
+                1 => out.extend_from_slice(&a.last.unwrap_or(a.sum).to_bits().to_le_bytes()),
+                _ => {
+                    for f in [a.sum, a.min, a.max, a.last.unwrap_or(a.sum)] {
+                        out.extend_from_slice(&f.to_bits().to_le_bytes());
+                    }
                 }
-                None => out.push(0),
             }
         }
     }
 }
 
-/// An entity's state: its aggregates and the time of its latest event (`i64::MIN` for state
-/// written by version 1).
-fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
-    let mut at = 0usize;
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let s = bytes.get(at..at + n).ok_or("truncated feature state")?;
-        at += n;
-        Ok(s)
-    };
-    let version = take(1)?[0];
-    if version != 1 && version != 2 {
-        return Err(format!("unknown feature state version {version}"));
+/// Reads the varints and floats of a stored state.
+struct StateReader<'a>(&'a [u8]);
+
+impl StateReader<'_> {
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = self.0.split_first().ok_or("truncated feature state")?;
+            self.0 = rest;
+            v |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err("a varint of more than 10 bytes in feature state".into())
     }
-    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let last_time_ms = if version >= 2 { u64_of(take(8)?) as i64 } else { i64::MIN };
-    let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-    let mut out = Vec::with_capacity(count);
+
+    fn float(&mut self) -> Result<f64, String> {
+        let (bits, rest) = self.0.split_at_checked(8).ok_or("truncated feature state")?;
+        self.0 = rest;
+        Ok(f64::from_bits(u64::from_le_bytes(bits.try_into().expect("8 bytes"))))
+    }
+}
+
+/// Reads an entity's stored state: its aggregates and the time of its latest event.
+fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
+    let (&format, rest) = bytes.split_first().ok_or("empty feature state")?;
+    if format != STATE_FORMAT {
+        return Err(format!("unknown feature state format {format}"));
+    }
+    let mut r = StateReader(rest);
+    let last_time_ms = unzigzag(r.varint()?);
+    let count = r.varint()? as usize;
+    let mut out = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
-        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes")) as usize;
-        let mut buckets = VecDeque::with_capacity(n);
+        let n = r.varint()? as usize;
+        let mut buckets = VecDeque::with_capacity(n.min(4096));
+        let mut start = 0i64;
         for _ in 0..n {
-            let start = u64_of(take(8)?) as i64;
-            let events = u64_of(take(8)?);
-            let values = u64_of(take(8)?);
-            let sum = f64::from_bits(u64_of(take(8)?));
-            let min = f64::from_bits(u64_of(take(8)?));
-            let max = f64::from_bits(u64_of(take(8)?));
-            let last = if take(1)?[0] == 1 { Some(f64::from_bits(u64_of(take(8)?))) } else { None };
-            buckets.push_back((start, Agg { events, values, sum, min, max, last }));
+            start = start.wrapping_add(unzigzag(r.varint()?));
+            let events = r.varint()?;
+            let values = r.varint()?;
+            let mut agg = Agg::EMPTY;
+            match values {
+                0 => {}
+                1 => agg.add(Some(r.float()?)),
+                _ => {
+                    agg.values = values;
+                    agg.sum = r.float()?;
+                    agg.min = r.float()?;
+                    agg.max = r.float()?;
+                    agg.last = Some(r.float()?);
+                }
+            }
+            agg.events = events;
+            buckets.push_back((start, agg));
         }
         out.push(buckets);
+    }
+    if !r.0.is_empty() {
+        return Err(format!("{} bytes after the end of feature state", r.0.len()));
     }
     Ok((out, last_time_ms))
 }
@@ -532,11 +586,25 @@ mod tests {
         let mut s = AggState::new();
         update(&mut s, Window::Sliding { size: 10, slide: 5 }, 3, Some(1.0));
         update(&mut s, Window::Sliding { size: 10, slide: 5 }, 7, None);
-        let states = vec![s, AggState::new()];
+        let mut many = AggState::new();
+        for (t, v) in [(0, Some(-0.0)), (1, Some(2.5)), (2, None), (3, Some(-7.25))] {
+            update(&mut many, Window::All, t, v);
+        }
+        let mut one = AggState::new();
+        update(&mut one, Window::Tumbling(60_000), -90_000, Some(-0.0));
+        let states = vec![s, AggState::new(), many, one];
         let mut buf = Vec::new();
-        encode_state(&states, 1_795_000_000_000, &mut buf);
-        assert_eq!(decode_state(&buf).unwrap(), (states, 1_795_000_000_000));
-        assert!(decode_state(&buf[..buf.len() - 1]).is_err());
+        encode_state(&states, -1_795_000_000_000, &mut buf);
+        let (decoded, last) = decode_state(&buf).unwrap();
+        assert_eq!(last, -1_795_000_000_000);
+        // Compared bit for bit (`-0.0 == 0.0` would hide a lost sign).
+        assert_eq!(format!("{decoded:?}"), format!("{states:?}"));
+        assert_eq!(decoded[3][0].1.sum.to_bits(), (0.0f64 + -0.0).to_bits());
+        assert_eq!(decoded[3][0].1.min.to_bits(), (-0.0f64).to_bits());
+        assert_eq!(decode_state(&buf[..buf.len() - 1]).unwrap_err(), "truncated feature state");
+        buf.push(0);
+        assert_eq!(decode_state(&buf).unwrap_err(), "1 bytes after the end of feature state");
+        assert_eq!(decode_state(&[2]).unwrap_err(), "unknown feature state format 2");
     }
 
     #[test]

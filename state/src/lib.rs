@@ -50,7 +50,7 @@ pub use codec::{BytesCodec, Codec, F64Codec, I64Codec, JsonCodec, U64Codec};
 pub use error::StateError;
 pub use snapshot::{Snapshot, StateReader, TableInfo, View, FOLLOW_INTERVAL};
 pub use store::{CommitInfo, StateOptions, StateStore};
-pub use table::{ttl_stamp, Table, TableSpec};
+pub use table::{Table, TableSpec};
 pub use worker::WorkerState;
 
 pub mod checkpoint;

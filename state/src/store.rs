@@ -2,20 +2,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rocksdb::compaction_filter::Decision;
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
 use crate::codec::{Codec, U64Codec};
 use crate::layout::{KEY_COMMITTED_AT_MS, KEY_LAYOUT, KEY_RESUME_EPOCH, LAYOUT, META_CF};
 use crate::protocol::failpoint;
 use crate::stage::Stage;
-use crate::table::{ttl_stamp, Table, TableSpec};
+use crate::table::{Table, TableSpec};
 use crate::{Epoch, StateError};
 
 /// Tuning of the RocksDB instance. The defaults bound memory at roughly
@@ -112,7 +111,6 @@ pub struct StateStore {
     pub(crate) db: Arc<DB>,
     pub(crate) path: PathBuf,
     pub(crate) specs: Vec<TableSpec>,
-    ttl_cutoffs: Vec<Arc<AtomicI64>>,
     queue: Mutex<CommitQueue>,
     writer: Arc<Writer>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -162,8 +160,7 @@ impl StateStore {
         std::fs::create_dir_all(path).map_err(|e| StateError::Incompatible { path: path.into(), reason: format!("cannot create the state directory: {e}") })?;
 
         let cache = Cache::new_lru_cache(options.cache_bytes);
-        let ttl_cutoffs: Vec<Arc<AtomicI64>> = tables.iter().map(|_| Arc::new(AtomicI64::new(i64::MIN))).collect();
-        let cf_options = |spec: Option<(&TableSpec, &Arc<AtomicI64>)>| {
+        let cf_options = |spec: Option<&TableSpec>| {
             let mut o = Options::default();
             o.set_write_buffer_size(options.write_buffer_bytes);
             o.set_max_write_buffer_number(2);
@@ -178,18 +175,9 @@ impl StateStore {
             block.set_pin_top_level_index_and_filter(true);
             block.set_cache_index_and_filter_blocks_with_high_priority(true);
             block.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            if let Some((spec, cutoff)) = spec {
-                if spec.point_lookups {
-                    block.set_bloom_filter(10.0, false);
-                    o.set_memtable_prefix_bloom_ratio(0.1);
-                }
-                if spec.ttl {
-                    let cutoff = Arc::clone(cutoff);
-                    o.set_compaction_filter("sluice_ttl", move |_level: u32, _key: &[u8], value: &[u8]| match ttl_stamp(value) {
-                        Some(t) if t < cutoff.load(Ordering::Relaxed) => Decision::Remove,
-                        _ => Decision::Keep,
-                    });
-                }
+            if spec.is_some_and(|s| s.point_lookups) {
+                block.set_bloom_filter(10.0, false);
+                o.set_memtable_prefix_bloom_ratio(0.1);
             }
             o.set_block_based_table_factory(&block);
             o
@@ -209,8 +197,8 @@ impl StateStore {
 
         let existing = DB::list_cf(&db_options, path).unwrap_or_default();
         let mut descriptors = vec![ColumnFamilyDescriptor::new(META_CF, cf_options(None))];
-        for (spec, cutoff) in tables.iter().zip(&ttl_cutoffs) {
-            descriptors.push(ColumnFamilyDescriptor::new(spec.name.clone(), cf_options(Some((spec, cutoff)))));
+        for spec in tables {
+            descriptors.push(ColumnFamilyDescriptor::new(spec.name.clone(), cf_options(Some(spec))));
         }
         for name in existing {
             if name != "default" && name != META_CF && !tables.iter().any(|s| s.name == name) {
@@ -328,7 +316,6 @@ impl StateStore {
             db,
             path: path.to_path_buf(),
             specs: tables.to_vec(),
-            ttl_cutoffs,
             queue: Mutex::new(CommitQueue {
                 handed: vec![resume_epoch; workers],
                 pending: BTreeMap::new(),
@@ -381,19 +368,6 @@ impl StateStore {
     /// The state directory.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Sets the TTL cutoff of a TTL table: compactions drop values stamped before `cutoff`.
-    ///
-    /// Callers must only pass cutoffs derived from *committed* epochs: a restart replays from
-    /// the last commit and must find every key that was live then.
-    pub fn set_ttl_cutoff<C>(&self, table: &Table<C>, cutoff: i64) {
-        self.ttl_cutoffs[table.index].fetch_max(cutoff, Ordering::Relaxed);
-    }
-
-    /// Forces a compaction of one table (tests, and `sluice` maintenance commands).
-    pub fn compact<C>(&self, table: &Table<C>) {
-        self.db.compact_range_cf(self.cf(table.index), None::<&[u8]>, None::<&[u8]>);
     }
 
     /// Deletes the keys in `[from, to)` of `table` at once, outside the epoch commits: only
@@ -508,6 +482,7 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let mut changes = 0;
         let cfs: Vec<_> = (0..self.names.len()).map(|i| self.cf(i)).collect();
+        let mut sorted: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = Vec::new();
         for stages in ready.values() {
             for stage in stages {
                 for (index, from, to) in &stage.range_deletes {
@@ -524,8 +499,13 @@ impl Writer {
             for stage in stages {
                 for (index, changes_of_table) in stage.tables.iter().enumerate() {
                     // Keys within one stage are distinct, so their order in the batch does not
-                    // matter; stages are applied in epoch order.
-                    for (key, value) in changes_of_table {
+                    // change the result (stages are applied in epoch order); in key order, the
+                    // memtable inserts each one next to the previous one instead of searching
+                    // its skip list from the top.
+                    sorted.clear();
+                    sorted.extend(changes_of_table.iter());
+                    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    for (key, value) in sorted.drain(..) {
                         changes += 1;
                         match value {
                             Some(value) => batch.put_cf(cfs[index], key, value),
@@ -574,10 +554,10 @@ fn free_bytes(path: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{I64Codec, StateReader};
+    use crate::StateReader;
 
     fn tables() -> Vec<TableSpec> {
-        vec![TableSpec::new("counts"), TableSpec::new("seen").with_ttl().with_point_lookups()]
+        vec![TableSpec::new("counts"), TableSpec::new("seen").with_point_lookups()]
     }
 
     fn open(dir: &Path, workers: usize) -> Arc<StateStore> {
@@ -722,27 +702,6 @@ mod tests {
         // reopen), and ended on the last.
         assert!(seen[0].0 >= 10 && seen[1].0 >= 2, "distinct epochs seen: {seen:?}");
         assert_eq!((seen[0].1, seen[1].1), (Some(300), Some(300)));
-    }
-
-    #[test]
-    fn ttl_hides_expired_keys_and_compaction_removes_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), 1);
-        let seen = store.table::<I64Codec>("seen").unwrap();
-        let mut w = store.worker(0);
-        w.put(0, &seen, b"old", &100);
-        w.put(0, &seen, b"new", &500);
-        w.hand_in(Some(1)).unwrap();
-        store.sync().unwrap();
-        let got = w.get_many_raw(&seen, &[b"old", b"new", b"absent"], Some(300)).unwrap();
-        assert_eq!(got.iter().map(Option::is_some).collect::<Vec<_>>(), vec![false, true, false]);
-        // Physically still there until a compaction runs with the cutoff set.
-        assert!(store.db.get_cf(store.cf(seen.index), b"old").unwrap().is_some());
-        store.set_ttl_cutoff(&seen, 300);
-        store.db.flush_cf(store.cf(seen.index)).unwrap();
-        store.compact(&seen);
-        assert!(store.db.get_cf(store.cf(seen.index), b"old").unwrap().is_none());
-        assert!(store.db.get_cf(store.cf(seen.index), b"new").unwrap().is_some());
     }
 
     #[test]

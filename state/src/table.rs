@@ -9,22 +9,15 @@ use crate::codec::Codec;
 pub struct TableSpec {
     /// The column family name. Stable: it is what the state directory holds.
     pub name: String,
-    /// Whether values carry an event-time stamp in their first 8 bytes (see [`Table::ttl`]),
-    /// which a compaction filter uses to drop entries older than the table's TTL cutoff.
-    pub ttl: bool,
-    /// Whether point lookups of absent keys are common (dedup): adds a bloom filter.
+    /// Whether point lookups of absent keys are common (an entity's first event): adds a bloom
+    /// filter.
     pub point_lookups: bool,
 }
 
 impl TableSpec {
     /// A plain table.
     pub fn new(name: &str) -> Self {
-        TableSpec { name: name.to_string(), ttl: false, point_lookups: false }
-    }
-    /// Marks the table as carrying event-time stamps for TTL expiry.
-    pub fn with_ttl(mut self) -> Self {
-        self.ttl = true;
-        self
+        TableSpec { name: name.to_string(), point_lookups: false }
     }
     /// Adds a bloom filter for lookups of keys that are mostly absent.
     pub fn with_point_lookups(mut self) -> Self {
@@ -59,11 +52,4 @@ impl<C: Codec> Table<C> {
     pub fn name(&self) -> &str {
         &self.name
     }
-}
-
-/// The event-time stamp of a value of a TTL table: its first 8 bytes, big-endian `i64` with the
-/// sign bit flipped (the [`crate::I64Codec`] encoding). `None` if the value is shorter.
-pub fn ttl_stamp(value: &[u8]) -> Option<i64> {
-    let head: [u8; 8] = value.get(..8)?.try_into().ok()?;
-    Some((u64::from_be_bytes(head) ^ (1 << 63)) as i64)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::codec::{decode_in, Codec};
 use crate::stage::Stage;
 use crate::store::StateStore;
-use crate::table::{ttl_stamp, Table};
+use crate::table::Table;
 use crate::{Epoch, StateError};
 
 /// A committed key and its value bytes.
@@ -164,45 +164,6 @@ impl WorkerState {
             Some(bytes) => Ok(Some(decode_in::<C>(table.name(), &bytes)?)),
             None => Ok(None),
         }
-    }
-
-    /// The current bytes of many keys of one table, in the order given; committed values are
-    /// fetched with one batched RocksDB read. For a TTL table, values stamped before `cutoff`
-    /// are reported absent.
-    ///
-    /// # Errors
-    /// RocksDB read errors.
-    pub fn get_many_raw<C>(&mut self, table: &Table<C>, keys: &[&[u8]], cutoff: Option<i64>) -> Result<Vec<Option<Vec<u8>>>, StateError> {
-        self.prune();
-        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
-        let mut missing: Vec<usize> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            match self.staged(table.index, key) {
-                Some(v) => out.push(v.map(<[u8]>::to_vec)),
-                None => {
-                    out.push(None);
-                    missing.push(i);
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let mut sorted = missing.clone();
-            sorted.sort_unstable_by(|a, b| keys[*a].cmp(keys[*b]));
-            let cf = self.store.cf(table.index);
-            let found = self.store.db.batched_multi_get_cf(cf, sorted.iter().map(|i| keys[*i]), true);
-            for (i, value) in sorted.into_iter().zip(found) {
-                let value = value.map_err(|e| StateError::rocks(&self.store.path, e))?;
-                out[i] = value.map(|v| v.to_vec());
-            }
-        }
-        if let Some(cutoff) = cutoff {
-            for v in &mut out {
-                if v.as_deref().and_then(ttl_stamp).is_some_and(|t| t < cutoff) {
-                    *v = None;
-                }
-            }
-        }
-        Ok(out)
     }
 
     /// Every committed entry of a table, in key order. For restoring in-memory buffers at

@@ -369,6 +369,8 @@ fn main() -> Result<()> {
                     text.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
                 };
                 let rate = field("events_per_s");
+                // Batch latency exists only for a scored run.
+                let batch = |k: &str| if model.is_some() { format!("{:.0}", field(k)) } else { "-".into() };
                 println!(
                     "{:>7}  {:>12.0}  {:>12.0}  {:>10.2}  {:>13.1}  {:>15}  {:>15}",
                     w,
@@ -376,8 +378,8 @@ fn main() -> Result<()> {
                     field("events_per_cpu_s"),
                     field("seconds"),
                     field("peak_rss_mib"),
-                    field("batch_p50_us"),
-                    field("batch_p99_us")
+                    batch("batch_p50_us"),
+                    batch("batch_p99_us")
                 );
                 match first {
                     None => first = Some(rate),
