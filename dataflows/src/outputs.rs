@@ -29,12 +29,40 @@ impl PartitionNames {
         let (source, local) = self.0.get(origin.partition as usize).map_or(("?", origin.partition), |(s, l)| (s.as_str(), *l));
         out.extend_from_slice(b",\"source\":");
         json_str(out, source);
-        let _ = write!(out, ",\"partition\":{local},\"offset\":{}", origin.offset);
+        out.extend_from_slice(b",\"partition\":");
+        json_int(out, local);
+        out.extend_from_slice(b",\"offset\":");
+        json_int(out, origin.offset);
     }
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("invariant: writing JSON to a Vec cannot fail");
+}
+
+fn json_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// The feature names of a pipeline, each encoded once as the JSON key it is on every line.
+#[derive(Debug, Clone)]
+pub struct FeatureNames(Vec<Vec<u8>>);
+
+impl FeatureNames {
+    /// Encodes `names` (`"name":` each).
+    pub fn new(names: &[String]) -> Self {
+        FeatureNames(
+            names
+                .iter()
+                .map(|name| {
+                    let mut key = Vec::with_capacity(name.len() + 3);
+                    json_str(&mut key, name);
+                    key.push(b':');
+                    key
+                })
+                .collect(),
+        )
+    }
 }
 
 fn json_f64(out: &mut Vec<u8>, v: Option<f64>) {
@@ -45,21 +73,22 @@ fn json_f64(out: &mut Vec<u8>, v: Option<f64>) {
 }
 
 /// A feature record as a line.
-pub fn feature_line(record: &FeatureRecord, names: &[String]) -> OutputLine {
-    let mut out = Vec::with_capacity(96 + 24 * names.len());
+pub fn feature_line(record: &FeatureRecord, names: &FeatureNames) -> OutputLine {
+    let mut out = Vec::with_capacity(96 + 24 * names.0.len());
     out.extend_from_slice(b"{\"entity\":");
     json_str(&mut out, &record.entity);
     out.extend_from_slice(b",\"id\":");
     json_str(&mut out, &record.id);
     out.extend_from_slice(b",\"kind\":");
     json_str(&mut out, &record.kind);
-    let _ = write!(out, ",\"time_ms\":{},\"features\":{{", record.time_ms);
-    for (i, (name, value)) in names.iter().zip(&record.values).enumerate() {
+    out.extend_from_slice(b",\"time_ms\":");
+    json_int(&mut out, record.time_ms);
+    out.extend_from_slice(b",\"features\":{");
+    for (i, (name, value)) in names.0.iter().zip(&record.values).enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        json_str(&mut out, name);
-        out.push(b':');
+        out.extend_from_slice(name);
         json_f64(&mut out, *value);
     }
     out.push(b'}');
@@ -224,7 +253,7 @@ mod tests {
             ingest_us: 0,
             origin: Origin { partition: 0, offset: 0 },
         };
-        let line = feature_line(&r, &["a".into(), "b".into(), "c".into()]);
+        let line = feature_line(&r, &FeatureNames::new(&["a".into(), "b".into(), "c".into()]));
         assert_eq!(String::from_utf8(line.bytes).unwrap(), r#"{"entity":"c\"1","id":"e1","kind":"k","time_ms":5,"features":{"a":2.5,"b":null,"c":3.0}}"#);
     }
 

@@ -1,6 +1,6 @@
 //! One worker's staged changes, and reads that see them.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::codec::{decode_in, Codec};
@@ -58,10 +58,14 @@ impl WorkerState {
         self.worker
     }
 
-    fn stage(&mut self, epoch: Epoch, table: usize) -> &mut HashMap<Vec<u8>, Option<Vec<u8>>> {
+    fn stage(&mut self, epoch: Epoch, table: usize) -> &mut foldhash::HashMap<Vec<u8>, Option<Vec<u8>>> {
         assert!(epoch >= self.handed, "invariant: epoch {epoch} written after it was handed in (frontier {})", self.handed);
         let tables = self.store.specs.len();
-        let stage = self.open.entry(epoch).or_insert_with(|| Stage { tables: vec![HashMap::new(); tables], range_deletes: Vec::new(), blind: Vec::new() });
+        let stage = self.open.entry(epoch).or_insert_with(|| Stage {
+            tables: vec![foldhash::HashMap::default(); tables],
+            range_deletes: Vec::new(),
+            blind: Vec::new(),
+        });
         &mut stage.tables[table]
     }
 

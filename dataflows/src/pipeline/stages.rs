@@ -26,7 +26,7 @@ use timely::dataflow::scope::Scope;
 use timely::dataflow::{ProbeHandle, Stream};
 
 use super::{Plan, WorkerError};
-use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, late_line, score_line, unscored_line};
+use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, late_line, score_line, unscored_line, FeatureNames};
 
 /// Builds the worker's dataflow: reads the partitions it owns (global index modulo the
 /// workers), and every output goes through the probe, so that the probe passes an epoch only
@@ -108,6 +108,7 @@ fn standard<'scope>(
         let records = samples.drift(progress, drift.clone(), (partitions, durations.lateness_ms), Rc::clone(state), Arc::clone(metrics))?;
         sink(records.map(|r| drift_line(&r)), OutputStream::Drift)?;
     }
+    let feature_names = FeatureNames::new(&feature_names);
     sink(features.map(move |r| feature_line(&r, &feature_names)), OutputStream::Features)?;
     let n = names.clone();
     sink(dead.map(move |d| dead_letter_line(&d, &n)), OutputStream::DeadLetters)?;
