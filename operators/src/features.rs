@@ -230,8 +230,14 @@ fn update(state: &mut AggState, window: Window, time: i64, value: Option<f64>) {
             (start, start + slide - size)
         }
     };
-    // In order, only the newest bucket can match; a flagged late event may hit an older one.
-    match state.iter().position(|(s, _)| *s >= start) {
+    // In order, only the newest bucket can match (checked first); a flagged late event may hit
+    // an older one.
+    let at = match state.back() {
+        Some((newest, _)) if *newest < start => None,
+        Some((newest, _)) if *newest == start => Some(state.len() - 1),
+        _ => state.iter().position(|(s, _)| *s >= start),
+    };
+    match at {
         Some(i) if state[i].0 == start => state[i].1.add(value),
         Some(i) => {
             let mut agg = Agg::EMPTY;
@@ -451,12 +457,12 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
             let mut held = HeldCapabilities::new(vec![cap]);
             let mut pending: EpochStash<Vec<Vec<Event>>> = EpochStash::new();
-            // Decoded aggregates by entity, and whether the current epoch changed them.
             // Decoded aggregates by entity, whether the current epoch changed them, the entity's
             // latest event time.
             let mut cache: rustc_hash::FxHashMap<String, (Vec<AggState>, bool, i64)> = rustc_hash::FxHashMap::default();
             let mut dirty: Vec<String> = Vec::new();
             let mut encoded = Vec::new();
+            let mut reads: Vec<Agg> = Vec::with_capacity(set.aggregates.len());
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
@@ -499,14 +505,10 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             let value = field.and_then(|f| event.numbers.get(f).copied().flatten());
                             update(agg, *window, event.time_ms, value);
                         }
-                        let values = set
-                            .features
-                            .iter()
-                            .map(|(a, op)| {
-                                let (field, window) = set.aggregates[*a];
-                                read(&aggs[*a], window, event.time_ms).value(*op, field.is_some())
-                            })
-                            .collect();
+                        // Each aggregate read once, however many features share it.
+                        reads.clear();
+                        reads.extend(aggs.iter().zip(&set.aggregates).map(|(agg, (_, window))| read(agg, *window, event.time_ms)));
+                        let values = set.features.iter().map(|(a, op)| reads[*a].value(*op, set.aggregates[*a].0.is_some())).collect();
                         session.give(FeatureRecord {
                             entity: event.entity,
                             id: event.id,
