@@ -31,7 +31,7 @@
 //! duplicate counted and one conflict.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -119,15 +119,17 @@ struct KeyIndex {
     swept_at: i64,
     /// Sweep when the cutoff has moved this far since.
     sweep_ms: i64,
-    /// Runs in the table, oldest first: key and the latest event time in it.
-    runs: VecDeque<(RunKey, i64)>,
+    /// Runs in the table by the latest event time in each: every run the cutoff has passed is at
+    /// the front, whatever order they were written in (one run with a far-future key holds back
+    /// no other).
+    runs: BTreeSet<(i64, RunKey)>,
 }
 
 impl KeyIndex {
     /// Rebuilds the index of worker `index` of `peers` from the committed runs: the keys it
     /// owns not expired at `cutoff`. Worker 0 takes charge of deleting the runs found.
     fn rebuild(state: &WorkerState, table: &Table<BytesCodec>, ttl_ms: i64, cutoff: i64, (index, peers): (usize, usize)) -> Result<Self, OperatorError> {
-        let mut keys = KeyIndex { seen: FxHashMap::default(), swept_at: cutoff, sweep_ms: (ttl_ms / 8).max(1), runs: VecDeque::new() };
+        let mut keys = KeyIndex { seen: FxHashMap::default(), swept_at: cutoff, sweep_ms: (ttl_ms / 8).max(1), runs: BTreeSet::new() };
         // Runs in key order are in epoch order: a key stored again (after it expired) is
         // overwritten by its later run.
         for (run, value) in state.scan_committed(table)? {
@@ -144,7 +146,7 @@ impl KeyIndex {
                     .as_slice()
                     .try_into()
                     .map_err(|_| sluice_state::StateError::Codec { table: KEYS_TABLE.into(), reason: format!("a run key of {} bytes", run.len()) })?;
-                keys.runs.push_back((run, latest));
+                keys.runs.insert((latest, run));
             }
         }
         Ok(keys)
@@ -157,8 +159,8 @@ impl KeyIndex {
             self.seen.retain(|_, s| s.time_ms >= cutoff);
             self.swept_at = cutoff;
         }
-        while self.runs.front().is_some_and(|(_, latest)| *latest < cutoff) {
-            let (run, _) = self.runs.pop_front().expect("invariant: checked non-empty");
+        while self.runs.first().is_some_and(|(latest, _)| *latest < cutoff) {
+            let (_, run) = self.runs.pop_first().expect("invariant: checked non-empty");
             state.delete(epoch, table, &run);
         }
     }
@@ -266,7 +268,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if run.len() > 1 {
                         state.put_blind(epoch, &table, &run_key(epoch, index), run.clone());
                         let latest = run[1..].chunks_exact(RUN_ENTRY_BYTES).map(|e| i64::from_le_bytes(e[16..24].try_into().expect("8 bytes"))).max();
-                        keys.runs.push_back((run_key(epoch, index), latest.unwrap_or(i64::MIN)));
+                        keys.runs.insert((latest.unwrap_or(i64::MIN), run_key(epoch, index)));
                     }
                     let firsts_cap = held.at(0, epoch);
                     let conflicts_cap = held.at(1, epoch);

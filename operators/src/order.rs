@@ -32,7 +32,7 @@
 //! (3 < 10), the watermark becomes 20 and 12 is released; 20 and 30 wait.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -145,16 +145,19 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let table: Table<BytesCodec> = state.borrow().store().table(BUFFER_TABLE)?;
         let released_table: Table<I64Codec> = state.borrow().store().table(RELEASED_TABLE)?;
         let committed = crate::decode::committed_progress(&state.borrow())?;
-        let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed);
+        let released_below = state.borrow_mut().get(&released_table, RELEASED_KEY)?.unwrap_or(i64::MIN);
+        // The watermark never goes back, across restarts too: events below the stored one were
+        // released (and must not be buffered again, nor dropped from a run while buffered).
+        let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed).with_floor(released_below);
 
         // Restore the buffer: the events of the entities this worker owns that were not released
         // by the last committed epoch. Buffered events are held encoded: a third of the memory of
         // an `Event` and its strings, and the same bytes go to the runs.
-        let released_below = state.borrow_mut().get(&released_table, RELEASED_KEY)?.unwrap_or(i64::MIN);
         let mut buffer: BTreeMap<BufferKey, Vec<u8>> = BTreeMap::new();
-        // Runs in the table, oldest first: key and the latest event time in it (worker 0 takes
-        // charge of those found at start).
-        let mut runs: VecDeque<(RunKey, i64)> = VecDeque::new();
+        // Runs in the table by the latest event time in each, so that every run the watermark
+        // has passed is at the front, whatever order they were written in (worker 0 takes charge
+        // of those found at start).
+        let mut runs: BTreeSet<(i64, RunKey)> = BTreeSet::new();
         for (key, value) in state.borrow().scan_committed(&table)? {
             let codec = |reason: String| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason };
             let mut latest = i64::MIN;
@@ -166,7 +169,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 }
             }
             if index == 0 {
-                runs.push_back((key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?, latest));
+                runs.insert((latest, key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?));
             }
         }
 
@@ -264,13 +267,13 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     }
                     if run.len() > 1 {
                         state.put_blind(epoch, &table, &run_key(epoch, index), run.clone());
-                        runs.push_back((run_key(epoch, index), latest));
+                        runs.insert((latest, run_key(epoch, index)));
                     }
                     if watermark > previous {
                         // Runs all of whose events are released go; the watermark says which
                         // events of the runs kept were.
-                        while runs.front().is_some_and(|(_, latest)| *latest < watermark) {
-                            let (key, _) = runs.pop_front().expect("invariant: checked non-empty");
+                        while runs.first().is_some_and(|(latest, _)| *latest < watermark) {
+                            let (_, key) = runs.pop_first().expect("invariant: checked non-empty");
                             state.delete(epoch, &table, &key);
                         }
                         if index == 0 {

@@ -35,6 +35,13 @@ impl WatermarkTracker {
         tracker
     }
 
+    /// Raises the watermark to at least `floor`: a watermark reached before a restart, which the
+    /// committed progress alone may not give back (an idle partition that since turned active).
+    pub fn with_floor(mut self, floor: i64) -> Self {
+        self.current = self.current.max(floor);
+        self
+    }
+
     /// Applies one partition's progress report.
     pub fn apply(&mut self, progress: &PartitionProgress) {
         self.state.insert(progress.partition, *progress);
@@ -123,6 +130,20 @@ mod tests {
         assert_eq!(t.advance(), i64::MIN, "partition 1 has sent nothing and is not idle yet");
         t.apply(&p(1, None, false, true));
         assert_eq!(t.advance(), 490);
+    }
+
+    #[test]
+    fn a_floor_from_before_a_restart_holds_when_committed_progress_gives_less() {
+        // Before the restart both partitions were idle at 100 and 50: the watermark was 90. The
+        // committed progress now says partition 1 is active at 50, which alone gives 40.
+        let committed = [p(0, Some(100), false, true), p(1, Some(50), false, false)];
+        assert_eq!(WatermarkTracker::new(2, 10, &committed).watermark(), 40);
+        let mut t = WatermarkTracker::new(2, 10, &committed).with_floor(90);
+        assert_eq!(t.watermark(), 90);
+        t.apply(&p(1, Some(95), false, false));
+        assert_eq!(t.advance(), 90, "85 from the progress does not lower it");
+        t.apply(&p(1, Some(130), false, false));
+        assert_eq!(t.advance(), 120);
     }
 
     #[test]
