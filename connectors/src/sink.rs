@@ -5,13 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use sluice_operators::event::Text;
 use sluice_operators::Origin;
 
 /// One output line with the key it is sorted by within its epoch.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct OutputLine {
     /// Sort key: event time (0 where not meaningful), id, origin.
-    pub key: (i64, String, Origin),
+    pub key: (i64, Text, Origin),
     /// The line, without its newline.
     pub bytes: Vec<u8>,
 }

@@ -262,6 +262,7 @@ fn ctrl_c(stop: Arc<AtomicBool>, what: &'static str) {
 }
 
 fn main() -> Result<()> {
+    sluice::allocator::keep_freed_memory_for(1_000);
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {

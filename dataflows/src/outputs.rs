@@ -142,7 +142,10 @@ pub fn drift_line(r: &DriftRecord) -> OutputLine {
     json_str(&mut out, r.status.name());
     let _ = write!(out, ",\"reference_n\":{},\"current_n\":{}}}", r.reference_n, r.current_n);
     // The key orders lines: by window end, then column and statistic.
-    OutputLine { key: (r.window_end_ms, format!("{}/{}", r.column, r.statistic), Origin { partition: 0, offset: 0 }), bytes: out }
+    OutputLine {
+        key: (r.window_end_ms, sluice_operators::event::Text::from(format!("{}/{}", r.column, r.statistic)), Origin { partition: 0, offset: 0 }),
+        bytes: out,
+    }
 }
 
 /// An unscored record as a line.
@@ -178,7 +181,7 @@ pub fn dead_letter_line(dead: &DeadLetter, names: &PartitionNames) -> OutputLine
         }
     }
     out.push(b'}');
-    OutputLine { key: (0, String::new(), dead.origin), bytes: out }
+    OutputLine { key: (0, Default::default(), dead.origin), bytes: out }
 }
 
 fn event_head(out: &mut Vec<u8>, id: &str, entity: &str, kind: &str, time_ms: i64) {
@@ -199,7 +202,7 @@ pub fn late_line(late: &LateEvent, names: &PartitionNames) -> OutputLine {
     let _ = write!(out, ",\"watermark_ms\":{}", late.watermark_ms);
     names.write_origin(&mut out, e.origin);
     out.push(b'}');
-    OutputLine { key: (0, String::new(), e.origin), bytes: out }
+    OutputLine { key: (0, Default::default(), e.origin), bytes: out }
 }
 
 /// A conflict as a line.
@@ -210,7 +213,7 @@ pub fn conflict_line(conflict: &Conflict, names: &PartitionNames) -> OutputLine 
     let _ = write!(out, ",\"first_time_ms\":{}", conflict.first_time_ms);
     names.write_origin(&mut out, e.origin);
     out.push(b'}');
-    OutputLine { key: (0, String::new(), e.origin), bytes: out }
+    OutputLine { key: (0, Default::default(), e.origin), bytes: out }
 }
 
 fn base64(bytes: &[u8], out: &mut Vec<u8>) {

@@ -141,8 +141,8 @@ impl InputDecoder {
             None if !e.kind.is_empty() => e.kind.clone(),
             None => return Err("no status (no event kind)".into()),
         };
-        let status = self.config.statuses.get(&status).cloned().unwrap_or(status);
-        Ok(ProviderEvent { payment_id: e.entity.clone(), event_id: e.id.clone(), time_ms: e.time_ms, amount, currency, status })
+        let status = self.config.statuses.get(status.as_str()).cloned().unwrap_or_else(|| status.to_string());
+        Ok(ProviderEvent { payment_id: e.entity.to_string(), event_id: e.id.to_string(), time_ms: e.time_ms, amount, currency: currency.to_string(), status })
     }
 
     fn ledger(&self, record: &RawRecord) -> Result<Option<LedgerVersion>, String> {
@@ -218,7 +218,7 @@ pub fn changelog_line(row: &Reconciled, epoch: Epoch, diff: isize) -> OutputLine
     let line =
         Line { epoch, diff, payment_id: &row.payment_id, status: row.status.name(), provider: &row.provider, ledger: &row.ledger, since_ms: row.since_ms };
     OutputLine {
-        key: (diff as i64, row.payment_id.clone(), Origin { partition: 0, offset: 0 }),
+        key: (diff as i64, row.payment_id.as_str().into(), Origin { partition: 0, offset: 0 }),
         bytes: serde_json::to_vec(&line).expect("invariant: serializable"),
     }
 }
@@ -226,7 +226,7 @@ pub fn changelog_line(row: &Reconciled, epoch: Epoch, diff: isize) -> OutputLine
 /// One summary line: `{"epoch","counts":{status: n},"unreconciled":{currency: minor units}}`.
 pub fn summary_line(summary: &Summary, epoch: Epoch) -> OutputLine {
     let value = serde_json::json!({"epoch": epoch, "counts": summary.counts, "unreconciled": summary.unreconciled});
-    OutputLine { key: (0, String::new(), Origin { partition: 0, offset: 0 }), bytes: value.to_string().into_bytes() }
+    OutputLine { key: (0, Default::default(), Origin { partition: 0, offset: 0 }), bytes: value.to_string().into_bytes() }
 }
 
 type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), WorkerError>;

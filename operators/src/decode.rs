@@ -29,7 +29,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
@@ -42,7 +41,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::HeldCapabilities;
-use crate::event::{DeadLetter, DeadLetterReason, Epoch, Event, PartitionProgress, RawRecord, RequiredField, SourceItem};
+use crate::event::{DeadLetter, DeadLetterReason, Epoch, Event, PartitionProgress, RawRecord, RequiredField, SourceItem, Text};
 use crate::metrics::Metrics;
 use crate::OperatorError;
 
@@ -187,10 +186,29 @@ impl MetaSource {
     }
 }
 
+/// A level of the schema's paths: the keys picked below it, or the field it is.
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<String, Node>,
+    /// Looked up by a linear scan: a few keys per level, faster than hashing each key read.
+    children: Vec<(String, Node)>,
     target: Option<(Target, String)>,
+}
+
+impl Node {
+    fn child(&self, key: &str) -> Option<&Node> {
+        self.children.iter().find(|(k, _)| k == key).map(|(_, n)| n)
+    }
+
+    fn child_mut(&mut self, key: String) -> &mut Node {
+        let at = match self.children.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                self.children.push((key, Node::default()));
+                self.children.len() - 1
+            }
+        };
+        &mut self.children[at].1
+    }
 }
 
 fn parse_pointer(key: &str, pointer: &str) -> Result<Vec<String>, OperatorError> {
@@ -224,7 +242,7 @@ struct Fields<'de> {
     kind: Option<Cow<'de, str>>,
     time_ms: Option<i64>,
     numbers: Vec<Option<f64>>,
-    strings: Vec<Option<String>>,
+    strings: Vec<Option<Text>>,
 }
 
 impl Decoder {
@@ -245,7 +263,7 @@ impl Decoder {
                 if node.target.is_some() {
                     return Err(OperatorError::Config { key, problem: format!("`{pointer}` lies inside another field's value") });
                 }
-                node = node.children.entry(token).or_default();
+                node = node.child_mut(token);
             }
             if node.target.is_some() || !node.children.is_empty() {
                 return Err(OperatorError::Config { key, problem: format!("`{pointer}` is also the path of another field, or contains one") });
@@ -323,9 +341,9 @@ impl Decoder {
             return Err(DeadLetterReason::Empty(RequiredField::Entity, self.paths[1].clone()));
         }
         Ok(Event {
-            id: id.into_owned(),
-            entity: entity.into_owned(),
-            kind: fields.kind.map(Cow::into_owned).unwrap_or_default(),
+            id: Text::from(id),
+            entity: Text::from(entity),
+            kind: fields.kind.map(Text::from).unwrap_or_default(),
             time_ms,
             numbers: fields.numbers,
             strings: fields.strings,
@@ -379,7 +397,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Key<'de>>()? {
-            match self.node.children.get(key.0.as_ref()) {
+            match self.node.child(&key.0) {
                 Some(child) => map.next_value_seed(NodeSeed { node: child, fields: &mut *self.fields, format: self.format })?,
                 None => {
                     map.next_value::<IgnoredAny>()?;
@@ -391,7 +409,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, 'de> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0usize;
         loop {
-            let child = if self.node.children.is_empty() { None } else { self.node.children.get(index.to_string().as_str()) };
+            let child = if self.node.children.is_empty() { None } else { self.node.child(index.to_string().as_str()) };
             let more = match child {
                 Some(child) => seq.next_element_seed(NodeSeed { node: child, fields: &mut *self.fields, format: self.format })?.is_some(),
                 None => seq.next_element::<IgnoredAny>()?.is_some(),
@@ -491,7 +509,7 @@ impl<'de> LeafVisitor<'_, 'de> {
             Target::Id => self.fields.id = Some(v),
             Target::Entity => self.fields.entity = Some(v),
             Target::Kind => self.fields.kind = Some(v),
-            Target::Str(i) => self.fields.strings[i] = Some(v.into_owned()),
+            Target::Str(i) => self.fields.strings[i] = Some(Text::from(v)),
             Target::Number(_) => return Err(self.wrong("a string")),
             Target::Time => {
                 if matches!(self.format, TimeFormat::Seconds | TimeFormat::Millis) {
@@ -559,6 +577,15 @@ pub trait Decode<'scope> {
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, Stream<'scope, Epoch, Vec<PartitionProgress>>), OperatorError>;
 }
 
+/// The entry of `partition` in a table by partition index, grown to hold it.
+fn slot_of(by_partition: &mut Vec<Option<i64>>, partition: u32) -> &mut Option<i64> {
+    let i = partition as usize;
+    if by_partition.len() <= i {
+        by_partition.resize(i + 1, None);
+    }
+    &mut by_partition[i]
+}
+
 /// Reads the committed progress of every partition.
 ///
 /// # Errors
@@ -583,7 +610,11 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
         metrics: std::sync::Arc<Metrics>,
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<DeadLetter>>, Stream<'scope, Epoch, Vec<PartitionProgress>>), OperatorError> {
         let table: Table<JsonCodec<PartitionProgress>> = state.borrow().store().table(PROGRESS_TABLE)?;
-        let mut max_time: HashMap<u32, Option<i64>> = committed_progress(&state.borrow())?.into_iter().map(|p| (p.partition, p.max_event_time_ms)).collect();
+        // The largest event time per global partition index.
+        let mut max_time: Vec<Option<i64>> = Vec::new();
+        for p in committed_progress(&state.borrow())? {
+            *slot_of(&mut max_time, p.partition) = p.max_event_time_ms;
+        }
 
         let mut builder = OperatorBuilder::new("Decode".to_owned(), self.scope());
         let mut input = builder.new_input(self, Pipeline);
@@ -616,7 +647,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                             SourceItem::Record(record) => match decoder.decode(&record) {
                                 Ok(mut event) => {
                                     event.ingest_us = now;
-                                    let slot = max_time.entry(event.origin.partition).or_insert(None);
+                                    let slot = slot_of(&mut max_time, event.origin.partition);
                                     *slot = Some(slot.map_or(event.time_ms, |m| m.max(event.time_ms)));
                                     decoded += 1;
                                     latest = latest.max(event.time_ms);
@@ -631,7 +662,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                             SourceItem::EpochEnd(mark) => {
                                 let progress = PartitionProgress {
                                     partition: mark.partition,
-                                    max_event_time_ms: max_time.get(&mark.partition).copied().flatten(),
+                                    max_event_time_ms: max_time.get(mark.partition as usize).copied().flatten(),
                                     finished: mark.finished,
                                     idle: mark.idle,
                                 };
@@ -704,7 +735,7 @@ mod tests {
         let e = decode(r#"{"skip":{"deep":[1,{"x":2}]},"id":"e1","type":"charge.succeeded","customer":{"id":"c9","name":"A"},"created":1700000000,"data":{"amount":12.5,"currency":"EUR"},"tags":["a","b"]}"#).unwrap();
         assert_eq!((e.id.as_str(), e.entity.as_str(), e.kind.as_str(), e.time_ms), ("e1", "c9", "charge.succeeded", 1_700_000_000_000));
         assert_eq!(e.numbers, vec![Some(12.5)]);
-        assert_eq!(e.strings, vec![Some("EUR".to_string()), Some("b".to_string())]);
+        assert_eq!(e.strings, vec![Some("EUR".into()), Some("b".into())]);
         assert_eq!(e.origin, Origin { partition: 2, offset: 40 });
     }
 
@@ -729,7 +760,7 @@ mod tests {
         // No time in the JSON: the message timestamp.
         let e = d.decode(&with_meta(r#"{"id":"e1"}"#, Some(meta.clone()))).unwrap();
         assert_eq!((e.id.as_str(), e.entity.as_str(), e.time_ms), ("e1", "cust-7", 1_700_000_000_999));
-        assert_eq!(e.strings, vec![Some("psp".to_string()), Some("77".to_string())]);
+        assert_eq!(e.strings, vec![Some("psp".into()), Some("77".into())]);
         assert_eq!(e.numbers, vec![Some(12.5)]);
         // A time in the JSON wins over the fallback.
         assert_eq!(d.decode(&with_meta(r#"{"id":"e1","created":1700000001}"#, Some(meta.clone()))).unwrap().time_ms, 1_700_000_001_000);

@@ -248,6 +248,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     run.clear();
                     run.push(RUN_FORMAT);
                     let mut first: Option<Seen> = None;
+                    let mut latest = i64::MIN;
                     for (n, (key, _, i)) in order.iter().enumerate() {
                         let i = *i as usize;
                         if n == 0 || order[n - 1].0 != *key {
@@ -258,7 +259,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                                 let seen = Seen { time_ms: events[i].time_ms, payload_hash: events[i].payload_hash };
                                 keys.seen.insert(*key, seen);
                                 encode_entry(&mut run, *key, seen);
-                                decisions[i] = None;
+                                latest = latest.max(seen.time_ms);
                                 first = Some(seen);
                                 continue;
                             }
@@ -266,9 +267,8 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         decisions[i] = first;
                     }
                     if run.len() > 1 {
-                        state.put_blind(epoch, &table, &run_key(epoch, index), run.clone());
-                        let latest = run[1..].chunks_exact(RUN_ENTRY_BYTES).map(|e| i64::from_le_bytes(e[16..24].try_into().expect("8 bytes"))).max();
-                        keys.runs.insert((latest.unwrap_or(i64::MIN), run_key(epoch, index)));
+                        state.put_blind(epoch, &table, &run_key(epoch, index), std::mem::take(&mut run));
+                        keys.runs.insert((latest, run_key(epoch, index)));
                     }
                     let firsts_cap = held.at(0, epoch);
                     let conflicts_cap = held.at(1, epoch);

@@ -285,7 +285,7 @@ pub struct DriftSample {
     /// Values per number column.
     pub numbers: Vec<Option<f64>>,
     /// Values per category column.
-    pub categories: Vec<Option<String>>,
+    pub categories: Vec<Option<crate::event::Text>>,
 }
 
 /// A summary of one column over some samples.

@@ -82,21 +82,25 @@ pub struct PartitionProgress {
     pub idle: bool,
 }
 
+/// The text of an event's fields: a string kept inline up to 24 bytes (ids, entity keys, kinds,
+/// currencies), on the heap beyond, so that decoding an event does not allocate per field.
+pub type Text = compact_str::CompactString;
+
 /// A decoded event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Idempotency key (the provider's event id).
-    pub id: String,
+    pub id: Text,
     /// Entity key (customer, account, card): what features are kept per.
-    pub entity: String,
+    pub entity: Text,
     /// Event kind (`charge.succeeded`, …); empty when the schema has no kind path.
-    pub kind: String,
+    pub kind: Text,
     /// Event time, ms since the Unix epoch.
     pub time_ms: i64,
     /// Numeric fields, in schema order; `None` when absent or null.
     pub numbers: Vec<Option<f64>>,
     /// String fields, in schema order; `None` when absent or null.
-    pub strings: Vec<Option<String>>,
+    pub strings: Vec<Option<Text>>,
     /// Hash of the raw record, to tell a true duplicate from a conflicting one.
     pub payload_hash: u64,
     /// Where the event came from.
@@ -226,11 +230,11 @@ pub struct LateEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureRecord {
     /// Entity key.
-    pub entity: String,
+    pub entity: Text,
     /// Event id.
-    pub id: String,
+    pub id: Text,
     /// Event kind.
-    pub kind: String,
+    pub kind: Text,
     /// Event time (ms).
     pub time_ms: i64,
     /// Feature values in the configured order; `None` when undefined (min of nothing).
@@ -282,9 +286,9 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
-    fn str(&mut self) -> Result<String, String> {
+    fn str(&mut self) -> Result<Text, String> {
         let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| e.to_string())
+        std::str::from_utf8(self.take(n)?).map(Text::from).map_err(|e| e.to_string())
     }
 }
 

@@ -43,7 +43,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
 use crate::epoch::{EpochStash, HeldCapabilities};
-use crate::event::{Epoch, Event, FeatureRecord};
+use crate::event::{Epoch, Event, FeatureRecord, Text};
 use crate::metrics::Metrics;
 use crate::{DurationMs, OperatorError};
 
@@ -459,8 +459,8 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             let mut pending: EpochStash<Vec<Vec<Event>>> = EpochStash::new();
             // Decoded aggregates by entity, whether the current epoch changed them, the entity's
             // latest event time.
-            let mut cache: rustc_hash::FxHashMap<String, (Vec<AggState>, bool, i64)> = rustc_hash::FxHashMap::default();
-            let mut dirty: Vec<String> = Vec::new();
+            let mut cache: rustc_hash::FxHashMap<Text, (Vec<AggState>, bool, i64)> = rustc_hash::FxHashMap::default();
+            let mut dirty: Vec<Text> = Vec::new();
             let mut encoded = Vec::new();
             let mut reads: Vec<Agg> = Vec::with_capacity(set.aggregates.len());
             move |(input, frontier), output| {

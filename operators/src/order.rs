@@ -11,7 +11,9 @@
 //! 1. an event of epoch `e` whose time is below the watermark as of the end of epoch `e − 1`
 //!    is **late**: sent to the late output (`late = "side"`, the default), dropped (`"drop"`),
 //!    or passed on at once with `late = true` (`"flag"`);
-//! 2. every other event is buffered in memory (encoded: a third of the memory of an `Event`);
+//! 2. every other event is buffered in memory, as it is: the epoch's arrivals sorted by
+//!    (time, origin) into one run, released from its front (no per-event tree insert, copy or
+//!    encoding while it waits);
 //! 3. the epoch's progress advances the watermark, and every buffered event with a time below
 //!    the new watermark is released, sorted by (time, id, origin).
 //!
@@ -32,7 +34,7 @@
 //! (3 < 10), the watermark becomes 20 and 12 is released; 20 and 30 wait.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,7 +48,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::{input_frontier, run_key, EpochStash, HeldCapabilities, RunKey};
-use crate::event::{route_hash, Epoch, Event, EventCodec, LateEvent, Origin, PartitionProgress};
+use crate::event::{route_hash, Epoch, Event, EventCodec, LateEvent, PartitionProgress};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
 use crate::OperatorError;
@@ -66,10 +68,45 @@ pub fn tables() -> Vec<TableSpec> {
 /// The first byte of a run's value: its format.
 const RUN_FORMAT: u8 = 1;
 
-/// Appends one encoded event to a run: its length (u32, little-endian), then its bytes.
-fn push_to_run(run: &mut Vec<u8>, encoded: &[u8]) {
-    run.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-    run.extend_from_slice(encoded);
+/// Appends one event to a run: its encoded length (u32, little-endian), then its encoding.
+fn push_to_run(run: &mut Vec<u8>, event: &Event) {
+    let at = run.len();
+    run.extend_from_slice(&[0; 4]);
+    EventCodec::encode(event, run);
+    let len = (run.len() - at - 4) as u32;
+    run[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Events in (time, origin) order.
+fn sorted_run(mut events: Vec<Event>) -> VecDeque<Event> {
+    events.sort_unstable_by_key(|e| (e.time_ms, e.origin));
+    VecDeque::from(events)
+}
+
+/// The buffered events: one run per epoch of arrival, each in (time, origin) order, released
+/// from the front as the watermark passes. No event is copied or encoded while it waits.
+#[derive(Default)]
+struct Buffer {
+    runs: Vec<VecDeque<Event>>,
+}
+
+impl Buffer {
+    fn push(&mut self, run: VecDeque<Event>) {
+        if !run.is_empty() {
+            self.runs.push(run);
+        }
+    }
+
+    /// Takes every event with a time below `watermark`, run after run (each run's in order).
+    fn release(&mut self, watermark: i64) -> Vec<Event> {
+        let mut out = Vec::new();
+        for run in &mut self.runs {
+            let n = run.partition_point(|e| e.time_ms < watermark);
+            out.extend(run.drain(..n));
+        }
+        self.runs.retain(|r| !r.is_empty());
+        out
+    }
 }
 
 /// The encoded events of a run's value.
@@ -129,9 +166,6 @@ pub trait Order<'scope> {
     ) -> Result<(Stream<'scope, Epoch, Vec<Event>>, Stream<'scope, Epoch, Vec<LateEvent>>), OperatorError>;
 }
 
-/// (time, origin): unique per record; ties in time are put in id order at release.
-type BufferKey = (i64, Origin);
-
 impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
     fn order(
         self,
@@ -151,13 +185,12 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed).with_floor(released_below);
 
         // Restore the buffer: the events of the entities this worker owns that were not released
-        // by the last committed epoch. Buffered events are held encoded: a third of the memory of
-        // an `Event` and its strings, and the same bytes go to the runs.
-        let mut buffer: BTreeMap<BufferKey, Vec<u8>> = BTreeMap::new();
-        // Runs in the table by the latest event time in each, so that every run the watermark
-        // has passed is at the front, whatever order they were written in (worker 0 takes charge
-        // of those found at start).
+        // by the last committed epoch, as one run. Runs in the table by the latest event time in
+        // each, so that every run the watermark has passed is at the front, whatever order they
+        // were written in (worker 0 takes charge of those found at start).
+        let mut buffer = Buffer::default();
         let mut runs: BTreeSet<(i64, RunKey)> = BTreeSet::new();
+        let mut restored = Vec::new();
         for (key, value) in state.borrow().scan_committed(&table)? {
             let codec = |reason: String| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason };
             let mut latest = i64::MIN;
@@ -165,13 +198,14 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let event = EventCodec::decode(bytes).map_err(codec)?;
                 latest = latest.max(event.time_ms);
                 if event.time_ms >= released_below && (route_hash(&event.entity) % peers as u64) as usize == index {
-                    buffer.insert((event.time_ms, event.origin), bytes.to_vec());
+                    restored.push(event);
                 }
             }
             if index == 0 {
                 runs.insert((latest, key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?));
             }
         }
+        buffer.push(sorted_run(restored));
 
         let mut builder = OperatorBuilder::new("Order".to_owned(), scope);
         let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| route_hash(&e.entity)));
@@ -202,36 +236,27 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let mut ordered_h = ordered_out.activate();
                 let mut late_h = late_out.activate();
                 while let Some((epoch, (events, progress))) = pending.pop_complete(frontier) {
-                    let mut events = crate::epoch::concat(events);
-                    events.sort_unstable_by_key(|e| e.origin);
                     let watermark = tracker.watermark();
+                    let (mut behind, arrived): (Vec<Event>, Vec<Event>) = events.into_iter().flatten().partition(|e| e.time_ms < watermark);
+                    behind.sort_unstable_by_key(|e| e.origin);
+                    let mut arrived = sorted_run(arrived);
                     let ordered_cap = held.at(0, epoch);
                     let late_cap = held.at(1, epoch);
                     let mut ordered_s = ordered_h.session(&ordered_cap);
                     let mut late_s = late_h.session(&late_cap);
                     let mut state = state.borrow_mut();
-                    let mut late_count = 0;
+                    metrics.time.late.fetch_add(behind.len() as u64, Ordering::Relaxed);
                     let mut flagged = Vec::new();
-                    let mut arrived = Vec::new();
-                    for mut event in events {
-                        if event.time_ms < watermark {
-                            late_count += 1;
-                            match config.late {
-                                LatePolicy::Side => late_s.give(LateEvent { event, watermark_ms: watermark }),
-                                LatePolicy::Drop => {}
-                                LatePolicy::Flag => {
-                                    event.late = true;
-                                    flagged.push(event);
-                                }
+                    for mut event in behind {
+                        match config.late {
+                            LatePolicy::Side => late_s.give(LateEvent { event, watermark_ms: watermark }),
+                            LatePolicy::Drop => {}
+                            LatePolicy::Flag => {
+                                event.late = true;
+                                flagged.push(event);
                             }
-                        } else {
-                            let mut bytes = Vec::with_capacity(128);
-                            EventCodec::encode(&event, &mut bytes);
-                            arrived.push((event.time_ms, event.origin));
-                            buffer.insert((event.time_ms, event.origin), bytes);
                         }
                     }
-                    metrics.time.late.fetch_add(late_count, Ordering::Relaxed);
                     for p in &progress {
                         tracker.apply(p);
                     }
@@ -240,34 +265,26 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if index == 0 {
                         metrics.time.watermark_ms.set(watermark);
                     }
-                    let mut released = Vec::new();
-                    while let Some(first) = buffer.first_entry() {
-                        if first.key().0 >= watermark {
-                            break;
-                        }
-                        let bytes = first.remove();
-                        let event = EventCodec::decode(&bytes).unwrap_or_else(|e| panic!("invariant: a buffered event decodes: {e}"));
-                        released.push(event);
-                    }
-                    // Already in (time, origin) order; put equal times in id order.
+                    let mut released = buffer.release(watermark);
+                    let from_arrived = arrived.partition_point(|e| e.time_ms < watermark);
+                    released.extend(arrived.drain(..from_arrived));
+                    // Each run in (time, origin) order; put them together, equal times in id order.
                     released.sort_by(|a, b| (a.time_ms, a.id.as_str(), a.origin).cmp(&(b.time_ms, b.id.as_str(), b.origin)));
                     for event in released {
                         ordered_s.give(event);
                     }
                     // What arrived in this epoch and is still buffered goes to the table as one
                     // run; what was released within the epoch never reaches RocksDB.
-                    run.clear();
-                    run.push(RUN_FORMAT);
-                    let mut latest = i64::MIN;
-                    for key in arrived {
-                        if let Some(bytes) = buffer.get(&key) {
-                            push_to_run(&mut run, bytes);
-                            latest = latest.max(key.0);
+                    if let Some(last) = arrived.back() {
+                        let latest = last.time_ms;
+                        run.clear();
+                        run.push(RUN_FORMAT);
+                        for event in &arrived {
+                            push_to_run(&mut run, event);
                         }
-                    }
-                    if run.len() > 1 {
-                        state.put_blind(epoch, &table, &run_key(epoch, index), run.clone());
+                        state.put_blind(epoch, &table, &run_key(epoch, index), std::mem::take(&mut run));
                         runs.insert((latest, run_key(epoch, index)));
+                        buffer.push(arrived);
                     }
                     if watermark > previous {
                         // Runs all of whose events are released go; the watermark says which
@@ -297,12 +314,53 @@ mod tests {
 
     #[test]
     fn runs_round_trip_and_refuse_a_torn_value() {
+        let event = |id: &str, time_ms: i64| Event {
+            id: id.into(),
+            entity: "c1".into(),
+            kind: "k".into(),
+            time_ms,
+            numbers: vec![Some(2.5)],
+            strings: vec![None],
+            payload_hash: 7,
+            origin: crate::event::Origin { partition: 1, offset: time_ms as u64 },
+            late: false,
+            ingest_us: 11,
+        };
+        let events = [event("e1", 5), event("e2", 9)];
         let mut run = vec![RUN_FORMAT];
-        push_to_run(&mut run, b"first");
-        push_to_run(&mut run, b"");
-        push_to_run(&mut run, b"third event");
-        assert_eq!(decode_run(&run).unwrap(), vec![&b"first"[..], &b""[..], &b"third event"[..]]);
+        for e in &events {
+            push_to_run(&mut run, e);
+        }
+        let decoded: Vec<Event> = decode_run(&run).unwrap().into_iter().map(|b| EventCodec::decode(b).unwrap()).collect();
+        assert_eq!(decoded, events);
         assert_eq!(decode_run(&run[..run.len() - 1]).unwrap_err(), "a torn order run");
         assert_eq!(decode_run(&[2]).unwrap_err(), "unknown order run format 2");
+    }
+
+    #[test]
+    fn the_buffer_releases_below_the_watermark_run_by_run() {
+        let event = |time_ms: i64, offset: u64| Event {
+            id: format!("e{offset}").into(),
+            entity: "c".into(),
+            kind: Default::default(),
+            time_ms,
+            numbers: vec![],
+            strings: vec![],
+            payload_hash: 0,
+            origin: crate::event::Origin { partition: 0, offset },
+            late: false,
+            ingest_us: 0,
+        };
+        let mut buffer = Buffer::default();
+        buffer.push(sorted_run(vec![event(20, 1), event(5, 0), event(12, 2)]));
+        buffer.push(sorted_run(vec![event(30, 3), event(11, 4)]));
+        buffer.push(sorted_run(vec![]));
+        let times = |events: Vec<Event>| events.iter().map(|e| (e.time_ms, e.origin.offset)).collect::<Vec<_>>();
+        assert_eq!(times(buffer.release(12)), vec![(5, 0), (11, 4)]);
+        assert_eq!(times(buffer.release(12)), vec![]);
+        assert_eq!(times(buffer.release(25)), vec![(12, 2), (20, 1)]);
+        assert_eq!(buffer.runs.len(), 1);
+        assert_eq!(times(buffer.release(i64::MAX)), vec![(30, 3)]);
+        assert!(buffer.runs.is_empty());
     }
 }

@@ -39,7 +39,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::{input_frontier, HeldCapabilities};
-use crate::event::{Epoch, FeatureRecord, Origin};
+use crate::event::{Epoch, FeatureRecord, Origin, Text};
 use crate::latency::LatencyStage;
 use crate::metrics::Metrics;
 use crate::OperatorError;
@@ -132,9 +132,9 @@ impl ModelConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreRecord {
     /// Entity key.
-    pub entity: String,
+    pub entity: Text,
     /// Event id.
-    pub id: String,
+    pub id: Text,
     /// Event time (ms).
     pub time_ms: i64,
     /// The score.
@@ -156,9 +156,9 @@ pub struct ScoreRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Unscored {
     /// Entity key.
-    pub entity: String,
+    pub entity: Text,
     /// Event id.
-    pub id: String,
+    pub id: Text,
     /// Event time (ms).
     pub time_ms: i64,
     /// Why.
@@ -754,9 +754,9 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, row)| FeatureRecord {
-                entity: format!("c{i}"),
-                id: format!("e{i}"),
-                kind: String::new(),
+                entity: format!("c{i}").into(),
+                id: format!("e{i}").into(),
+                kind: Default::default(),
                 time_ms: i as i64,
                 values: row.as_array().unwrap().iter().map(|v| v.as_f64()).collect(),
                 late: false,

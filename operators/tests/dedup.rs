@@ -41,7 +41,7 @@ fn event(id: &str, time_ms: i64, payload_hash: u64, (partition, offset): (u32, u
     Event {
         id: id.into(),
         entity: "customer-1".into(),
-        kind: String::new(),
+        kind: Default::default(),
         time_ms,
         numbers: vec![],
         strings: vec![],
@@ -237,7 +237,7 @@ fn within_one_epoch_the_copy_with_the_lowest_origin_wins_whatever_the_arrival_or
 /// up among the stored keys not older than the cutoff (watermark before the epoch − ttl); later
 /// copies of the epoch compare with that first copy.
 fn reference(config: DedupConfig, steps: &[Step]) -> Outputs {
-    let mut stored: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+    let mut stored: BTreeMap<sluice_operators::event::Text, (i64, u64)> = BTreeMap::new();
     // Per partition: its largest event time − lateness (i64::MIN before its first event).
     let mut max_time: BTreeMap<u32, i64> = BTreeMap::new();
     let mut watermark = i64::MIN;
@@ -247,7 +247,7 @@ fn reference(config: DedupConfig, steps: &[Step]) -> Outputs {
         let cutoff = watermark.saturating_sub(config.ttl_ms);
         let mut events = step.events.clone();
         events.sort_by(|a, b| (&a.id, a.origin).cmp(&(&b.id, b.origin)));
-        let mut first_this_epoch: BTreeMap<String, (i64, u64)> = BTreeMap::new();
+        let mut first_this_epoch: BTreeMap<sluice_operators::event::Text, (i64, u64)> = BTreeMap::new();
         for e in events {
             let first = first_this_epoch.get(&e.id).copied().or_else(|| stored.get(&e.id).copied().filter(|(t, _)| *t >= cutoff));
             first_this_epoch.insert(e.id.clone(), first.unwrap_or((e.time_ms, e.payload_hash)));

@@ -34,8 +34,8 @@ struct Step {
 /// What order produced, with the epoch of each output; per entity, in output order.
 #[derive(Debug, Clone, PartialEq)]
 struct Outputs {
-    ordered: BTreeMap<String, Vec<(Epoch, Event)>>,
-    late: BTreeMap<String, Vec<(Epoch, LateEvent)>>,
+    ordered: BTreeMap<sluice_operators::event::Text, Vec<(Epoch, Event)>>,
+    late: BTreeMap<sluice_operators::event::Text, Vec<(Epoch, LateEvent)>>,
     late_counted: u64,
     /// The watermark worker 0 reported last.
     watermark_ms: Option<i64>,
@@ -51,7 +51,7 @@ fn event_of(entity: &str, id: &str, time_ms: i64, (partition, offset): (u32, u64
     Event {
         id: id.into(),
         entity: entity.into(),
-        kind: String::new(),
+        kind: Default::default(),
         time_ms,
         numbers: vec![],
         strings: vec![],

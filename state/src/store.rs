@@ -177,7 +177,11 @@ impl StateStore {
             block.set_pin_l0_filter_and_index_blocks_in_cache(true);
             if spec.is_some_and(|s| s.point_lookups) {
                 block.set_bloom_filter(10.0, false);
+                // A Bloom filter on the memtables too, of whole keys (there is no prefix
+                // extractor): a key not yet written, the common case, is not searched for in the
+                // skip list.
                 o.set_memtable_prefix_bloom_ratio(0.1);
+                o.set_memtable_whole_key_filtering(true);
             }
             o.set_block_based_table_factory(&block);
             o

@@ -118,10 +118,10 @@ pub fn run(partitions: &[Vec<Vec<u8>>], decoder: &Decoder, config: &RefConfig) -
         events.sort_by_key(|ev| ev.origin);
         let mut firsts = Vec::new();
         for event in events {
-            let prior = seen.get(&event.id).copied().filter(|(t, _, epoch)| *epoch == e || *t >= cutoff);
+            let prior = seen.get(event.id.as_str()).copied().filter(|(t, _, epoch)| *epoch == e || *t >= cutoff);
             match prior {
                 None => {
-                    seen.insert(event.id.clone(), (event.time_ms, event.payload_hash, e));
+                    seen.insert(event.id.to_string(), (event.time_ms, event.payload_hash, e));
                     firsts.push(event);
                 }
                 Some((_, hash, _)) if hash == event.payload_hash => out.duplicates += 1,
@@ -148,10 +148,10 @@ pub fn run(partitions: &[Vec<Vec<u8>>], decoder: &Decoder, config: &RefConfig) -
         buffer.sort_by(|a, b| (a.time_ms, &a.id, a.origin).cmp(&(b.time_ms, &b.id, b.origin)));
         let keep = buffer.iter().position(|ev| ev.time_ms >= watermark).unwrap_or(buffer.len());
         for event in buffer.drain(..keep) {
-            let h = history.entry(event.entity.clone()).or_default();
+            let h = history.entry(event.entity.to_string()).or_default();
             h.push((event.time_ms, event.numbers.first().copied().flatten()));
             let v = values(h, event.time_ms, &config.features);
-            out.features.push((event.id, event.entity, event.time_ms, v));
+            out.features.push((event.id.to_string(), event.entity.to_string(), event.time_ms, v));
         }
     }
     assert!(buffer.is_empty(), "reference: everything is released when all partitions finish");
