@@ -7,6 +7,10 @@
 //! the delay at a second, the next epoch reuses the same pages; memory the process no longer
 //! needs still goes back to the OS, a second later (ten for arenas). `MIMALLOC_PURGE_DELAY` in
 //! the environment wins over this.
+//!
+//! mimalloc is also built without transparent huge pages (`no_thp`, in the workspace's
+//! Cargo.toml): it advised them on its arenas, so that each first touch of an arena's range, and
+//! each touch after a purge, zeroed 2 MiB.
 
 /// `mi_option_purge_delay` in mimalloc.h (its position in `mi_option_e`, the same in v2 and v3).
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;

@@ -77,38 +77,6 @@ fn push_to_run(run: &mut Vec<u8>, event: &Event) {
     run[at..at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-/// Events in (time, origin) order.
-fn sorted_run(mut events: Vec<Event>) -> VecDeque<Event> {
-    events.sort_unstable_by_key(|e| (e.time_ms, e.origin));
-    VecDeque::from(events)
-}
-
-/// The buffered events: one run per epoch of arrival, each in (time, origin) order, released
-/// from the front as the watermark passes. No event is copied or encoded while it waits.
-#[derive(Default)]
-struct Buffer {
-    runs: Vec<VecDeque<Event>>,
-}
-
-impl Buffer {
-    fn push(&mut self, run: VecDeque<Event>) {
-        if !run.is_empty() {
-            self.runs.push(run);
-        }
-    }
-
-    /// Takes every event with a time below `watermark`, run after run (each run's in order).
-    fn release(&mut self, watermark: i64) -> Vec<Event> {
-        let mut out = Vec::new();
-        for run in &mut self.runs {
-            let n = run.partition_point(|e| e.time_ms < watermark);
-            out.extend(run.drain(..n));
-        }
-        self.runs.retain(|r| !r.is_empty());
-        out
-    }
-}
-
 /// The encoded events of a run's value.
 fn decode_run(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut rest = match bytes.split_first() {
@@ -124,6 +92,53 @@ fn decode_run(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
         rest = &rest[4 + len..];
     }
     Ok(out)
+}
+
+/// Sorts a run into (time, origin) order.
+fn sort_run(run: &mut VecDeque<Event>) {
+    run.make_contiguous().sort_unstable_by_key(|e| (e.time_ms, e.origin));
+}
+
+/// The buffered events: one run per epoch of arrival, each in (time, origin) order, released
+/// from the front as the watermark passes. No event is copied or encoded while it waits, and
+/// the memory of a run released to its end holds the next epoch's arrivals.
+#[derive(Default)]
+struct Buffer {
+    runs: Vec<VecDeque<Event>>,
+    spare: VecDeque<Event>,
+}
+
+impl Buffer {
+    /// An empty run to fill, with the memory of the last run released.
+    fn fresh_run(&mut self) -> VecDeque<Event> {
+        std::mem::take(&mut self.spare)
+    }
+
+    fn push(&mut self, run: VecDeque<Event>) {
+        if !run.is_empty() {
+            self.runs.push(run);
+        }
+    }
+
+    /// Moves every event with a time below `watermark` into `out`, run after run (each run's in
+    /// order).
+    fn release(&mut self, watermark: i64, out: &mut Vec<Event>) {
+        for run in &mut self.runs {
+            let n = run.partition_point(|e| e.time_ms < watermark);
+            out.extend(run.drain(..n));
+        }
+        let mut i = 0;
+        while i < self.runs.len() {
+            if self.runs[i].is_empty() {
+                let run = self.runs.swap_remove(i);
+                if run.capacity() > self.spare.capacity() {
+                    self.spare = run;
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
 
 /// What to do with an event behind the watermark.
@@ -205,7 +220,9 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 runs.insert((latest, key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?));
             }
         }
-        buffer.push(sorted_run(restored));
+        let mut restored = VecDeque::from(restored);
+        sort_run(&mut restored);
+        buffer.push(restored);
 
         let mut builder = OperatorBuilder::new("Order".to_owned(), scope);
         let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| route_hash(&e.entity)));
@@ -219,6 +236,8 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
             let mut held = HeldCapabilities::new(capabilities);
             let mut pending: EpochStash<(Vec<Vec<Event>>, Vec<PartitionProgress>)> = EpochStash::new();
             let mut run: Vec<u8> = Vec::new();
+            // The events an epoch releases, in a buffer kept across epochs.
+            let mut released: Vec<Event> = Vec::new();
             move |frontiers| {
                 events_in.for_each_stamp(|cap, data| {
                     let slot = pending.at(*cap.least().expect("invariant: an input stamp has a time"));
@@ -237,9 +256,17 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let mut late_h = late_out.activate();
                 while let Some((epoch, (events, progress))) = pending.pop_complete(frontier) {
                     let watermark = tracker.watermark();
-                    let (mut behind, arrived): (Vec<Event>, Vec<Event>) = events.into_iter().flatten().partition(|e| e.time_ms < watermark);
+                    let mut behind = Vec::new();
+                    let mut arrived = buffer.fresh_run();
+                    for event in events.into_iter().flatten() {
+                        if event.time_ms < watermark {
+                            behind.push(event);
+                        } else {
+                            arrived.push_back(event);
+                        }
+                    }
                     behind.sort_unstable_by_key(|e| e.origin);
-                    let mut arrived = sorted_run(arrived);
+                    sort_run(&mut arrived);
                     let ordered_cap = held.at(0, epoch);
                     let late_cap = held.at(1, epoch);
                     let mut ordered_s = ordered_h.session(&ordered_cap);
@@ -265,12 +292,12 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     if index == 0 {
                         metrics.time.watermark_ms.set(watermark);
                     }
-                    let mut released = buffer.release(watermark);
+                    buffer.release(watermark, &mut released);
                     let from_arrived = arrived.partition_point(|e| e.time_ms < watermark);
                     released.extend(arrived.drain(..from_arrived));
                     // Each run in (time, origin) order; put them together, equal times in id order.
                     released.sort_by(|a, b| (a.time_ms, a.id.as_str(), a.origin).cmp(&(b.time_ms, b.id.as_str(), b.origin)));
-                    for event in released {
+                    for event in released.drain(..) {
                         ordered_s.give(event);
                     }
                     // What arrived in this epoch and is still buffered goes to the table as one
@@ -351,16 +378,28 @@ mod tests {
             late: false,
             ingest_us: 0,
         };
+        let run = |events: Vec<Event>| {
+            let mut run = VecDeque::from(events);
+            sort_run(&mut run);
+            run
+        };
         let mut buffer = Buffer::default();
-        buffer.push(sorted_run(vec![event(20, 1), event(5, 0), event(12, 2)]));
-        buffer.push(sorted_run(vec![event(30, 3), event(11, 4)]));
-        buffer.push(sorted_run(vec![]));
-        let times = |events: Vec<Event>| events.iter().map(|e| (e.time_ms, e.origin.offset)).collect::<Vec<_>>();
-        assert_eq!(times(buffer.release(12)), vec![(5, 0), (11, 4)]);
-        assert_eq!(times(buffer.release(12)), vec![]);
-        assert_eq!(times(buffer.release(25)), vec![(12, 2), (20, 1)]);
+        buffer.push(run(vec![event(20, 1), event(5, 0), event(12, 2)]));
+        buffer.push(run(vec![event(30, 3), event(11, 4)]));
+        buffer.push(run(vec![]));
+        let release = |buffer: &mut Buffer, watermark: i64| {
+            let mut out = Vec::new();
+            buffer.release(watermark, &mut out);
+            out.iter().map(|e| (e.time_ms, e.origin.offset)).collect::<Vec<_>>()
+        };
+        assert_eq!(release(&mut buffer, 12), vec![(5, 0), (11, 4)]);
+        assert_eq!(release(&mut buffer, 12), vec![]);
+        assert_eq!(release(&mut buffer, 25), vec![(12, 2), (20, 1)]);
         assert_eq!(buffer.runs.len(), 1);
-        assert_eq!(times(buffer.release(i64::MAX)), vec![(30, 3)]);
+        // The run released to its end is kept for the next epoch's arrivals.
+        assert!(buffer.spare.is_empty() && buffer.spare.capacity() >= 3);
+        assert!(buffer.fresh_run().capacity() >= 3);
+        assert_eq!(release(&mut buffer, i64::MAX), vec![(30, 3)]);
         assert!(buffer.runs.is_empty());
     }
 }
