@@ -7,7 +7,7 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 DEMO_ARGS ?= --duration 20s
 
-.PHONY: demo test check setup build lint bench bench-kafka bench-webhook bench-serve bench-reconcile bench-recovery bench-commit golden exact clean-demo
+.PHONY: demo test check setup build lint bench bench-memory bench-kafka bench-webhook bench-serve bench-reconcile bench-recovery bench-commit golden exact clean-demo
 
 # The shared target directory keeps every version of every test binary (about 0.5 GB each)
 # it ever linked; those not relinked for a day are removed (cargo relinks them when needed).
@@ -75,6 +75,11 @@ bench-kafka: setup
 
 bench: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline $(BENCH_ARGS)
+
+# Resident memory with 10M dedup keys within the TTL and 1M entities' feature state in memory:
+# the standard pipeline over 10M distinct events of 1M customers, 1 worker, every entity cached.
+bench-memory: setup
+	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- pipeline --workers 1 --events 10000000 --customers 1000000 --cache-entities 1000000 $(BENCH_ARGS)
 
 bench-serve: setup
 	$(CARGO) run --release -p sluice-bench --bin sluice-bench -- serve $(BENCH_ARGS)

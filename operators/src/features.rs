@@ -29,8 +29,8 @@
 //! Example: `sum` of `amount` over a tumbling `1m` window, entity `c1` with amounts 2 at 0:10,
 //! 3 at 0:50, 4 at 1:05 gives 2, 5, 4.
 
+use smallvec::SmallVec;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -173,11 +173,12 @@ struct Agg {
     sum: f64,
     min: f64,
     max: f64,
-    last: Option<f64>,
+    /// The latest value: meaningful when `values > 0`.
+    last: f64,
 }
 
 impl Agg {
-    const EMPTY: Agg = Agg { events: 0, values: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last: None };
+    const EMPTY: Agg = Agg { events: 0, values: 0, sum: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY, last: 0.0 };
 
     fn add(&mut self, value: Option<f64>) {
         self.events += 1;
@@ -186,7 +187,7 @@ impl Agg {
             self.sum += v;
             self.min = self.min.min(v);
             self.max = self.max.max(v);
-            self.last = Some(v);
+            self.last = v;
         }
     }
 
@@ -196,7 +197,7 @@ impl Agg {
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        if other.last.is_some() {
+        if other.values > 0 {
             self.last = other.last;
         }
     }
@@ -209,14 +210,17 @@ impl Agg {
             FeatureOp::Mean => (n > 0).then(|| self.sum / n as f64),
             FeatureOp::Min => (n > 0).then_some(self.min),
             FeatureOp::Max => (n > 0).then_some(self.max),
-            FeatureOp::Last => self.last,
+            FeatureOp::Last => (n > 0).then_some(self.last),
         }
     }
 }
 
 /// One aggregate's state for one entity: buckets `(start, agg)`, oldest first. `All` keeps
 /// one bucket, tumbling windows the current one, sliding windows up to `size / slide`.
-type AggState = VecDeque<(i64, Agg)>;
+///
+/// Inline up to one bucket (every `all` and tumbling aggregate, and a sliding one while an
+/// entity is quiet): an entity's aggregates are then one allocation.
+type AggState = SmallVec<[(i64, Agg); 1]>;
 
 fn update(state: &mut AggState, window: Window, time: i64, value: Option<f64>) {
     let (start, keep_from) = match window {
@@ -232,7 +236,7 @@ fn update(state: &mut AggState, window: Window, time: i64, value: Option<f64>) {
     };
     // In order, only the newest bucket can match (checked first); a flagged late event may hit
     // an older one.
-    let at = match state.back() {
+    let at = match state.last() {
         Some((newest, _)) if *newest < start => None,
         Some((newest, _)) if *newest == start => Some(state.len() - 1),
         _ => state.iter().position(|(s, _)| *s >= start),
@@ -247,17 +251,18 @@ fn update(state: &mut AggState, window: Window, time: i64, value: Option<f64>) {
         None => {
             let mut agg = Agg::EMPTY;
             agg.add(value);
-            state.push_back((start, agg));
+            state.push((start, agg));
         }
     }
-    let newest = state.back().map_or(start, |b| b.0);
+    let newest = state.last().map_or(start, |b| b.0);
     let keep_from = keep_from.max(match window {
         Window::All => i64::MIN,
         Window::Tumbling(_) => newest,
         Window::Sliding { size, slide } => newest + slide - size,
     });
-    while state.front().is_some_and(|(s, _)| *s < keep_from) {
-        state.pop_front();
+    let expired = state.iter().take_while(|(s, _)| *s < keep_from).count();
+    if expired > 0 {
+        state.drain(..expired);
     }
 }
 
@@ -313,9 +318,9 @@ fn encode_state(state: &[AggState], last_time_ms: i64, out: &mut Vec<u8>) {
             put_varint(out, a.values);
             match a.values {
                 0 => {}
-                1 => out.extend_from_slice(&a.last.unwrap_or(a.sum).to_bits().to_le_bytes()),
+                1 => out.extend_from_slice(&a.last.to_bits().to_le_bytes()),
                 _ => {
-                    for f in [a.sum, a.min, a.max, a.last.unwrap_or(a.sum)] {
+                    for f in [a.sum, a.min, a.max, a.last] {
                         out.extend_from_slice(&f.to_bits().to_le_bytes());
                     }
                 }
@@ -360,7 +365,7 @@ fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
     let mut out = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let n = r.varint()? as usize;
-        let mut buckets = VecDeque::with_capacity(n.min(4096));
+        let mut buckets = AggState::with_capacity(n.min(4096));
         let mut start = 0i64;
         for _ in 0..n {
             start = start.wrapping_add(unzigzag(r.varint()?));
@@ -375,11 +380,11 @@ fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
                     agg.sum = r.float()?;
                     agg.min = r.float()?;
                     agg.max = r.float()?;
-                    agg.last = Some(r.float()?);
+                    agg.last = r.float()?;
                 }
             }
             agg.events = events;
-            buckets.push_back((start, agg));
+            buckets.push((start, agg));
         }
         out.push(buckets);
     }
@@ -490,7 +495,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                                     Some(bytes) => {
                                         decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity))
                                     }
-                                    None => (vec![VecDeque::new(); set.aggregates.len()], i64::MIN),
+                                    None => (vec![AggState::new(); set.aggregates.len()], i64::MIN),
                                 };
                                 cache.entry(event.entity.clone()).or_insert((loaded.0, false, loaded.1))
                             }

@@ -50,6 +50,10 @@ enum Cmd {
         /// Monitor drift (amount_last, currency, the score) and SLOs too.
         #[arg(long)]
         monitor: bool,
+        /// Entities whose feature state is kept in memory (`feature_cache_entities`; 0: the
+        /// pipeline's default). `make bench-memory` keeps all of them.
+        #[arg(long, default_value_t = 0)]
+        cache_entities: usize,
     },
     /// Feature lookups over HTTP while the standard pipeline ingests at a fixed rate.
     Serve {
@@ -154,6 +158,8 @@ enum Cmd {
         shadow: Option<std::path::PathBuf>,
         #[arg(long)]
         monitor: bool,
+        #[arg(long, default_value_t = 0)]
+        cache_entities: usize,
     },
 }
 
@@ -301,9 +307,9 @@ fn main() -> Result<()> {
         Cmd::Reconcile { payments } => reconcile(payments)?,
         Cmd::Kafka { brokers, events, workers, rate, seconds, lateness } => kafka(&brokers, events, &workers, rate, seconds, &lateness)?,
         Cmd::Serve { lookups, ingest, seconds, clients, workers, nice } => serve(lookups, ingest, seconds, clients, workers, nice)?,
-        Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
+        Cmd::One { events, customers, workers, lateness, epoch_records, model, shadow, monitor, cache_entities } => {
             let work = tempfile::tempdir()?;
-            let config = sluice_bench::standard_pipeline(
+            let mut config = sluice_bench::standard_pipeline(
                 work.path(),
                 workers,
                 events,
@@ -312,6 +318,9 @@ fn main() -> Result<()> {
                 epoch_records,
                 sluice_bench::Models { model: model.as_deref(), shadow: shadow.as_deref(), monitor },
             );
+            if cache_entities > 0 {
+                config.feature_cache_entities = cache_entities;
+            }
             let (started, cpu) = (Instant::now(), sluice_bench::cpu_seconds());
             let control = sluice::RunControl::default();
             let summary = sluice::run(&config, &control)?;
@@ -333,10 +342,11 @@ fn main() -> Result<()> {
                 q(0.99)
             );
         }
-        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model, shadow, monitor } => {
+        Cmd::Pipeline { events, customers, workers, lateness, epoch_records, model, shadow, monitor, cache_entities } => {
             let me = std::env::current_exe()?;
-            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch{}",
-                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())) + &shadow.as_ref().map_or(String::new(), |m| format!(" with {} as shadow", m.display())) + if monitor { ", with drift and SLO monitoring" } else { "" });
+            println!("standard pipeline: generator -> decode -> dedup -> order -> 6 features -> file sink; {events} events, {customers} entities, lateness {lateness}, {epoch_records} records per partition per epoch{}{}",
+                model.as_ref().map_or(String::new(), |m| format!(", scored by {}", m.display())) + &shadow.as_ref().map_or(String::new(), |m| format!(" with {} as shadow", m.display())) + if monitor { ", with drift and SLO monitoring" } else { "" },
+                if cache_entities > 0 { format!(", feature state of up to {cache_entities} entities in memory") } else { String::new() });
             println!(
                 "{:>7}  {:>12}  {:>12}  {:>10}  {:>13}  {:>15}  {:>15}",
                 "workers", "events/s", "events/CPU-s", "seconds", "peak RSS MiB", "batch p50 µs", "batch p99 µs"
@@ -357,6 +367,8 @@ fn main() -> Result<()> {
                         &lateness,
                         "--epoch-records",
                         &epoch_records.to_string(),
+                        "--cache-entities",
+                        &cache_entities.to_string(),
                     ])
                     .args(model.iter().flat_map(|m| [std::ffi::OsStr::new("--model"), m.as_os_str()]))
                     .args(shadow.iter().flat_map(|m| [std::ffi::OsStr::new("--shadow"), m.as_os_str()]))
