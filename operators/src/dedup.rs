@@ -112,9 +112,14 @@ fn decode_run(bytes: &[u8]) -> Result<impl Iterator<Item = (u128, Seen)> + '_, S
     }
 }
 
+/// Shards of the key index, by the top bits of the hash.
+const SHARDS: usize = 64;
+
 /// The keys within the TTL, and the stored runs not yet deleted.
 struct KeyIndex {
-    seen: FxHashMap<u128, Seen>,
+    /// In [`SHARDS`] hash maps, each growing on its own: growing never holds two copies of the
+    /// whole index at once (one map of 10M keys briefly held 830 MB while it doubled).
+    seen: Vec<FxHashMap<u128, Seen>>,
     /// The cutoff of the last sweep.
     swept_at: i64,
     /// Sweep when the cutoff has moved this far since.
@@ -129,7 +134,8 @@ impl KeyIndex {
     /// Rebuilds the index of worker `index` of `peers` from the committed runs: the keys it
     /// owns not expired at `cutoff`. Worker 0 takes charge of deleting the runs found.
     fn rebuild(state: &WorkerState, table: &Table<BytesCodec>, ttl_ms: i64, cutoff: i64, (index, peers): (usize, usize)) -> Result<Self, OperatorError> {
-        let mut keys = KeyIndex { seen: FxHashMap::default(), swept_at: cutoff, sweep_ms: (ttl_ms / 8).max(1), runs: BTreeSet::new() };
+        let mut keys =
+            KeyIndex { seen: (0..SHARDS).map(|_| FxHashMap::default()).collect(), swept_at: cutoff, sweep_ms: (ttl_ms / 8).max(1), runs: BTreeSet::new() };
         // Runs in key order are in epoch order: a key stored again (after it expired) is
         // overwritten by its later run.
         for (run, value) in state.scan_committed(table)? {
@@ -138,7 +144,7 @@ impl KeyIndex {
             for (key, seen) in entries {
                 latest = latest.max(seen.time_ms);
                 if seen.time_ms >= cutoff && (route_of(key) % peers as u64) as usize == index {
-                    keys.seen.insert(key, seen);
+                    keys.insert(key, seen);
                 }
             }
             if index == 0 {
@@ -152,11 +158,25 @@ impl KeyIndex {
         Ok(keys)
     }
 
+    fn shard(key: u128) -> usize {
+        (key >> (128 - SHARDS.trailing_zeros())) as usize
+    }
+
+    fn get(&self, key: u128) -> Option<Seen> {
+        self.seen[Self::shard(key)].get(&key).copied()
+    }
+
+    fn insert(&mut self, key: u128, seen: Seen) {
+        self.seen[Self::shard(key)].insert(key, seen);
+    }
+
     /// Forgets the keys expired at `cutoff` once it has moved an eighth of the TTL, and stages
     /// the deletion of the runs all of whose keys are expired.
     fn expire(&mut self, cutoff: i64, epoch: Epoch, state: &mut WorkerState, table: &Table<BytesCodec>) {
         if cutoff >= self.swept_at.saturating_add(self.sweep_ms) {
-            self.seen.retain(|_, s| s.time_ms >= cutoff);
+            for shard in &mut self.seen {
+                shard.retain(|_, s| s.time_ms >= cutoff);
+            }
             self.swept_at = cutoff;
         }
         while self.runs.first().is_some_and(|(latest, _)| *latest < cutoff) {
@@ -254,10 +274,10 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         if n == 0 || order[n - 1].0 != *key {
                             // A key stored in an earlier epoch is known while within the TTL;
                             // copies within this epoch always compare with its first copy.
-                            first = keys.seen.get(key).copied().filter(|s| s.time_ms >= cutoff);
+                            first = keys.get(*key).filter(|s| s.time_ms >= cutoff);
                             if first.is_none() {
                                 let seen = Seen { time_ms: events[i].time_ms, payload_hash: events[i].payload_hash };
-                                keys.seen.insert(*key, seen);
+                                keys.insert(*key, seen);
                                 encode_entry(&mut run, *key, seen);
                                 latest = latest.max(seen.time_ms);
                                 first = Some(seen);
