@@ -18,10 +18,8 @@
 //! | `server.rs` | the HTTP server (axum): `/metrics`, `/healthz` |
 //! | `checkpoint.rs` | `sluice checkpoint list\|inspect` and the restart report: what a state directory holds |
 //! | `demo.rs`, `demo.toml` | `sluice demo`: the embedded default pipeline (a pipeline file, `demo.toml`, with what the flags decide) and its progress display |
-//! | `allocator.rs` | the binaries' allocator (mimalloc) kept from returning an epoch's freed memory to the OS at once |
 //! | `main.rs` | the command line |
 
-pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;

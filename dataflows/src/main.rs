@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 // mimalloc: the dataflow allocates many small records; glibc's malloc showed up at ~20% of
-// the profile.
+// the profile. Built without transparent huge pages (`no_thp`, the workspace's Cargo.toml).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -262,7 +262,6 @@ fn ctrl_c(stop: Arc<AtomicBool>, what: &'static str) {
 }
 
 fn main() -> Result<()> {
-    sluice::allocator::keep_freed_memory_for(1_000);
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {

@@ -121,11 +121,16 @@ impl Buffer {
     }
 
     /// Moves every event with a time below `watermark` into `out`, run after run (each run's in
-    /// order).
+    /// order). What stays held is proportional to the events still buffered: a run mostly
+    /// released gives its memory back, and beyond [`MAX_RUNS`] runs (events far ahead of the
+    /// watermark, one run per epoch) they are merged into one.
     fn release(&mut self, watermark: i64, out: &mut Vec<Event>) {
         for run in &mut self.runs {
             let n = run.partition_point(|e| e.time_ms < watermark);
             out.extend(run.drain(..n));
+            if !run.is_empty() && run.len() < run.capacity() / 4 {
+                run.shrink_to_fit();
+            }
         }
         let mut i = 0;
         while i < self.runs.len() {
@@ -138,8 +143,16 @@ impl Buffer {
                 i += 1;
             }
         }
+        if self.runs.len() > MAX_RUNS {
+            let mut merged: VecDeque<Event> = self.runs.drain(..).flatten().collect();
+            sort_run(&mut merged);
+            self.runs.push(merged);
+        }
     }
 }
+
+/// Runs kept apart at most (the lateness over an epoch's span of event time, normally a handful).
+const MAX_RUNS: usize = 32;
 
 /// What to do with an event behind the watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -401,5 +414,23 @@ mod tests {
         assert!(buffer.fresh_run().capacity() >= 3);
         assert_eq!(release(&mut buffer, i64::MAX), vec![(30, 3)]);
         assert!(buffer.runs.is_empty());
+
+        // An event far ahead of the watermark in each of many epochs: the runs are merged, and
+        // a run mostly released holds no more than its events need.
+        let mut buffer = Buffer::default();
+        for epoch in 0..40u64 {
+            let mut events: Vec<Event> = (0..100).map(|i| event(epoch as i64 * 100 + i, epoch * 1000 + i as u64)).collect();
+            events.push(event(1_000_000 + epoch as i64, epoch * 1000 + 999));
+            buffer.push(run(events));
+            assert_eq!(release(&mut buffer, epoch as i64 * 100 + 100).len(), 100);
+            assert!(buffer.runs.len() <= MAX_RUNS);
+            assert!(buffer.runs.iter().all(|r| r.capacity() <= 4 * r.len().max(1) || r.capacity() <= 101));
+        }
+        assert_eq!(buffer.runs.iter().map(VecDeque::len).sum::<usize>(), 40);
+        let rest = release(&mut buffer, i64::MAX);
+        assert_eq!(rest.len(), 40);
+        let mut times: Vec<i64> = rest.iter().map(|(t, _)| *t).collect();
+        times.sort_unstable();
+        assert_eq!(times, (0..40).map(|e| 1_000_000 + e).collect::<Vec<i64>>());
     }
 }

@@ -298,7 +298,6 @@ fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lat
 }
 
 fn main() -> Result<()> {
-    sluice::allocator::keep_freed_memory_for(1_000);
     match Cli::parse().command {
         Cmd::Recovery { entities, restarts, fill_seconds } => sluice_bench::recovery::recovery(entities, restarts, fill_seconds)?,
         Cmd::CommitCost { events, epoch_ms } => sluice_bench::recovery::commit_cost(events, &epoch_ms)?,
