@@ -1,8 +1,9 @@
 //! Criterion: JSON parsers on the demo's payment events, for issue 19's decode question
 //! (serde_json against sonic-rs and simd-json).
 //!
-//! Four ways over the same 100k generated records: sluice's decoder (serde_json with the
-//! schema's visitor: the fields picked, an `Event` built, the payload hashed), and each parser
+//! Five ways over the same 100k generated records: sluice's decoder (the schema's visitor over
+//! sonic-rs, as `decode` runs, and over serde_json alone: the fields picked, an `Event` built,
+//! the payload hashed), and each parser
 //! deserializing the same fields into one borrowed struct (parsing alone; simd-json needs a
 //! mutable copy of each record, which is part of its cost). Run:
 //! `cargo bench -p sluice-bench --bench parsers`.
@@ -62,7 +63,8 @@ fn benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EVENTS));
     group.sample_size(20);
     let decoder = Decoder::new(&payment_schema()).unwrap();
-    group.bench_function("sluice decode (serde_json visitor)", |b| b.iter(|| records.iter().filter(|r| decoder.decode(r).is_ok()).count()));
+    group.bench_function("sluice decode (sonic-rs visitor)", |b| b.iter(|| records.iter().filter(|r| decoder.decode(r).is_ok()).count()));
+    group.bench_function("sluice decode (serde_json visitor)", |b| b.iter(|| records.iter().filter(|r| decoder.decode_with_serde_json(r).is_ok()).count()));
     group.bench_function("serde_json typed", |b| {
         b.iter(|| records.iter().filter_map(|r| serde_json::from_slice::<Payment<'_>>(&r.bytes).ok()).map(|p| p.weight()).sum::<usize>())
     });

@@ -8,7 +8,10 @@
 //!
 //! Fields are picked from the JSON by JSON pointers (RFC 6901) in one pass over the bytes: a
 //! trie of the configured paths drives a serde visitor that skips every other value, so no
-//! `serde_json::Value` is built per event. Event time may be seconds, milliseconds or
+//! `serde_json::Value` is built per event. The pass is sonic-rs's (SIMD, 1.6× serde_json on the
+//! demo's events: `bench/benches/parsers.rs`); a record it refuses is parsed again by
+//! serde_json, whose verdict and error text are the dead letter's reason, so reasons read the
+//! same whichever parser saw the record first. Event time may be seconds, milliseconds or
 //! RFC 3339 (`time_format = "auto"` tells numbers below 10^11 as seconds).
 //!
 //! A record is a dead letter when it is larger than `record_bytes_max`, not UTF-8, not JSON,
@@ -299,25 +302,65 @@ impl Decoder {
         })
     }
 
+    fn no_fields<'de>(&self) -> Fields<'de> {
+        Fields { numbers: vec![None; self.numbers], strings: vec![None; self.strings], ..Fields::default() }
+    }
+
+    /// Picks the fields with sonic-rs (SIMD). Its errors are not the reasons a dead letter
+    /// gives: a record it refuses goes to [`Decoder::parse_exact`], which decides. So does a
+    /// record with a `\u` escape, as sonic-rs skips a value without checking its escapes' hex
+    /// digits where serde_json refuses it (the test below compares both on 100,000 mutants).
+    fn parse_fast<'de>(&self, text: &'de str, fields: &mut Fields<'de>) -> Result<(), ()> {
+        if memchr::memmem::find(text.as_bytes(), b"\\u").is_some() {
+            return Err(());
+        }
+        self.parse_fast_unchecked(text, fields).map_err(|_| ())
+    }
+
+    fn parse_fast_unchecked<'de>(&self, text: &'de str, fields: &mut Fields<'de>) -> Result<(), sonic_rs::Error> {
+        let mut de = sonic_rs::Deserializer::from_str(text);
+        NodeSeed { node: &self.root, fields, format: self.time_format }.deserialize(&mut de)?;
+        de.end()
+    }
+
+    /// Picks the fields with serde_json, whose errors are the dead-letter reasons.
+    fn parse_exact<'de>(&self, text: &'de str, fields: &mut Fields<'de>) -> Result<(), DeadLetterReason> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let seed = NodeSeed { node: &self.root, fields, format: self.time_format };
+        seed.deserialize(&mut de).and_then(|()| de.end()).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => DeadLetterReason::WrongType(e.to_string()),
+            _ => DeadLetterReason::InvalidJson(e.to_string()),
+        })
+    }
+
     /// Decodes one record.
     ///
     /// # Errors
     /// The reason the record is a dead letter.
     pub fn decode(&self, record: &RawRecord) -> Result<Event, DeadLetterReason> {
+        self.decode_with(record, true)
+    }
+
+    /// Decodes one record with serde_json alone (the reference the fast path is measured and
+    /// tested against).
+    ///
+    /// # Errors
+    /// The reason the record is a dead letter.
+    pub fn decode_with_serde_json(&self, record: &RawRecord) -> Result<Event, DeadLetterReason> {
+        self.decode_with(record, false)
+    }
+
+    /// Decodes one record, trying sonic-rs first when `fast`.
+    fn decode_with(&self, record: &RawRecord, fast: bool) -> Result<Event, DeadLetterReason> {
         let bytes = &record.bytes;
         if bytes.len() > self.record_bytes_max {
             return Err(DeadLetterReason::Oversized { bytes: bytes.len(), max: self.record_bytes_max });
         }
         let text = std::str::from_utf8(bytes).map_err(|e| DeadLetterReason::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
-        let mut fields = Fields { numbers: vec![None; self.numbers], strings: vec![None; self.strings], ..Fields::default() };
-        let mut de = serde_json::Deserializer::from_str(text);
-        let seed = NodeSeed { node: &self.root, fields: &mut fields, format: self.time_format };
-        let parsed = seed.deserialize(&mut de).and_then(|()| de.end());
-        if let Err(e) = parsed {
-            return Err(match e.classify() {
-                serde_json::error::Category::Data => DeadLetterReason::WrongType(e.to_string()),
-                _ => DeadLetterReason::InvalidJson(e.to_string()),
-            });
+        let mut fields = self.no_fields();
+        if !fast || self.parse_fast(text, &mut fields).is_err() {
+            fields = self.no_fields();
+            self.parse_exact(text, &mut fields)?;
         }
         for (source, target, name) in &self.meta {
             if let Some(v) = source.value(record)? {
@@ -484,6 +527,8 @@ impl<'de> LeafVisitor<'_, 'de> {
     }
 
     fn number<E: de::Error>(self, v: f64, integer: Option<i64>) -> Result<(), E> {
+        // -0 is 0 (sonic-rs reads `-0` as the integer 0, serde_json as -0.0).
+        let v = if v == 0.0 { 0.0 } else { v };
         match self.target {
             Target::Number(i) => self.fields.numbers[i] = Some(v),
             Target::Time => {
@@ -828,6 +873,158 @@ mod tests {
         let bad_time = decode(r#"{"id":"e","customer":{"id":"c"},"created":"yesterday"}"#).unwrap_err();
         assert!(bad_time.starts_with("wrong type: event.time is not an RFC 3339 time"), "{bad_time}");
         assert!(decode("[1,2]").is_err());
+    }
+
+    /// Decodes `bytes` both ways (sonic-rs first, and serde_json alone): the same event or the
+    /// same reason, to the bit (`{:?}` tells -0.0 from 0.0).
+    fn assert_same_both_ways(d: &Decoder, bytes: &[u8]) {
+        let record = RawRecord::new(Origin { partition: 1, offset: 9 }, bytes.to_vec());
+        let (fast, exact) = (format!("{:?}", d.decode_with(&record, true)), format!("{:?}", d.decode_with(&record, false)));
+        assert_eq!(fast, exact, "record {:?}", String::from_utf8_lossy(bytes));
+    }
+
+    #[test]
+    fn the_fast_parser_agrees_with_serde_json_on_edge_cases() {
+        let d = Decoder::new(&schema()).unwrap();
+        let base = r#""id":"e","customer":{"id":"c"}"#;
+        let deep = format!(r#"{{{base},"created":1,"skip":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000));
+        let cases: Vec<String> = [
+            "-0",
+            "0.0",
+            "-0.0",
+            "1e400",
+            "-1e400",
+            "1.7976931348623157e308",
+            "4.9e-324",
+            "1e-400",
+            "123456789012345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "9007199254740993",
+            "0.1",
+            "1E3",
+            "1e+3",
+            "01",
+            "+1",
+            "1.",
+            ".5",
+            "-",
+            "1e",
+            "NaN",
+            "Infinity",
+            "true",
+            "null",
+            "\"12\"",
+            "[]",
+            "{}",
+            "2.5000000000000000000000000000001",
+            "0.30000000000000004",
+            "1700000000.0005",
+        ]
+        .iter()
+        .flat_map(|n| {
+            [
+                format!(r#"{{{base},"created":1,"data":{{"amount":{n}}}}}"#),
+                format!(r#"{{{base},"created":{n}}}"#),
+                format!(r#"{{"id":{n},"customer":{{"id":"c"}},"created":1}}"#),
+            ]
+        })
+        .chain(
+            [
+                r#"{"\u0069d":"e","customer":{"id":"c"},"created":1}"#,
+                r#"{"id":"e\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00","customer":{"id":"c"},"created":1}"#,
+                r#"{"id":"\ud800","customer":{"id":"c"},"created":1}"#,
+                r#"{"id":"\udc00x","customer":{"id":"c"},"created":1}"#,
+                r#"{"id":"\u00zz","customer":{"id":"c"},"created":1}"#,
+                r#"{"id":"a","id":"b","customer":{"id":"c"},"customer":{"x":1},"created":1}"#,
+                "{\"id\":\"a\tb\",\"customer\":{\"id\":\"c\"},\"created\":1}",
+                "{\"id\":\"a\u{1}b\",\"customer\":{\"id\":\"c\"},\"created\":1}",
+                " \r\n\t{ \"id\" : \"e\" , \"customer\" : { \"id\" : \"c\" } , \"created\" : 1 } \n",
+                "\u{feff}{\"id\":\"e\",\"customer\":{\"id\":\"c\"},\"created\":1}",
+                r#"{"id":"e","customer":{"id":"c"},"created":1,}"#,
+                r#"{"id":"e","customer":{"id":"c",},"created":1}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1}{}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1}]"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":[1,2,]}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":{"a" 1}}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":"\x"}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":"\u00zz"}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":"\ud800"}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":"\udc00\u0041"}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"\u00zz":1}"#,
+                "{\"id\":\"e\",\"customer\":{\"id\":\"c\"},\"created\":1,\"skip\":\"a\u{1}b\"}",
+                "{\"id\":\"e\",\"customer\":{\"id\":\"c\"},\"created\":1,\"skip\":\"a\nb\"}",
+                "{\"id\":\"e\",\"customer\":{\"id\":\"c\"},\"created\":1,\"sk\u{7f}ip\":\"a\u{1f}b\"}",
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":tru}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":nul}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"skip":[1 2]}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1 /* c */}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"tags":["a",{"b":1}]}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"tags":["a","b","c"]}"#,
+                r#"{"id":"e","customer":[{"id":"c"}],"created":1}"#,
+                r#"{"id":"e","customer":"c","created":1}"#,
+                r#"{"id":"e","customer":{"id":true},"created":1}"#,
+                r#"{"id":"e","customer":{"id":{}},"created":1}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":"2023-11-14T22:13:20.5+01:00"}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":"2023-11-14"}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"data":{"currency":12}}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"data":{"currency":1.5}}"#,
+                r#"{"id":"e","customer":{"id":"c"},"created":1,"data":{"currency":"EUR"}"#,
+                r#"[{"id":"e"}]"#,
+                r#""a string""#,
+                "42",
+                "",
+                " ",
+                "{",
+                "{}",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        )
+        .chain([deep])
+        .collect();
+        for case in &cases {
+            assert_same_both_ways(&d, case.as_bytes());
+        }
+    }
+
+    #[test]
+    fn the_fast_parser_agrees_with_serde_json_on_mutated_records() {
+        use rand::{Rng, SeedableRng};
+        let d = Decoder::new(&schema()).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(19);
+        let bases = [
+            r#"{"skip":{"deep":[1,{"x":2.5e3}]},"id":"e1","type":"charge.succeeded","customer":{"id":"c9","name":"A\"b"},"created":1700000000,"data":{"amount":-12.5,"currency":"EUR"},"tags":["a","b",null]}"#,
+            r#"{"id":7,"customer":{"id":"c\u00e9"},"created":"2023-11-14T22:13:20.5Z","data":{"amount":1e2,"currency":null},"tags":[true,"x"]}"#,
+        ];
+        let alphabet = b"{}[]\":,\\ -+.0123456789eEtrufalsn\t\nxu";
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..100_000 {
+            let mut bytes = bases[rng.gen_range(0..bases.len())].as_bytes().to_vec();
+            for _ in 0..rng.gen_range(1..=3) {
+                let at = rng.gen_range(0..bytes.len());
+                match rng.gen_range(0..4) {
+                    0 => {
+                        bytes.remove(at);
+                    }
+                    1 => bytes.insert(at, alphabet[rng.gen_range(0..alphabet.len())]),
+                    2 => bytes[at] = alphabet[rng.gen_range(0..alphabet.len())],
+                    _ => bytes.truncate(at),
+                }
+                if bytes.is_empty() {
+                    break;
+                }
+            }
+            assert_same_both_ways(&d, &bytes);
+            match d.decode(&RawRecord::new(Origin { partition: 1, offset: 9 }, bytes)) {
+                Ok(_) => accepted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        // Both outcomes are exercised, not only refusals.
+        assert!(accepted > 1_000 && refused > 1_000, "accepted {accepted}, refused {refused}");
     }
 
     #[test]

@@ -19,8 +19,11 @@
 //! `count` counts events (with `field`, events that carry it); `sum` of nothing is 0; `mean`,
 //! `min`, `max` and `last` of nothing are undefined (`null`). Features sharing a field and a
 //! window share one aggregate. The aggregates of an entity are one value in the table
-//! `features`, written once per epoch in which the entity changed; decoded states are cached
-//! (up to `cache_entities_max`) so that hot entities are not read back from RocksDB per event.
+//! `features`, written once per epoch in which the entity changed; the decoded states of the
+//! entities seen lately stay in memory (at most `cache_entities_max`, in two generations: see
+//! `StateCache`), the others are read back from RocksDB when they next have an event. With more
+//! entities than the bound (10M entities against the default 200,000), every entity's state is
+//! still exact: the ones seen rarely cost a RocksDB read (block cache, then disk) each time.
 //!
 //! A late event passed on flagged (order's `late = "flag"`) updates the aggregates of the
 //! windows it falls into, and its own values are computed from the entity's current state: best
@@ -435,6 +438,53 @@ impl FeatureSet {
     }
 }
 
+/// An entity's decoded aggregates, whether the current epoch changed them, its latest event time.
+type CachedState = (Vec<AggState>, bool, i64);
+
+/// The decoded states of the entities seen lately, at most `max` of them, in two generations:
+/// an entity is looked up in the hot one, then in the cold one (and moved to the hot one), then
+/// read from RocksDB (into the hot one). At an epoch's end, once the hot generation holds more
+/// than half of `max`, it becomes the cold one and the old cold one is dropped. So an entity
+/// seen again within a generation is never read back, a burst of new entities evicts only
+/// those not seen for two generations (no LRU list to keep per event), and memory stays
+/// bounded by `max` plus one epoch's new entities. Whatever is evicted is in RocksDB already:
+/// an entity's state is written in the epoch that changed it, before the epoch ends.
+struct StateCache {
+    hot: rustc_hash::FxHashMap<Text, CachedState>,
+    cold: rustc_hash::FxHashMap<Text, CachedState>,
+    max: usize,
+}
+
+impl StateCache {
+    fn new(max: usize) -> Self {
+        StateCache { hot: Default::default(), cold: Default::default(), max }
+    }
+
+    /// The entity's state, from the hot generation, the cold one, or `load`.
+    fn get_or_load(&mut self, entity: &Text, load: impl FnOnce() -> (Vec<AggState>, i64)) -> &mut CachedState {
+        if !self.hot.contains_key(entity) {
+            let entry = match self.cold.remove(entity) {
+                Some(entry) => entry,
+                None => {
+                    let (aggs, latest) = load();
+                    (aggs, false, latest)
+                }
+            };
+            self.hot.insert(entity.clone(), entry);
+        }
+        self.hot.get_mut(entity).expect("invariant: inserted above")
+    }
+
+    /// Ages the generations once the hot one holds more than half the bound.
+    fn end_epoch(&mut self) {
+        if self.hot.len() > self.max / 2 {
+            self.cold = std::mem::take(&mut self.hot);
+            // The next generation starts with room for as many entities as the last one held.
+            self.hot.reserve(self.cold.len());
+        }
+    }
+}
+
 /// The features operator.
 pub trait Features<'scope> {
     /// Computes the features of every event of `self`.
@@ -462,9 +512,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
             let mut held = HeldCapabilities::new(vec![cap]);
             let mut pending: EpochStash<Vec<Vec<Event>>> = EpochStash::new();
-            // Decoded aggregates by entity, whether the current epoch changed them, the entity's
-            // latest event time.
-            let mut cache: rustc_hash::FxHashMap<Text, (Vec<AggState>, bool, i64)> = rustc_hash::FxHashMap::default();
+            let mut cache = StateCache::new(cache_entities_max);
             let mut dirty: Vec<Text> = Vec::new();
             let mut encoded = Vec::new();
             let mut reads: Vec<Agg> = Vec::with_capacity(set.aggregates.len());
@@ -485,21 +533,12 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let mut ingest = Vec::with_capacity(produced as usize);
                     for event in chunks.into_iter().flatten() {
                         ingest.push(event.ingest_us);
-                        let aggs = match cache.get_mut(&event.entity) {
-                            Some(entry) => entry,
-                            None => {
-                                let loaded = match state
-                                    .get_raw(table.index(), event.entity.as_bytes())
-                                    .unwrap_or_else(|e| panic!("features: cannot read state: {e}"))
-                                {
-                                    Some(bytes) => {
-                                        decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity))
-                                    }
-                                    None => (vec![AggState::new(); set.aggregates.len()], i64::MIN),
-                                };
-                                cache.entry(event.entity.clone()).or_insert((loaded.0, false, loaded.1))
+                        let aggs = cache.get_or_load(&event.entity, || {
+                            match state.get_raw(table.index(), event.entity.as_bytes()).unwrap_or_else(|e| panic!("features: cannot read state: {e}")) {
+                                Some(bytes) => decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity)),
+                                None => (vec![AggState::new(); set.aggregates.len()], i64::MIN),
                             }
-                        };
+                        });
                         if !aggs.1 {
                             aggs.1 = true;
                             dirty.push(event.entity.clone());
@@ -526,15 +565,13 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         });
                     }
                     for entity in dirty.drain(..) {
-                        let entry = cache.get_mut(&entity).expect("invariant: dirty entities are cached");
+                        let entry = cache.hot.get_mut(&entity).expect("invariant: dirty entities are in the hot generation");
                         entry.1 = false;
                         encoded.clear();
                         encode_state(&entry.0, entry.2, &mut encoded);
-                        state.put_raw(epoch, table.index(), entity.as_bytes(), encoded.clone());
+                        state.put_raw(epoch, table.index(), entity.as_bytes(), encoded.as_slice().to_vec());
                     }
-                    if cache.len() > cache_entities_max {
-                        cache.clear();
-                    }
+                    cache.end_epoch();
                     metrics.features.records_out.fetch_add(produced, Ordering::Relaxed);
                     metrics.latency.record(crate::latency::LatencyStage::Features, crate::event::now_us(), ingest.iter().copied());
                     metrics.latency.hold_for_commit(epoch, ingest.into_iter());
@@ -612,6 +649,33 @@ mod tests {
         buf.push(0);
         assert_eq!(decode_state(&buf).unwrap_err(), "1 bytes after the end of feature state");
         assert_eq!(decode_state(&[2]).unwrap_err(), "unknown feature state format 2");
+    }
+
+    #[test]
+    fn the_cache_keeps_two_generations_and_reads_back_the_rest() {
+        let mut cache = StateCache::new(4);
+        let mut loads = Vec::new();
+        let epoch = |cache: &mut StateCache, entities: &[&str], loads: &mut Vec<String>| {
+            for e in entities {
+                let entry = cache.get_or_load(&Text::from(*e), || {
+                    loads.push(e.to_string());
+                    (Vec::new(), 0)
+                });
+                entry.2 += 1; // what this epoch changed survives a move between generations
+            }
+            cache.end_epoch();
+        };
+        epoch(&mut cache, &["a", "b", "c", "a"], &mut loads);
+        assert_eq!(loads, ["a", "b", "c"]);
+        assert_eq!((cache.hot.len(), cache.cold.len()), (0, 3), "3 > 4 / 2: the hot generation aged");
+        epoch(&mut cache, &["a", "d"], &mut loads);
+        assert_eq!(loads, ["a", "b", "c", "d"], "a came back from the cold generation");
+        assert_eq!((cache.hot.len(), cache.cold.len()), (2, 2));
+        epoch(&mut cache, &["e"], &mut loads);
+        assert_eq!((cache.hot.len(), cache.cold.len()), (0, 3));
+        epoch(&mut cache, &["b", "a"], &mut loads);
+        assert_eq!(loads, ["a", "b", "c", "d", "e", "b"], "b and c were dropped with the old cold generation");
+        assert_eq!(cache.hot[&Text::from("a")].2, 4, "a: twice in the first epoch, once in the second and the fourth");
     }
 
     #[test]
