@@ -105,14 +105,20 @@ pub fn recovery(entities: u64, restarts: usize, fill_seconds: u64) -> Result<()>
             inspection.summary().split(';').next().unwrap_or("")
         );
     }
-    println!("{:>8}  {:>14}  {:>22}  {:>26}", "restart", "open state ms", "recovered line at ms", "first new commit at ms");
+    println!(
+        "{:>8}  {:>14}  {:>22}  {:>18}  {:>18}  {:>26}",
+        "restart", "open state ms", "recovered line at ms", "dedup rebuild ms", "order restore ms", "first new commit at ms"
+    );
     let mut firsts = Vec::new();
     for i in 1..=restarts {
         let mut child = spawn(work.path(), entities)?;
         let (recovered_at, line) = child.wait_for("recovered epoch", Duration::from_secs(120))?;
         let open_ms = line.split_whitespace().find_map(|kv| kv.strip_prefix("open_ms=")).unwrap_or("?").to_string();
         let (first_commit, _) = child.wait_for("first commit after recovery", Duration::from_secs(120))?;
-        println!("{i:>8}  {open_ms:>14}  {:>22}  {:>26}", recovered_at.as_millis(), first_commit.as_millis());
+        let (_, dedup) = child.wait_for("dedup: key index rebuilt", Duration::from_secs(1))?;
+        let (_, order) = child.wait_for("order: buffer restored", Duration::from_secs(1))?;
+        let ms = |line: &str| line.split_whitespace().find_map(|kv| kv.strip_prefix("ms=")).unwrap_or("?").to_string();
+        println!("{i:>8}  {open_ms:>14}  {:>22}  {:>18}  {:>18}  {:>26}", recovered_at.as_millis(), ms(&dedup), ms(&order), first_commit.as_millis());
         firsts.push(first_commit);
         // Let it commit a little more before the next kill.
         std::thread::sleep(Duration::from_millis(1500));

@@ -134,11 +134,21 @@ impl KeyIndex {
     /// Rebuilds the index of worker `index` of `peers` from the committed runs: the keys it
     /// owns not expired at `cutoff`. Worker 0 takes charge of deleting the runs found.
     fn rebuild(state: &WorkerState, table: &Table<BytesCodec>, ttl_ms: i64, cutoff: i64, (index, peers): (usize, usize)) -> Result<Self, OperatorError> {
-        let mut keys =
-            KeyIndex { seen: (0..SHARDS).map(|_| FxHashMap::default()).collect(), swept_at: cutoff, sweep_ms: (ttl_ms / 8).max(1), runs: BTreeSet::new() };
+        let started = std::time::Instant::now();
+        let stored = state.scan_committed(table)?;
+        // Each shard sized once for its share of the stored keys: no rehash while filling.
+        let entries: usize = stored.iter().map(|(_, v)| v.len() / RUN_ENTRY_BYTES).sum();
+        let per_shard = entries / peers / SHARDS + entries / peers / SHARDS / 8;
+        let mut keys = KeyIndex {
+            seen: (0..SHARDS).map(|_| FxHashMap::with_capacity_and_hasher(per_shard, Default::default())).collect(),
+            swept_at: cutoff,
+            sweep_ms: (ttl_ms / 8).max(1),
+            runs: BTreeSet::new(),
+        };
+        let run_count = stored.len();
         // Runs in key order are in epoch order: a key stored again (after it expired) is
         // overwritten by its later run.
-        for (run, value) in state.scan_committed(table)? {
+        for (run, value) in stored {
             let entries = decode_run(&value).map_err(|reason| sluice_state::StateError::Codec { table: KEYS_TABLE.into(), reason })?;
             let mut latest = i64::MIN;
             for (key, seen) in entries {
@@ -155,6 +165,8 @@ impl KeyIndex {
                 keys.runs.insert((latest, run));
             }
         }
+        let kept: usize = keys.seen.iter().map(|s| s.len()).sum();
+        tracing::info!(worker = index, runs = run_count, stored = entries, kept, ms = started.elapsed().as_millis() as u64, "dedup: key index rebuilt");
         Ok(keys)
     }
 

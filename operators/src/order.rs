@@ -219,7 +219,10 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let mut buffer = Buffer::default();
         let mut runs: BTreeSet<(i64, RunKey)> = BTreeSet::new();
         let mut restored = Vec::new();
-        for (key, value) in state.borrow().scan_committed(&table)? {
+        let started = std::time::Instant::now();
+        let stored = state.borrow().scan_committed(&table)?;
+        let run_count = stored.len();
+        for (key, value) in stored {
             let codec = |reason: String| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason };
             let mut latest = i64::MIN;
             for bytes in decode_run(&value).map_err(codec)? {
@@ -235,6 +238,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         }
         let mut restored = VecDeque::from(restored);
         sort_run(&mut restored);
+        tracing::info!(worker = index, runs = run_count, events = restored.len(), ms = started.elapsed().as_millis() as u64, "order: buffer restored");
         buffer.push(restored);
 
         let mut builder = OperatorBuilder::new("Order".to_owned(), scope);
