@@ -13,8 +13,9 @@ use sluice_operators::Origin;
 pub struct OutputLine {
     /// Sort key: event time (0 where not meaningful), id, origin.
     pub key: (i64, Text, Origin),
-    /// The line, without its newline.
-    pub bytes: Vec<u8>,
+    /// The line, without its newline: a slice of a block shared with the lines written
+    /// after it (see `sluice::outputs::LineBlocks`), or a buffer of its own.
+    pub bytes: bytes::Bytes,
 }
 
 /// What a delivery thread (a Kafka sink's) shares with the sink operator and the pipeline.

@@ -219,14 +219,14 @@ pub fn changelog_line(row: &Reconciled, epoch: Epoch, diff: isize) -> OutputLine
         Line { epoch, diff, payment_id: &row.payment_id, status: row.status.name(), provider: &row.provider, ledger: &row.ledger, since_ms: row.since_ms };
     OutputLine {
         key: (diff as i64, row.payment_id.as_str().into(), Origin { partition: 0, offset: 0 }),
-        bytes: serde_json::to_vec(&line).expect("invariant: serializable"),
+        bytes: serde_json::to_vec(&line).expect("invariant: serializable").into(),
     }
 }
 
 /// One summary line: `{"epoch","counts":{status: n},"unreconciled":{currency: minor units}}`.
 pub fn summary_line(summary: &Summary, epoch: Epoch) -> OutputLine {
     let value = serde_json::json!({"epoch": epoch, "counts": summary.counts, "unreconciled": summary.unreconciled});
-    OutputLine { key: (0, Default::default(), Origin { partition: 0, offset: 0 }), bytes: value.to_string().into_bytes() }
+    OutputLine { key: (0, Default::default(), Origin { partition: 0, offset: 0 }), bytes: value.to_string().into_bytes().into() }
 }
 
 type Sink<'a, 'scope> = &'a dyn Fn(Stream<'scope, Epoch, Vec<OutputLine>>, OutputStream) -> Result<(), WorkerError>;

@@ -764,7 +764,7 @@ pub fn kafka_sink<'scope>(
                 lines.sort_unstable();
                 let mut state = state.borrow_mut();
                 for (seq, line) in lines.into_iter().enumerate() {
-                    state.put_blind(epoch, &table, &outbox_key(&sink, epoch, seq as u32), line.bytes);
+                    state.put_blind(epoch, &table, &outbox_key(&sink, epoch, seq as u32), line.bytes.to_vec());
                 }
                 failpoint("sink.kafka.staged");
             }

@@ -26,7 +26,7 @@ use timely::dataflow::scope::Scope;
 use timely::dataflow::{ProbeHandle, Stream};
 
 use super::{Plan, WorkerError};
-use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, late_line, score_line, unscored_line, FeatureNames};
+use crate::outputs::{conflict_line, dead_letter_line, drift_line, feature_line, late_line, score_line, unscored_line, FeatureNames, LineBlocks};
 
 /// Builds the worker's dataflow: reads the partitions it owns (global index modulo the
 /// workers), and every output goes through the probe, so that the probe passes an epoch only
@@ -99,9 +99,11 @@ fn standard<'scope>(
         if config.drift.as_ref().is_some_and(|d| d.score) {
             scores_for_drift = Some(scored.scores.clone());
         }
-        sink(scored.scores.map(|s| score_line(&s)), OutputStream::Scores)?;
+        let mut blocks = LineBlocks::default();
+        sink(scored.scores.map(move |s| score_line(&s, &mut blocks)), OutputStream::Scores)?;
         sink(scored.unscored.map(|u| unscored_line(&u)), OutputStream::Unscored)?;
-        sink(scored.shadow_scores.map(|s| score_line(&s)), OutputStream::ShadowScores)?;
+        let mut blocks = LineBlocks::default();
+        sink(scored.shadow_scores.map(move |s| score_line(&s, &mut blocks)), OutputStream::ShadowScores)?;
     }
     if let Some(drift) = &config.drift {
         let samples = drift_samples(drift, &config.event.string_names(), &feature_names, features.clone(), scores_for_drift, events_for_drift);
@@ -109,7 +111,8 @@ fn standard<'scope>(
         sink(records.map(|r| drift_line(&r)), OutputStream::Drift)?;
     }
     let feature_names = FeatureNames::new(&feature_names);
-    sink(features.map(move |r| feature_line(&r, &feature_names)), OutputStream::Features)?;
+    let mut blocks = LineBlocks::default();
+    sink(features.map(move |r| feature_line(&r, &feature_names, &mut blocks)), OutputStream::Features)?;
     let n = names.clone();
     sink(dead.map(move |d| dead_letter_line(&d, &n)), OutputStream::DeadLetters)?;
     let n = names.clone();
