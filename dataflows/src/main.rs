@@ -84,9 +84,13 @@ struct DemoArgs {
     /// Worker threads.
     #[arg(short, long, default_value_t = 1)]
     workers: usize,
-    /// Output directory (emptied first).
+    /// Output directory: created, or emptied when it holds a previous demo's output (a
+    /// directory with anything else in it is refused, unless --force).
     #[arg(long, default_value = "sluice-demo")]
     out: PathBuf,
+    /// Empty --out even when it is not a previous demo's output.
+    #[arg(long)]
+    force: bool,
     /// The model that scores every event (committed in the repository).
     #[arg(long, default_value = "models/fraud_lr.onnx")]
     model: PathBuf,
@@ -262,6 +266,11 @@ fn ctrl_c(stop: Arc<AtomicBool>, what: &'static str) {
 }
 
 fn main() -> Result<()> {
+    // A user's error is a message, not a stack trace: errors capture no backtrace even with
+    // RUST_BACKTRACE set (panics still print theirs; RUST_LIB_BACKTRACE=1 brings them back).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     init_logging(cli.log_json);
     match cli.command {
@@ -290,7 +299,9 @@ fn init_logging(json: bool) {
     if json {
         tracing_subscriber::fmt().with_env_filter(filter).json().with_writer(std::io::stderr).init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        // Colour only on a terminal: a log file gets no escape codes.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     }
 }
 
@@ -337,18 +348,34 @@ fn validate(pipeline: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes a previous run's output directory.
-fn empty_out(out: &Path) -> Result<()> {
+/// The file that marks a directory as a demo's output, so that the next demo may empty it.
+const DEMO_MARKER: &str = ".sluice-demo";
+
+/// Makes `out` an empty directory for a demo's output: created, or emptied when it is empty,
+/// holds a previous demo's output (its marker file), or `force`. Anything else is refused: a
+/// mistyped `--out` must not delete a user's files.
+fn empty_out(out: &Path, force: bool) -> Result<()> {
     if out.exists() {
+        if !out.is_dir() {
+            anyhow::bail!("--out {} is a file, not a directory", out.display());
+        }
+        let mut entries = std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
+        let empty = entries.next().is_none();
+        if !empty && !force && !out.join(DEMO_MARKER).exists() {
+            anyhow::bail!("--out {} is not empty and is not a previous demo's output: choose another directory, or pass --force to empty it", out.display());
+        }
         std::fs::remove_dir_all(out).with_context(|| format!("cannot empty {}", out.display()))?;
     }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    std::fs::write(out.join(DEMO_MARKER), "The output of `sluice demo`: the next demo with this --out empties this directory.\n")
+        .with_context(|| format!("cannot write in {}", out.display()))?;
     Ok(())
 }
 
 /// `sluice demo --reconcile`: generated webhooks and ledger changes, reconciled.
 fn reconcile_demo(args: &DemoArgs) -> Result<()> {
     let out = &args.out;
-    empty_out(out)?;
+    empty_out(out, args.force)?;
     let inputs = sluice::reconcile_demo::write_inputs(&out.join("inputs"), args.payments, 42).context("cannot write the demo's inputs")?;
     eprintln!(
         "sluice demo --reconcile: {} payments: {} provider webhooks, {} ledger changes (in {}/inputs/); outputs in {}/",
@@ -367,7 +394,7 @@ fn reconcile_demo(args: &DemoArgs) -> Result<()> {
 /// `sluice demo`: the embedded pipeline, on files or through a Kafka broker.
 fn demo(args: DemoArgs) -> Result<()> {
     let options = demo_options(&args)?;
-    empty_out(&args.out)?;
+    empty_out(&args.out, args.force)?;
     let mut config = demo_config(&args.out, &options);
     let control = RunControl::default();
     let feeder = match &args.kafka {

@@ -37,6 +37,46 @@ fn a_missing_onnx_runtime_is_one_clear_error() {
 }
 
 #[test]
+fn demo_refuses_to_empty_a_directory_that_is_not_a_demo_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("mine");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::write(out_dir.join("notes.txt"), "keep me").unwrap();
+    let out = sluice().args(["demo", "--duration", "1s", "--no-model", "--http", "none", "--out"]).arg(&out_dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("is not empty and is not a previous demo's output") && err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("notes.txt")).unwrap(), "keep me");
+    // A previous demo's output (its marker) is emptied without asking; so is anything, told to.
+    for extra in [None, Some("--force")] {
+        let demo = out_dir.join("demo");
+        std::fs::create_dir_all(&demo).unwrap();
+        if extra.is_none() {
+            std::fs::write(demo.join(".sluice-demo"), "").unwrap();
+        }
+        std::fs::write(demo.join("old.jsonl"), "").unwrap();
+        let out =
+            sluice().args(["demo", "--duration", "1s", "--rate", "1000", "--no-model", "--http", "none", "--out"]).arg(&demo).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!demo.join("old.jsonl").exists() && demo.join("features.jsonl").exists() && demo.join(".sluice-demo").exists());
+    }
+}
+
+#[test]
+fn user_errors_have_no_backtrace_and_logs_to_a_file_no_colour() {
+    let out = sluice().env("RUST_BACKTRACE", "1").args(["validate", "/nonexistent/pipeline.toml"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with("Error: invalid pipeline") && !err.contains("backtrace"), "{err}");
+    // stderr is a pipe here: the log of a failing demo carries no escape codes.
+    let dir = tempfile::tempdir().unwrap();
+    let out = sluice().current_dir(dir.path()).args(["demo", "--duration", "1s", "--rate", "1000", "--no-model", "--http", "none"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("INFO") && !err.contains('\u{1b}'), "{err}");
+}
+
+#[test]
 fn validate_accepts_the_golden_pipeline() {
     let out = sluice().arg("validate").arg(golden()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -166,7 +166,9 @@ impl KeyIndex {
             }
         }
         let kept: usize = keys.seen.iter().map(|s| s.len()).sum();
-        tracing::info!(worker = index, runs = run_count, stored = entries, kept, ms = started.elapsed().as_millis() as u64, "dedup: key index rebuilt");
+        if run_count > 0 {
+            tracing::info!(worker = index, runs = run_count, stored = entries, kept, ms = started.elapsed().as_millis() as u64, "dedup: key index rebuilt");
+        }
         Ok(keys)
     }
 

@@ -238,7 +238,9 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         }
         let mut restored = VecDeque::from(restored);
         sort_run(&mut restored);
-        tracing::info!(worker = index, runs = run_count, events = restored.len(), ms = started.elapsed().as_millis() as u64, "order: buffer restored");
+        if run_count > 0 {
+            tracing::info!(worker = index, runs = run_count, events = restored.len(), ms = started.elapsed().as_millis() as u64, "order: buffer restored");
+        }
         buffer.push(restored);
 
         let mut builder = OperatorBuilder::new("Order".to_owned(), scope);
