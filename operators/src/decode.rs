@@ -100,10 +100,75 @@ pub struct EventSchema {
     /// Records larger than this are dead letters.
     #[serde(default = "default_record_bytes_max")]
     pub record_bytes_max: usize,
+    /// Event times before this (RFC 3339) are dead letters.
+    #[serde(default = "default_min_time")]
+    pub min_time: String,
+    /// Event times at or after this (RFC 3339) are dead letters.
+    #[serde(default = "default_max_time")]
+    pub max_time: String,
+    /// Event times more than this ahead of the wall clock at decode are dead letters (`off`,
+    /// the default: no bound but `max_time`).
+    #[serde(default, deserialize_with = "crate::duration_or_off")]
+    pub max_future: Option<crate::DurationMs>,
 }
 
 fn default_record_bytes_max() -> usize {
     1 << 20
+}
+fn default_min_time() -> String {
+    "1970-01-01T00:00:00Z".into()
+}
+fn default_max_time() -> String {
+    "2100-01-01T00:00:00Z".into()
+}
+
+/// A time in ms as RFC 3339 (or as ms, beyond what RFC 3339 writes).
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+/// The plausible range of event times: `[min, max)`, and at most `max_future` ahead of the
+/// wall clock. A time outside it (year 9999, i64::MAX, 1e300 seconds) would move the
+/// watermark to the end of time and make every later record late; it is a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TimeBounds {
+    min: i64,
+    max: i64,
+    max_future: Option<crate::DurationMs>,
+}
+
+impl TimeBounds {
+    fn new(schema: &EventSchema) -> Result<Self, OperatorError> {
+        let parse = |key: &str, text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|e| OperatorError::Config { key: key.into(), problem: format!("`{text}` is not an RFC 3339 time ({e})") })
+        };
+        let (min, max) = (parse("event.min_time", &schema.min_time)?, parse("event.max_time", &schema.max_time)?);
+        if min >= max {
+            return Err(OperatorError::Config { key: "event.max_time".into(), problem: format!("must be after min_time ({})", schema.min_time) });
+        }
+        Ok(TimeBounds { min, max, max_future: schema.max_future })
+    }
+
+    fn check(&self, time_ms: i64, now_ms: i64) -> Result<(), DeadLetterReason> {
+        let out = |why: String| Err(DeadLetterReason::TimeOutOfRange(format!("event time out of range: {} {why}", rfc3339(time_ms))));
+        if time_ms < self.min {
+            return out(format!("is before min_time = {}", rfc3339(self.min)));
+        }
+        if time_ms >= self.max {
+            return out(format!("is not before max_time = {}", rfc3339(self.max)));
+        }
+        if let Some(ahead) = self.max_future {
+            if time_ms > now_ms.saturating_add(ahead.ms()) {
+                return out(format!("is more than max_future = {ahead} ahead of the wall clock"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl EventSchema {
@@ -236,6 +301,7 @@ pub struct Decoder {
     strings: usize,
     record_bytes_max: usize,
     paths: [String; 3],
+    bounds: TimeBounds,
 }
 
 #[derive(Default)]
@@ -244,6 +310,8 @@ struct Fields<'de> {
     entity: Option<Cow<'de, str>>,
     kind: Option<Cow<'de, str>>,
     time_ms: Option<i64>,
+    /// A number read as the time that no i64 of ms holds (1e300): the text of its value.
+    time_unrepresentable: Option<f64>,
     numbers: Vec<Option<f64>>,
     strings: Vec<Option<Text>>,
 }
@@ -299,6 +367,7 @@ impl Decoder {
             strings: schema.strings.len(),
             record_bytes_max: schema.record_bytes_max,
             paths: [schema.id.clone(), schema.entity.clone(), schema.time.clone()],
+            bounds: TimeBounds::new(schema)?,
         })
     }
 
@@ -338,7 +407,15 @@ impl Decoder {
     /// # Errors
     /// The reason the record is a dead letter.
     pub fn decode(&self, record: &RawRecord) -> Result<Event, DeadLetterReason> {
-        self.decode_with(record, true)
+        self.decode_at(record, crate::event::now_us() / 1000)
+    }
+
+    /// Decodes one record, `now_ms` being the wall clock for `max_future`.
+    ///
+    /// # Errors
+    /// The reason the record is a dead letter.
+    pub fn decode_at(&self, record: &RawRecord, now_ms: i64) -> Result<Event, DeadLetterReason> {
+        self.decode_with(record, true, now_ms)
     }
 
     /// Decodes one record with serde_json alone (the reference the fast path is measured and
@@ -347,11 +424,11 @@ impl Decoder {
     /// # Errors
     /// The reason the record is a dead letter.
     pub fn decode_with_serde_json(&self, record: &RawRecord) -> Result<Event, DeadLetterReason> {
-        self.decode_with(record, false)
+        self.decode_with(record, false, crate::event::now_us() / 1000)
     }
 
     /// Decodes one record, trying sonic-rs first when `fast`.
-    fn decode_with(&self, record: &RawRecord, fast: bool) -> Result<Event, DeadLetterReason> {
+    fn decode_with(&self, record: &RawRecord, fast: bool, now_ms: i64) -> Result<Event, DeadLetterReason> {
         let bytes = &record.bytes;
         if bytes.len() > self.record_bytes_max {
             return Err(DeadLetterReason::Oversized { bytes: bytes.len(), max: self.record_bytes_max });
@@ -374,6 +451,9 @@ impl Decoder {
                 }
             }
         }
+        if let Some(v) = fields.time_unrepresentable {
+            return Err(DeadLetterReason::TimeOutOfRange(format!("event time out of range: {v:e} is beyond any time in milliseconds")));
+        }
         let id = fields.id.ok_or_else(|| DeadLetterReason::Missing(RequiredField::Id, self.paths[0].clone()))?;
         let entity = fields.entity.ok_or_else(|| DeadLetterReason::Missing(RequiredField::Entity, self.paths[1].clone()))?;
         let time_ms = fields.time_ms.ok_or_else(|| DeadLetterReason::Missing(RequiredField::Time, self.paths[2].clone()))?;
@@ -383,6 +463,7 @@ impl Decoder {
         if entity.is_empty() {
             return Err(DeadLetterReason::Empty(RequiredField::Entity, self.paths[1].clone()));
         }
+        self.bounds.check(time_ms, now_ms)?;
         Ok(Event {
             id: Text::from(id),
             entity: Text::from(entity),
@@ -532,12 +613,23 @@ impl<'de> LeafVisitor<'_, 'de> {
         match self.target {
             Target::Number(i) => self.fields.numbers[i] = Some(v),
             Target::Time => {
-                let ms = match self.format {
-                    TimeFormat::Millis => integer.unwrap_or(v.round() as i64),
-                    TimeFormat::Seconds => (v * 1000.0).round() as i64,
-                    TimeFormat::Auto if v.abs() < 1e11 => (v * 1000.0).round() as i64,
-                    TimeFormat::Auto => integer.unwrap_or(v.round() as i64),
+                let seconds = match self.format {
+                    TimeFormat::Millis => false,
+                    TimeFormat::Seconds => true,
+                    TimeFormat::Auto => v.abs() < 1e11,
                     TimeFormat::Rfc3339 => return Err(self.wrong("a number")),
+                };
+                let ms = match integer {
+                    Some(n) if !seconds => n,
+                    _ => {
+                        let ms = if seconds { v * 1000.0 } else { v };
+                        // Beyond an i64 of ms, a cast would saturate to a time that looks valid.
+                        if ms.is_nan() || ms.abs() >= 9.2e18 {
+                            self.fields.time_unrepresentable = Some(v);
+                            return Ok(());
+                        }
+                        ms.round() as i64
+                    }
                 };
                 self.fields.time_ms = Some(ms);
             }
@@ -689,7 +781,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                     let now = crate::event::now_us();
                     for item in data.flat_map(|d| d.drain(..)) {
                         match item {
-                            SourceItem::Record(record) => match decoder.decode(&record) {
+                            SourceItem::Record(record) => match decoder.decode_at(&record, now / 1000) {
                                 Ok(mut event) => {
                                     event.ingest_us = now;
                                     let slot = slot_of(&mut max_time, event.origin.partition);
@@ -745,6 +837,9 @@ mod tests {
             strings: [("currency".to_string(), "/data/currency".to_string()), ("tag".to_string(), "/tags/1".to_string())].into(),
             time_fallback: None,
             record_bytes_max: 200,
+            min_time: default_min_time(),
+            max_time: default_max_time(),
+            max_future: None,
         }
     }
 
@@ -879,7 +974,7 @@ mod tests {
     /// same reason, to the bit (`{:?}` tells -0.0 from 0.0).
     fn assert_same_both_ways(d: &Decoder, bytes: &[u8]) {
         let record = RawRecord::new(Origin { partition: 1, offset: 9 }, bytes.to_vec());
-        let (fast, exact) = (format!("{:?}", d.decode_with(&record, true)), format!("{:?}", d.decode_with(&record, false)));
+        let (fast, exact) = (format!("{:?}", d.decode_with(&record, true, 0)), format!("{:?}", d.decode_with(&record, false, 0)));
         assert_eq!(fast, exact, "record {:?}", String::from_utf8_lossy(bytes));
     }
 
@@ -1025,6 +1120,44 @@ mod tests {
         }
         // Both outcomes are exercised, not only refusals.
         assert!(accepted > 1_000 && refused > 1_000, "accepted {accepted}, refused {refused}");
+    }
+
+    #[test]
+    fn times_outside_the_plausible_range_are_dead_letters() {
+        let base = r#""id":"e","customer":{"id":"c"}"#;
+        let reason = |created: &str| decode(&format!(r#"{{{base},"created":{created}}}"#)).map(|e| e.time_ms);
+        assert_eq!(
+            reason(r#""9999-12-31T00:00:00Z""#),
+            Err("event time out of range: 9999-12-31T00:00:00Z is not before max_time = 2100-01-01T00:00:00Z".into())
+        );
+        assert_eq!(reason("9223372036854775807"), Err("event time out of range: 9223372036854775807 ms is not before max_time = 2100-01-01T00:00:00Z".into()));
+        assert_eq!(reason("1e300"), Err("event time out of range: 1e300 is beyond any time in milliseconds".into()));
+        assert_eq!(reason("-1"), Err("event time out of range: 1969-12-31T23:59:59Z is before min_time = 1970-01-01T00:00:00Z".into()));
+        // The edges: min_time is in, max_time is out.
+        assert_eq!(reason("0"), Ok(0));
+        assert_eq!(reason("4102444799999"), Ok(4_102_444_799_999));
+        assert!(reason("4102444800000").is_err());
+        let d = Decoder::new(&schema()).unwrap();
+        let r = d.decode(&RawRecord::new(Origin { partition: 0, offset: 0 }, format!(r#"{{{base},"created":1e300}}"#).into_bytes())).unwrap_err();
+        assert_eq!(r.class(), "time out of range");
+
+        // max_future: against the clock given (here 2026-01-01T00:00:00Z), to the millisecond.
+        let mut s = schema();
+        s.max_future = Some(crate::DurationMs::from_ms(86_400_000));
+        let d = Decoder::new(&s).unwrap();
+        let now = 1_767_225_600_000;
+        let at = |ms: i64| d.decode_at(&RawRecord::new(Origin { partition: 0, offset: 0 }, format!(r#"{{{base},"created":{ms}}}"#).into_bytes()), now);
+        assert_eq!(at(now + 86_400_000).unwrap().time_ms, now + 86_400_000);
+        assert_eq!(
+            at(now + 86_400_001).unwrap_err().to_string(),
+            "event time out of range: 2026-01-02T00:00:00.001Z is more than max_future = 1d ahead of the wall clock"
+        );
+
+        let mut s = schema();
+        s.max_time = "1969-01-01T00:00:00Z".into();
+        assert!(Decoder::new(&s).unwrap_err().to_string().contains("event.max_time"));
+        s.max_time = "soon".into();
+        assert!(Decoder::new(&s).unwrap_err().to_string().contains("`soon` is not an RFC 3339 time"));
     }
 
     #[test]

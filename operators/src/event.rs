@@ -151,6 +151,8 @@ pub enum DeadLetterReason {
     Empty(RequiredField, String),
     /// A reconciliation input that cannot be applied (why).
     Unreconcilable(String),
+    /// An event time outside `[event]` `min_time`, `max_time`, `max_future` (the whole message).
+    TimeOutOfRange(String),
 }
 
 /// The fields every event must have.
@@ -180,6 +182,7 @@ impl DeadLetterReason {
             DeadLetterReason::Empty(RequiredField::Entity, _) => "empty entity",
             DeadLetterReason::Empty(RequiredField::Time, _) => "empty event time",
             DeadLetterReason::Unreconcilable(_) => "not reconcilable",
+            DeadLetterReason::TimeOutOfRange(_) => "time out of range",
         }
     }
 }
@@ -200,7 +203,9 @@ impl std::fmt::Display for DeadLetterReason {
             DeadLetterReason::Oversized { bytes, max } => write!(f, "oversized: {bytes} bytes, more than record_bytes_max = {max}"),
             DeadLetterReason::InvalidUtf8 { valid_up_to } => write!(f, "invalid UTF-8 at byte {valid_up_to}"),
             DeadLetterReason::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
-            DeadLetterReason::WrongType(message) | DeadLetterReason::Unreconcilable(message) => f.write_str(message),
+            DeadLetterReason::WrongType(message) | DeadLetterReason::Unreconcilable(message) | DeadLetterReason::TimeOutOfRange(message) => {
+                f.write_str(message)
+            }
             DeadLetterReason::MetadataNotUtf8(what) => write!(f, "{what} is not UTF-8"),
             DeadLetterReason::Missing(field, path) => write!(f, "missing {field} at {path}"),
             DeadLetterReason::Empty(field, path) => write!(f, "empty {field} at {path}"),

@@ -9,6 +9,7 @@
 //! | `tests/exact.rs` | the exact-output fixture (cent amounts, every op × window, each late mode), byte for byte, 1 and 4 workers |
 //! | `tests/reference.rs` | 100k generated events, 1 and 4 workers, against `reference.rs` |
 //! | `tests/restart.rs` | stop and resume on the same state directory |
+//! | `tests/bad_input.rs` | hostile input end to end: a record that must become a dead letter and harm nothing else |
 
 pub mod reference;
 

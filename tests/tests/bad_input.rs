@@ -1,0 +1,43 @@
+//! Hostile input end to end (issue 26): records that once lost data or poisoned the pipeline.
+
+use sluice_tests::{golden_pipeline, lines, run};
+
+/// One event at year 9999 in each partition used to move the watermark to the end of time: every
+/// later record went to `late`. Now each is a dead letter with its reason, and every other record
+/// is in `features`, none late.
+#[test]
+fn an_absurd_event_time_is_a_dead_letter_and_poisons_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let mut config = golden_pipeline(work.path(), 1);
+    let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
+    let mut paths = Vec::new();
+    for p in 0..2 {
+        // 20 records a second apart (epochs of 8 records per partition), the 6th at year 9999.
+        let text: String = (0..20)
+            .map(|i| {
+                let created = if i == 5 { "\"9999-12-31T00:00:00Z\"".to_string() } else { (1_767_225_600_000_i64 + i * 1000).to_string() };
+                format!("{{\"id\":\"p{p}e{i}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{created},\"amount\":1.0,\"currency\":\"EUR\"}}\n")
+            })
+            .collect();
+        let path = work.path().join(format!("part{p}.jsonl"));
+        std::fs::write(&path, text).unwrap();
+        paths.push(path);
+    }
+    files.paths = paths;
+    let summary = run(&config);
+    assert_eq!(summary.records_in, 40);
+    let out = work.path().join("out");
+    let dead = lines(&out.join("dead_letters.jsonl"));
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    for line in &dead {
+        assert!(line.contains(r#""reason":"event time out of range: 9999-12-31T00:00:00Z is not before max_time = 2100-01-01T00:00:00Z""#), "{line}");
+    }
+    assert_eq!(lines(&out.join("late.jsonl")), Vec::<String>::new());
+    let features = lines(&out.join("features.jsonl"));
+    assert_eq!(features.len(), 38);
+    // The last of customer c1's 19 events counts all of them within the minute.
+    assert!(
+        features.iter().any(|l| l.starts_with(r#"{"entity":"c1","id":"p1e19","kind":"charge","time_ms":1767225619000,"features":{"n_1m":19"#)),
+        "{features:?}"
+    );
+}
