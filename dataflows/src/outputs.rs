@@ -210,6 +210,9 @@ pub fn dead_letter_line(dead: &DeadLetter, names: &PartitionNames) -> OutputLine
             out.push(b'"');
         }
     }
+    if let Some((len, hash)) = dead.cut {
+        let _ = write!(out, ",\"raw_cut\":true,\"raw_bytes\":{len},\"raw_xxh3\":\"{hash:016x}\"");
+    }
     out.push(b'}');
     OutputLine { key: (0, Default::default(), dead.origin), bytes: out.into() }
 }
@@ -328,8 +331,27 @@ mod tests {
             reason: sluice_operators::DeadLetterReason::WrongType("bad".into()),
             origin: Origin { partition: 1, offset: 9 },
             raw: vec![0xff, b'a'],
+            cut: None,
         };
         let line = dead_letter_line(&d, &names);
         assert_eq!(String::from_utf8(line.bytes.to_vec()).unwrap(), r#"{"reason":"bad","source":"files","partition":1,"offset":9,"raw_base64":"/2E="}"#);
+    }
+
+    #[test]
+    fn a_long_dead_letter_keeps_its_head_its_length_and_its_hash() {
+        let names = PartitionNames(Arc::new(vec![("files".into(), 0)]));
+        let reason = || sluice_operators::DeadLetterReason::InvalidJson("x".into());
+        // 4,095 ASCII bytes, then "é" (2 bytes) across the 4,096-byte cut, then 5 MB more.
+        let mut record = vec![b'a'; 4095];
+        record.extend_from_slice("é".as_bytes());
+        record.extend(std::iter::repeat_n(b'b', 5_000_000));
+        let d = DeadLetter::new(reason(), Origin { partition: 0, offset: 3 }, record.clone());
+        assert_eq!((d.raw.len(), d.cut), (4095, Some((5_004_097, xxhash_rust::xxh3::xxh3_64(&record)))));
+        let line = String::from_utf8(dead_letter_line(&d, &names).bytes.to_vec()).unwrap();
+        assert!(line.starts_with(r#"{"reason":"invalid JSON: x","source":"files","partition":0,"offset":3,"raw":"aaaa"#), "{line}");
+        assert!(line.ends_with(&format!(r#"aaa","raw_cut":true,"raw_bytes":5004097,"raw_xxh3":"{:016x}"}}"#, xxhash_rust::xxh3::xxh3_64(&record))), "{line}");
+        // Up to the limit, kept whole.
+        let d = DeadLetter::new(reason(), Origin { partition: 0, offset: 3 }, vec![b'a'; 4096]);
+        assert_eq!((d.raw.len(), d.cut), (4096, None));
     }
 }

@@ -328,7 +328,7 @@ pub fn build<'scope>(
                         Ok(None) => {}
                         Err(reason) => {
                             m.decode.dead_letters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            session.give((Err(DeadLetter { reason, origin: record.origin, raw: record.bytes }), epoch));
+                            session.give((Err(DeadLetter::new(reason, record.origin, record.bytes)), epoch));
                         }
                     }
                 }

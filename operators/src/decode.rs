@@ -793,7 +793,7 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                                 Err(reason) => {
                                     rejected += 1;
                                     metrics.decode.add_dead_letter(&reason);
-                                    dead_s.give(DeadLetter { reason, origin: record.origin, raw: record.bytes });
+                                    dead_s.give(DeadLetter::new(reason, record.origin, record.bytes));
                                 }
                             },
                             SourceItem::EpochEnd(mark) => {

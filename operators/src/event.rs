@@ -119,8 +119,36 @@ pub struct DeadLetter {
     pub reason: DeadLetterReason,
     /// Where it came from.
     pub origin: Origin,
-    /// The bytes as read.
+    /// The bytes as read, or their first [`DeadLetter::RAW_KEPT`] when longer.
     pub raw: Vec<u8>,
+    /// When `raw` was cut: the record's whole length and the XXH3-64 of all its bytes.
+    pub cut: Option<(u64, u64)>,
+}
+
+impl DeadLetter {
+    /// The most of a record a dead letter keeps (a 5 MB line must not be held until its epoch
+    /// commits, nor written out whole).
+    pub const RAW_KEPT: usize = 4096;
+
+    /// A dead letter of `bytes`, cut to [`DeadLetter::RAW_KEPT`] (at a UTF-8 character
+    /// boundary, when the kept part is text) with the whole record's length and hash.
+    pub fn new(reason: DeadLetterReason, origin: Origin, mut bytes: Vec<u8>) -> Self {
+        if bytes.len() <= Self::RAW_KEPT {
+            return DeadLetter { reason, origin, raw: bytes, cut: None };
+        }
+        let cut = Some((bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes)));
+        let mut keep = Self::RAW_KEPT;
+        if let Err(e) = std::str::from_utf8(&bytes[..keep]) {
+            // Text cut inside a character: keep the whole characters (a record that is not text
+            // before that point stays as it is, written as base64).
+            if e.error_len().is_none() && e.valid_up_to() + 4 > keep {
+                keep = e.valid_up_to();
+            }
+        }
+        bytes.truncate(keep);
+        bytes.shrink_to_fit();
+        DeadLetter { reason, origin, raw: bytes, cut }
+    }
 }
 
 /// Why a record became a dead letter. Its text (`Display`) is the `reason` of the dead-letters
