@@ -620,11 +620,13 @@ name = "g"
 
     #[test]
     fn durations_are_read_at_load_and_their_errors_name_key_and_line() {
-        let text = MINIMAL.replace("state_dir", "checkpoint_every = \"off\"\nstate_dir") + "[order]\nlateness = 250\nidle_timeout = \"2m\"\n";
+        let text = MINIMAL.replace("state_dir", "checkpoint_every = \"off\"\nstate_dir") + "[order]\nlateness = \"250ms\"\nidle_timeout = \"2m\"\n";
         let c = parse(&text).unwrap();
         assert_eq!(c.durations(), Durations { ttl_ms: 7 * 86_400_000, lateness_ms: 250, idle_timeout_ms: 120_000, checkpoint_every_ms: None });
         let e = parse(&format!("{MINIMAL}[order]\nlateness = \"5 minutes\"\n")).unwrap_err();
         assert_eq!((e.key.as_str(), e.problem.as_str()), ("order.lateness", "`5 minutes`: unknown unit `minutes` (use ms, s, m, h or d) (line 13)"));
+        let e = parse(&format!("{MINIMAL}[dedup]\nttl = \"10\"\n")).unwrap_err();
+        assert_eq!((e.key.as_str(), e.problem.as_str()), ("dedup.ttl", "`10` needs a unit: `10ms`, `10s`, `10m`, `10h` or `10d` (line 13)"));
         let e = parse(&MINIMAL.replace("state_dir", "checkpoint_every = \"never\"\nstate_dir")).unwrap_err();
         assert_eq!(e.key, "checkpoint_every");
         assert!(e.problem.ends_with("(or `off`) (line 2)"), "{e}");

@@ -1,5 +1,6 @@
-//! Durations in pipeline files: `250ms`, `5s`, `1m`, `1h`, `7d`, or a bare number of ms, read
-//! into a [`DurationMs`] when the file is loaded, so a bad one is reported once, with its key.
+//! Durations in pipeline files: `250ms`, `5s`, `1m`, `1h`, `7d` (a unit is required: `"10"` and
+//! `10` are refused, not read as ms), read into a [`DurationMs`] when the file is loaded, so a
+//! bad one is reported once, with its key.
 
 use std::fmt;
 use std::str::FromStr;
@@ -47,7 +48,8 @@ impl FromStr for DurationMs {
         let unit = unit.trim();
         let n: i64 = number.parse().map_err(|_| format!("`{text}` is not a duration (like `250ms`, `5s`, `1m`, `1h`, `7d`)"))?;
         let scale = match unit {
-            "" => 1,
+            // `ttl = "10"` read as 10 ms surprised a user who meant 10 s: a unit is required.
+            "" => return Err(format!("`{text}` needs a unit: `{n}ms`, `{n}s`, `{n}m`, `{n}h` or `{n}d`")),
             unit => UNITS.iter().find(|(u, _)| *u == unit).map(|(_, s)| *s).ok_or_else(|| format!("`{text}`: unknown unit `{unit}` (use ms, s, m, h or d)"))?,
         };
         let ms = n.checked_mul(scale).ok_or_else(|| format!("`{text}` is too long"))?;
@@ -97,15 +99,12 @@ impl Visitor<'_> for DurationVisitor {
         })
     }
 
-    fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Self::Value, E> {
-        if ms <= 0 {
-            return Err(E::custom(format!("{ms} must be positive")));
-        }
-        Ok(Some(DurationMs(ms)))
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        Err(E::custom(format!("{n} needs a unit, in a string: \"{n}ms\", \"{n}s\", \"{n}m\", \"{n}h\" or \"{n}d\"")))
     }
 
-    fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Self::Value, E> {
-        self.visit_i64(i64::try_from(ms).map_err(|_| E::custom(format!("{ms} is too long")))?)
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        Err(E::custom(format!("{n} needs a unit, in a string: \"{n}ms\", \"{n}s\", \"{n}m\", \"{n}h\" or \"{n}d\"")))
     }
 }
 
@@ -140,7 +139,8 @@ mod tests {
         let ms = |t: &str| t.parse::<DurationMs>().map(DurationMs::ms);
         assert_eq!(ms("7d"), Ok(604_800_000));
         assert_eq!(ms("250ms"), Ok(250));
-        assert_eq!(ms(" 90 "), Ok(90));
+        assert_eq!(ms(" 90ms "), Ok(90));
+        assert_eq!(ms("10"), Err("`10` needs a unit: `10ms`, `10s`, `10m`, `10h` or `10d`".into()));
         assert_eq!(ms("5 parsecs"), Err("`5 parsecs`: unknown unit `parsecs` (use ms, s, m, h or d)".into()));
         assert_eq!(ms("0s"), Err("`0s` must be positive".into()));
         assert_eq!(ms("99999999999999d"), Err("`99999999999999d` is too long".into()));
@@ -156,11 +156,12 @@ mod tests {
     }
 
     #[test]
-    fn a_duration_is_read_from_a_string_or_a_number_and_off_means_none() {
+    fn a_duration_is_a_string_with_its_unit_and_off_means_none() {
         let keys = |t: &str| toml::from_str::<Keys>(t).map_err(|e| e.message().to_string());
         assert_eq!(keys("d = \"5s\"\nevery = \"off\""), Ok(Keys { d: Some(DurationMs(5_000)), every: None }));
-        assert_eq!(keys("d = 250\nevery = \"10m\""), Ok(Keys { d: Some(DurationMs(250)), every: Some(DurationMs(600_000)) }));
-        assert_eq!(keys("d = -1"), Err("-1 must be positive".into()));
+        assert_eq!(keys("d = \"250ms\"\nevery = \"10m\""), Ok(Keys { d: Some(DurationMs(250)), every: Some(DurationMs(600_000)) }));
+        assert_eq!(keys("d = 120"), Err("120 needs a unit, in a string: \"120ms\", \"120s\", \"120m\", \"120h\" or \"120d\"".into()));
+        assert_eq!(keys("d = -1"), Err("-1 needs a unit, in a string: \"-1ms\", \"-1s\", \"-1m\", \"-1h\" or \"-1d\"".into()));
         assert_eq!(keys("every = \"never\""), Err("`never` is not a duration (like `250ms`, `5s`, `1m`, `1h`, `7d`) (or `off`)".into()));
         assert_eq!(keys("d = true"), Err("invalid type: boolean `true`, expected a duration (like `250ms`, `5s`, `1m`, `1h`, `7d`)".into()));
     }
