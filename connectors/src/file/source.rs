@@ -68,7 +68,8 @@ impl FileReader {
 
     /// Reads one line: `(offset, bytes, next position)`, `None` at the end of the data.
     /// Blank lines are skipped (not dead letters); a line longer than `line_bytes_max` is cut
-    /// there, and the rest of it is consumed without being kept.
+    /// there, and the rest of it is consumed without being kept; a byte order mark at the
+    /// start of the file is dropped.
     fn next_line(&mut self) -> Result<Option<(u64, Vec<u8>, u64)>, ConnectorError> {
         let at_eof = self.at_eof;
         let max = self.line_bytes_max;
@@ -113,6 +114,11 @@ impl FileReader {
                 line.pop();
             }
             line.truncate(max);
+            // A file saved with a UTF-8 byte order mark (Windows editors): the mark is not
+            // part of the first record.
+            if start == 0 && line.starts_with(b"\xEF\xBB\xBF") {
+                line.drain(..3);
+            }
             if line.iter().all(u8::is_ascii_whitespace) {
                 start = next;
                 continue;

@@ -24,6 +24,18 @@ fn lines_carry_their_byte_offsets_and_blank_lines_are_skipped() {
 }
 
 #[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_not_part_of_its_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    write(&path, b"\xEF\xBB\xBF{\"a\":1}\n\xEF\xBB\xBF{\"b\":2}\n");
+    let mut r = FileReader::new("s", &path, AtEof::Finish, 100);
+    let mut out = Vec::new();
+    assert_eq!(r.read(10, &mut out).unwrap(), ReadStatus::End);
+    // Only at the start of the file: one in the middle is data (a dead letter, as it was).
+    assert_eq!(pairs(&out), vec![(0, b"{\"a\":1}".to_vec()), (11, b"\xEF\xBB\xBF{\"b\":2}".to_vec())]);
+}
+
+#[test]
 fn a_partial_last_line_waits_when_the_file_may_grow() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("in.jsonl");
