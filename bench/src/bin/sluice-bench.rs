@@ -130,6 +130,13 @@ enum Cmd {
         #[arg(long, default_value_t = 45)]
         fill_seconds: u64,
     },
+    /// Reopening a state written by many small commits (also the last part of `recovery`).
+    SmallEpochs {
+        #[arg(long, default_value_t = 104_000)]
+        events: u64,
+        #[arg(long, default_value_t = 8)]
+        epoch_records: usize,
+    },
     /// The throughput cost of syncing the state's WAL at each commit, for several `epoch_ms`.
     CommitCost {
         #[arg(long, default_value_t = 1_000_000)]
@@ -300,6 +307,7 @@ fn kafka(brokers: &str, events: u64, workers: &str, rate: u64, seconds: u64, lat
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Recovery { entities, restarts, fill_seconds } => sluice_bench::recovery::recovery(entities, restarts, fill_seconds)?,
+        Cmd::SmallEpochs { events, epoch_records } => sluice_bench::recovery::small_epochs(events, epoch_records)?,
         Cmd::CommitCost { events, epoch_ms } => sluice_bench::recovery::commit_cost(events, &epoch_ms)?,
         Cmd::Child { work, entities } => sluice_bench::recovery::child(&work, entities)?,
         Cmd::Webhook { clients, seconds } => sluice_bench::webhook::run(clients, seconds)?,
