@@ -55,8 +55,12 @@ pub const FEATURES_TABLE: &str = "features";
 
 /// The tables the features operator declares.
 pub fn tables() -> Vec<TableSpec> {
-    vec![TableSpec::new(FEATURES_TABLE).with_point_lookups()]
+    vec![TableSpec::new(FEATURES_TABLE).with_point_lookups(), TableSpec::new(LAYOUT_TABLE)]
 }
+
+/// The table holding the feature layout the state was written with (one key).
+pub const LAYOUT_TABLE: &str = "features_layout";
+const LAYOUT_KEY: &[u8] = b"layout";
 
 /// An aggregation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -120,6 +124,9 @@ pub struct FeatureSet {
     aggregates: Vec<(Option<usize>, Window)>,
     /// (aggregate index, op) per feature.
     features: Vec<(usize, FeatureOp)>,
+    /// The features as the state depends on them (`n = count, window 1m; ...`): stored with the
+    /// state, compared at start.
+    layout: String,
 }
 
 impl FeatureSet {
@@ -129,7 +136,7 @@ impl FeatureSet {
     /// Unknown fields, bad durations, a slide that does not divide its window, repeated names;
     /// the error names the feature.
     pub fn new(specs: &[FeatureSpec], numbers: &[String]) -> Result<Self, OperatorError> {
-        let mut set = FeatureSet { names: Vec::new(), aggregates: Vec::new(), features: Vec::new() };
+        let mut set = FeatureSet { names: Vec::new(), aggregates: Vec::new(), features: Vec::new(), layout: String::new() };
         for (i, spec) in specs.iter().enumerate() {
             let key = |k: &str| format!("features[{i}] ({}).{k}", spec.name);
             let err = |k: &str, problem: String| OperatorError::Config { key: key(k), problem };
@@ -163,6 +170,14 @@ impl FeatureSet {
             };
             set.names.push(spec.name.clone());
             set.features.push((aggregate, spec.op));
+            let what = match (spec.window, spec.slide) {
+                (None, _) => "all".to_string(),
+                (Some(size), None) => format!("window {size}"),
+                (Some(size), Some(slide)) => format!("window {size} slide {slide}"),
+            };
+            let op = format!("{:?}", spec.op).to_lowercase();
+            let field = spec.field.as_deref().map(|f| format!(" of {f}")).unwrap_or_default();
+            set.layout.push_str(&format!("{}{} = {op}{field}, {what}", if i > 0 { "; " } else { "" }, spec.name));
         }
         Ok(set)
     }
@@ -509,6 +524,26 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         metrics: Arc<Metrics>,
     ) -> Result<Stream<'scope, Epoch, Vec<FeatureRecord>>, OperatorError> {
         let table: Table<sluice_state::BytesCodec> = state.borrow().store().table(FEATURES_TABLE)?;
+        // A state written with other features would be read as these (a max under the name of a
+        // min): refused, with what to do. A state without a layout gets this one in its first
+        // epoch with features.
+        let layout_table: Table<sluice_state::BytesCodec> = state.borrow().store().table(LAYOUT_TABLE)?;
+        let stored = state.borrow_mut().get(&layout_table, LAYOUT_KEY)?;
+        let mut layout_to_store = match stored {
+            Some(stored) if stored != set.layout.as_bytes() => {
+                return Err(OperatorError::Config {
+                    key: "features".into(),
+                    problem: format!(
+                        "the state in {} was written with other features ({}); this pipeline has {}. Run it with a new state_dir (the features are recomputed from the sources), or put the old [[features]] back",
+                        state.borrow().store().path().display(),
+                        String::from_utf8_lossy(&stored),
+                        set.layout
+                    ),
+                });
+            }
+            Some(_) => None,
+            None => Some(set.layout.clone().into_bytes()),
+        };
         let stream = self.unary_frontier::<CapacityContainerBuilder<Vec<FeatureRecord>>, _, _, _>(Pipeline, "Features", move |cap, _info| {
             let mut held = HeldCapabilities::new(vec![cap]);
             let mut pending: EpochStash<Vec<Vec<Event>>> = EpochStash::new();
@@ -563,6 +598,9 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             origin: event.origin,
                             ingest_us: event.ingest_us,
                         });
+                    }
+                    if let Some(layout) = layout_to_store.take() {
+                        state.put(epoch, &layout_table, LAYOUT_KEY, &layout);
                     }
                     for entity in dirty.drain(..) {
                         let entry = cache.hot.get_mut(&entity).expect("invariant: dirty entities are in the hot generation");

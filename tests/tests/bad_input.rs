@@ -41,3 +41,20 @@ fn an_absurd_event_time_is_a_dead_letter_and_poisons_nothing() {
         "{features:?}"
     );
 }
+
+/// A feature changed between two runs on one state directory used to be read with the old
+/// aggregates under the new name (a max reported as a min). Now the second run is refused with
+/// both layouts and what to do; the unchanged pipeline still resumes.
+#[test]
+fn changed_features_on_the_same_state_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let config = golden_pipeline(work.path(), 1);
+    run(&config);
+    assert_eq!(run(&config).records_in, 0, "the unchanged pipeline resumes at the end of its files");
+    let mut changed = config.clone();
+    changed.features[1].op = sluice_operators::FeatureOp::Max;
+    let err = sluice::run(&changed, &sluice::RunControl::default()).unwrap_err().to_string();
+    assert!(err.contains("was written with other features (n_1m = count, window 1m; sum_5m = sum of amount, window 5m slide 1m;"), "{err}");
+    assert!(err.contains("this pipeline has n_1m = count, window 1m; sum_5m = max of amount, window 5m slide 1m;"), "{err}");
+    assert!(err.contains("Run it with a new state_dir"), "{err}");
+}
