@@ -350,6 +350,24 @@ fn validate(pipeline: &Path) -> Result<()> {
 
 /// The file that marks a directory as a demo's output, so that the next demo may empty it.
 const DEMO_MARKER: &str = ".sluice-demo";
+/// What a demo writes in its output directory (with or without `--reconcile`).
+const DEMO_OUTPUTS: [&str; 15] = [
+    DEMO_MARKER,
+    "state",
+    "inputs",
+    "features.jsonl",
+    "scores.jsonl",
+    "shadow_scores.jsonl",
+    "unscored.jsonl",
+    "dead_letters.jsonl",
+    "late.jsonl",
+    "conflicts.jsonl",
+    "drift.jsonl",
+    "slo.jsonl",
+    "reconciliation.jsonl",
+    "reconciliation_summary.jsonl",
+    "checkpoints",
+];
 
 /// Makes `out` an empty directory for a demo's output: created, or emptied when it is empty,
 /// holds a previous demo's output (its marker file), or `force`. Anything else is refused: a
@@ -359,10 +377,17 @@ fn empty_out(out: &Path, force: bool) -> Result<()> {
         if !out.is_dir() {
             anyhow::bail!("--out {} is a file, not a directory", out.display());
         }
-        let mut entries = std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?;
-        let empty = entries.next().is_none();
-        if !empty && !force && !out.join(DEMO_MARKER).exists() {
+        let names: Vec<std::ffi::OsString> =
+            std::fs::read_dir(out).with_context(|| format!("cannot read {}", out.display()))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        // A demo's output from before the marker existed: only names a demo writes.
+        let only_demo_files = names.iter().all(|n| n.to_str().is_some_and(|n| DEMO_OUTPUTS.contains(&n)));
+        if !force && !only_demo_files && !out.join(DEMO_MARKER).exists() {
             anyhow::bail!("--out {} is not empty and is not a previous demo's output: choose another directory, or pass --force to empty it", out.display());
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let resolved = out.canonicalize().unwrap_or_else(|_| out.to_path_buf());
+        if resolved.parent().is_none() || home.is_some_and(|h| h.canonicalize().is_ok_and(|h| h == resolved)) {
+            anyhow::bail!("--out {} is the root or the home directory: not emptied, even with --force", out.display());
         }
         std::fs::remove_dir_all(out).with_context(|| format!("cannot empty {}", out.display()))?;
     }

@@ -47,19 +47,29 @@ fn demo_refuses_to_empty_a_directory_that_is_not_a_demo_output() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("is not empty and is not a previous demo's output") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read_to_string(out_dir.join("notes.txt")).unwrap(), "keep me");
-    // A previous demo's output (its marker) is emptied without asking; so is anything, told to.
-    for extra in [None, Some("--force")] {
+    // A previous demo's output (its marker, or only the names a demo writes) is emptied without
+    // asking; so is anything, told to.
+    for (marker, old, extra) in [(true, "old.jsonl", None), (false, "features.jsonl", None), (false, "old.jsonl", Some("--force"))] {
         let demo = out_dir.join("demo");
-        std::fs::create_dir_all(&demo).unwrap();
-        if extra.is_none() {
+        std::fs::create_dir_all(demo.join("state")).unwrap();
+        if marker {
             std::fs::write(demo.join(".sluice-demo"), "").unwrap();
         }
-        std::fs::write(demo.join("old.jsonl"), "").unwrap();
+        std::fs::write(demo.join(old), "").unwrap();
         let out =
             sluice().args(["demo", "--duration", "1s", "--rate", "1000", "--no-model", "--http", "none", "--out"]).arg(&demo).args(extra).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!demo.join("old.jsonl").exists() && demo.join("features.jsonl").exists() && demo.join(".sluice-demo").exists());
+        std::fs::remove_dir_all(&demo).unwrap();
     }
+    let home = sluice()
+        .env("HOME", dir.path())
+        .args(["demo", "--duration", "1s", "--no-model", "--http", "none", "--force", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&home.stderr).contains("is the root or the home directory"), "{}", String::from_utf8_lossy(&home.stderr));
+    assert_eq!(std::fs::read_to_string(out_dir.join("notes.txt")).unwrap(), "keep me");
 }
 
 #[test]

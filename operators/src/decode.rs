@@ -625,13 +625,14 @@ impl<'de> LeafVisitor<'_, 'de> {
                         let ms = if seconds { v * 1000.0 } else { v };
                         // Beyond an i64 of ms, a cast would saturate to a time that looks valid.
                         if ms.is_nan() || ms.abs() >= 9.2e18 {
-                            self.fields.time_unrepresentable = Some(v);
+                            // The last value of a repeated key wins, as for any field.
+                            (self.fields.time_ms, self.fields.time_unrepresentable) = (None, Some(v));
                             return Ok(());
                         }
                         ms.round() as i64
                     }
                 };
-                self.fields.time_ms = Some(ms);
+                (self.fields.time_ms, self.fields.time_unrepresentable) = (Some(ms), None);
             }
             Target::Id | Target::Entity | Target::Kind | Target::Str(_) => match integer {
                 Some(n) => self.string(Cow::Owned(n.to_string()))?,
@@ -654,7 +655,7 @@ impl<'de> LeafVisitor<'_, 'de> {
                 }
                 let parsed = time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
                     .map_err(|e| E::custom(format!("wrong type: {} is not an RFC 3339 time ({e}): {v:?}", self.name)))?;
-                self.fields.time_ms = Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64);
+                (self.fields.time_ms, self.fields.time_unrepresentable) = (Some((parsed.unix_timestamp_nanos() / 1_000_000) as i64), None);
             }
         }
         Ok(())
@@ -1132,6 +1133,9 @@ mod tests {
         );
         assert_eq!(reason("9223372036854775807"), Err("event time out of range: 9223372036854775807 ms is not before max_time = 2100-01-01T00:00:00Z".into()));
         assert_eq!(reason("1e300"), Err("event time out of range: 1e300 is beyond any time in milliseconds".into()));
+        // A repeated key: the last value wins, whichever way round.
+        assert_eq!(reason(r#"1e300,"created":1700000000"#), Ok(1_700_000_000_000));
+        assert_eq!(reason(r#"1700000000,"created":1e300"#), Err("event time out of range: 1e300 is beyond any time in milliseconds".into()));
         assert_eq!(reason("-1"), Err("event time out of range: 1969-12-31T23:59:59Z is before min_time = 1970-01-01T00:00:00Z".into()));
         // The edges: min_time is in, max_time is out.
         assert_eq!(reason("0"), Ok(0));
