@@ -30,6 +30,7 @@ pub mod connector;
 mod error;
 pub mod file;
 pub mod generator;
+pub mod http;
 pub mod inspect;
 pub mod kafka;
 pub mod services;

@@ -43,6 +43,19 @@ pub struct ServerSection {
     /// server runs, so that lookups preempt ingest when the cores are busy; 0 turns it off.
     #[serde(default = "default_dataflow_nice")]
     pub dataflow_nice: i32,
+    /// A connection without a whole request header this long after it opened (or after its
+    /// previous answer) is closed.
+    #[serde(default = "default_server_timeout")]
+    pub header_timeout: DurationMs,
+    /// A request body not all in this long after its header is answered 408.
+    #[serde(default = "default_server_timeout")]
+    pub body_timeout: DurationMs,
+    /// Larger request bodies are answered 413.
+    #[serde(default = "default_server_body_bytes_max")]
+    pub body_bytes_max: usize,
+    /// Connections open at once; more are answered 503 and closed.
+    #[serde(default = "default_server_max_connections")]
+    pub max_connections: usize,
 }
 
 impl ServerSection {
@@ -54,8 +67,22 @@ impl ServerSection {
             stale_after: default_stale_after(),
             feature_log: None,
             dataflow_nice: default_dataflow_nice(),
+            header_timeout: default_server_timeout(),
+            body_timeout: default_server_timeout(),
+            body_bytes_max: default_server_body_bytes_max(),
+            max_connections: default_server_max_connections(),
         }
     }
+}
+
+fn default_server_timeout() -> DurationMs {
+    DurationMs::from_ms(10_000)
+}
+fn default_server_body_bytes_max() -> usize {
+    1 << 20
+}
+fn default_server_max_connections() -> usize {
+    4096
 }
 
 fn default_batch_max() -> usize {
@@ -457,8 +484,16 @@ impl PipelineConfig {
         }
         self.objectives()?;
         if let Some(server) = &self.server {
-            if server.batch_max == 0 {
-                return Err(bad("server.batch_max", "must be at least 1"));
+            sluice_connectors::http::resolve_listen(&server.listen).map_err(|problem| bad("server.listen", problem))?;
+            for (key, n) in [("batch_max", server.batch_max), ("body_bytes_max", server.body_bytes_max), ("max_connections", server.max_connections)] {
+                if n == 0 {
+                    return Err(bad(format!("server.{key}"), "must be at least 1"));
+                }
+            }
+            for (key, d) in [("header_timeout", server.header_timeout), ("body_timeout", server.body_timeout)] {
+                if d.ms() < 1 {
+                    return Err(bad(format!("server.{key}"), "must be at least 1ms"));
+                }
             }
         }
         if self.slo_interval.ms() < 100 {

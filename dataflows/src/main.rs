@@ -538,7 +538,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     server.feature_log = args.feature_log;
     let reader = sluice_state::StateReader::follow(&config.state_dir).context("cannot read the pipeline's state")?;
     let service = sluice::serve::FeatureService::from_config(&config, &server, reader)?.context("the pipeline has no [[features]] to serve")?;
-    let running = sluice::server::Server::start(&server.listen, None, Some(service))?;
+    let running = sluice::server::Server::start(&server, None, Some(service))?;
     eprintln!(
         "sluice serve: features of {} at http://{}/v1/features/{{entity}} (following its commits; Ctrl-C stops)",
         config.state_dir.display(),

@@ -267,3 +267,18 @@ fn slo(out: &mut String, m: &SloMetrics) {
         let _ = writeln!(out, "sluice_slo_status{{objective=\"{}\"}} {}", escape(&r.name), r.status.level());
     }
 }
+
+/// The HTTP server's requests: `sluice_http_requests_total{route,status}` and
+/// `sluice_http_request_duration_seconds{route}`.
+pub fn render_requests(m: &crate::server::RequestMetrics) -> String {
+    let mut out = String::new();
+    header(&mut out, "sluice_http_requests_total", "counter", "Requests to the pipeline's HTTP server (feature API, /metrics, /healthz) per route and status.");
+    for ((route, status), n) in m.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        let _ = writeln!(out, "sluice_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+    }
+    header(&mut out, "sluice_http_request_duration_seconds", "histogram", "Time from a request's head read to its answer, per route.");
+    for (route, h) in m.latency.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        histogram(&mut out, "sluice_http_request_duration_seconds", &format!("route=\"{}\"", escape(route)), h);
+    }
+    out
+}

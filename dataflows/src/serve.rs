@@ -17,6 +17,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -43,6 +44,10 @@ pub struct FeatureService {
     pub stale_after_ms: i64,
     /// Where every served feature vector is appended (JSONL), if anywhere.
     pub log: Option<Arc<FeatureLog>>,
+    /// A batch request's body: larger is answered 413.
+    pub body_bytes_max: usize,
+    /// A batch request's body not all in this long after its header is answered 408.
+    pub body_timeout: std::time::Duration,
 }
 
 /// The feature log: one line per served vector — `served_at_ms`, `entity`, `epoch`,
@@ -114,7 +119,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error(status: StatusCode, message: String) -> ApiError {
+pub(crate) fn error(status: StatusCode, message: String) -> ApiError {
     ApiError { status, message }
 }
 
@@ -157,7 +162,16 @@ impl FeatureService {
             None => None,
         };
         let table = reader.table(sluice_operators::features::FEATURES_TABLE)?;
-        Ok(Some(FeatureService { reader, table, set: Arc::new(set), batch_max: server.batch_max, stale_after_ms, log }))
+        Ok(Some(FeatureService {
+            reader,
+            table,
+            set: Arc::new(set),
+            batch_max: server.batch_max,
+            stale_after_ms,
+            log,
+            body_bytes_max: server.body_bytes_max,
+            body_timeout: std::time::Duration::from_millis(server.body_timeout.ms().max(1) as u64),
+        }))
     }
 
     /// Indexes of the selected names (all when `None`).
@@ -219,8 +233,14 @@ fn parse_as_of(text: Option<&str>) -> Result<Option<i64>, ApiError> {
 }
 
 /// `GET /v1/features/{entity}`.
-pub async fn get_one(State(s): State<Arc<FeatureService>>, Path(entity): Path<String>, Query(p): Query<Params>) -> Response {
+pub async fn get_one(
+    State(s): State<Arc<FeatureService>>,
+    entity: Result<Path<String>, PathRejection>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Response {
     let run = || -> Result<Response, ApiError> {
+        let Path(entity) = entity.map_err(|e| error(StatusCode::BAD_REQUEST, format!("the entity in the path: {}", e.body_text())))?;
+        let Query(p) = params.map_err(|e| error(StatusCode::BAD_REQUEST, format!("the query (?names=a,b&as_of=ms, each at most once): {}", e.body_text())))?;
         let as_of = parse_as_of(p.as_of.as_deref())?;
         let selected = s.select(p.names.map(|n| n.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()))?;
         let view = s.reader.view();
@@ -278,7 +298,11 @@ fn arrow_batch(head: &Map<String, Value>, names: &[&str], results: &[Value]) -> 
 
 /// `POST /v1/features:batch`; answers Arrow IPC when the request accepts
 /// `application/vnd.apache.arrow.stream`.
-pub async fn get_batch(State(s): State<Arc<FeatureService>>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn get_batch(State(s): State<Arc<FeatureService>>, headers: axum::http::HeaderMap, body: axum::body::Body) -> Response {
+    let body = match sluice_connectors::http::read_body(body, s.body_bytes_max, s.body_timeout).await {
+        Ok(body) => body,
+        Err(e) => return error(e.status(), e.to_string()).into_response(),
+    };
     let arrow = headers.get(axum::http::header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains(ARROW_STREAM));
     let run = || -> Result<Response, ApiError> {
         let request: BatchRequest = serde_json::from_slice(&body)

@@ -245,7 +245,7 @@ fn a_follower_serves_the_last_commit_after_the_pipeline_stops() {
     let mut section = ServerSection::new("127.0.0.1:0");
     section.stale_after = "1ms".parse().unwrap();
     let service = sluice::serve::FeatureService::from_config(&config, &section, reader).unwrap().unwrap();
-    let server = sluice::server::Server::start(&section.listen, None, Some(service)).unwrap();
+    let server = sluice::server::Server::start(&section, None, Some(service)).unwrap();
     let addr = server.addr();
 
     // The final state of an entity is the feature record of its latest event.
@@ -278,6 +278,123 @@ fn a_follower_serves_the_last_commit_after_the_pipeline_stops() {
     }
     let (status, body) = request(addr, "GET", "/v1/features/cus_nobody", "");
     assert_eq!((status, body["error"].as_str()), (404, Some("unknown entity `cus_nobody`: no event of it is committed")));
-    // No pipeline in the process: no /metrics.
-    assert_eq!(try_request(addr, "GET", "/metrics", "").map(|r| r.0), Some(404));
+    // No pipeline in the process: /metrics has the server's requests only.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(!metrics.contains("sluice_records_in_total"), "{metrics}");
+    assert!(metrics.contains("\nsluice_http_requests_total{route=\"/v1/features/{entity}\",status=\"404\"} 1\n"), "{metrics}");
+}
+
+/// Sends `raw` on a new connection and reads until the server closes it (at most 10 s): what
+/// came back and how long the server took to close.
+fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> (String, Duration) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).to_string(), started.elapsed())
+}
+
+/// The status and the JSON body of a whole answer.
+fn answer(text: &str) -> (u16, serde_json::Value) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no answer: {text:?}"));
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}")))
+}
+
+/// Slow and idle clients are cut off as on the webhook route, too many connections are
+/// refused, and every error answer is JSON; every request is counted on `/metrics`.
+#[test]
+fn the_feature_server_limits_clients_and_answers_every_error_in_json() {
+    let work = tempfile::tempdir().unwrap();
+    let options = DemoOptions { duration: Duration::ZERO, rate: 0, workers: 1, events: 500, model: None, shadow: None, http: None };
+    let mut config = demo_config(work.path(), &options);
+    config.drift = None;
+    sluice::run(&config, &RunControl::default()).unwrap();
+    let mut section = ServerSection::new("localhost:0");
+    section.header_timeout = "400ms".parse().unwrap();
+    section.body_timeout = "400ms".parse().unwrap();
+    section.body_bytes_max = 1024;
+    let service = |section: &ServerSection| {
+        sluice::serve::FeatureService::from_config(&config, section, sluice_state::StateReader::follow(&config.state_dir).unwrap()).unwrap().unwrap()
+    };
+    let server = sluice::server::Server::start(&section, None, Some(service(&section))).unwrap();
+    let addr = server.addr();
+    assert_eq!(addr.ip(), std::net::IpAddr::from([127, 0, 0, 1]), "localhost is resolved");
+
+    // Half a header, then nothing: closed after the header timeout, unanswered.
+    let (got, after) = exchange(addr, b"GET /v1/features/cus_1 HTTP/1.1\r\nhost: x\r\n");
+    assert_eq!(got, "");
+    assert!(after >= Duration::from_millis(350) && after < Duration::from_secs(5), "{after:?}");
+    // A body announced and a tenth of it sent: 408 after the body timeout.
+    let (got, after) = exchange(addr, b"POST /v1/features:batch HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"entities\"");
+    assert_eq!(answer(&got), (408, serde_json::json!({ "error": "the body did not arrive within 400ms" })));
+    assert!(after >= Duration::from_millis(350) && after < Duration::from_secs(5), "{after:?}");
+    // 100 GB announced: refused at once, without waiting for it.
+    let (got, after) = exchange(addr, b"POST /v1/features:batch HTTP/1.1\r\nhost: x\r\ncontent-length: 100000000000\r\n\r\n{");
+    assert_eq!(answer(&got), (413, serde_json::json!({ "error": "the body is larger than 1024 bytes" })));
+    assert!(after < Duration::from_millis(350), "{after:?}");
+
+    let close = "host: x\r\nconnection: close\r\n";
+    let error = |request: String| answer(&exchange(addr, request.as_bytes()).0);
+    assert_eq!(
+        error(format!("GET /v2/nothing HTTP/1.1\r\n{close}\r\n")),
+        (404, serde_json::json!({ "error": "no route /v2/nothing: the routes are /healthz, /metrics, /v1/features/{entity} and /v1/features:batch" }))
+    );
+    assert_eq!(
+        error(format!("DELETE /v1/features/cus_1 HTTP/1.1\r\n{close}\r\n")),
+        (405, serde_json::json!({ "error": "DELETE is not allowed on /v1/features/cus_1" }))
+    );
+    let (status, body) = error(format!("GET /v1/features/%FF%FE HTTP/1.1\r\n{close}\r\n"));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().starts_with("the entity in the path: "), "{body}");
+    let (status, body) = error(format!("GET /v1/features/cus_1?names=amount_last&names=txn_count_1m HTTP/1.1\r\n{close}\r\n"));
+    assert_eq!(status, 400);
+    let message = body["error"].as_str().unwrap();
+    assert!(message.starts_with("the query (?names=a,b&as_of=ms, each at most once): ") && message.contains("duplicate field `names`"), "{message}");
+    let long = "a".repeat(9000);
+    assert_eq!(
+        error(format!("GET /v1/features/{long} HTTP/1.1\r\n{close}\r\n")),
+        (414, serde_json::json!({ "error": "the request's path and query are 9013 bytes; at most 8192" }))
+    );
+    assert_eq!(
+        error(format!("GET /v1/features/cus_1 HTTP/1.1\r\n{close}x-big: {}\r\n\r\n", "b".repeat(17000))),
+        (431, serde_json::json!({ "error": "the request's headers are 17037 bytes; at most 16384" }))
+    );
+
+    // Every request counted by route and status (the 408 and 413 too; the unanswered one not).
+    let (metrics, _) = exchange(addr, format!("GET /metrics HTTP/1.1\r\n{close}\r\n").as_bytes());
+    let counts: Vec<&str> = metrics.lines().filter(|l| l.starts_with("sluice_http_requests_total{")).collect();
+    assert_eq!(
+        counts,
+        [
+            "sluice_http_requests_total{route=\"/v1/features/{entity}\",status=\"400\"} 2",
+            "sluice_http_requests_total{route=\"/v1/features/{entity}\",status=\"405\"} 1",
+            "sluice_http_requests_total{route=\"/v1/features/{entity}\",status=\"414\"} 1",
+            "sluice_http_requests_total{route=\"/v1/features/{entity}\",status=\"431\"} 1",
+            "sluice_http_requests_total{route=\"/v1/features:batch\",status=\"408\"} 1",
+            "sluice_http_requests_total{route=\"/v1/features:batch\",status=\"413\"} 1",
+            "sluice_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        ]
+    );
+    assert!(metrics.contains("sluice_http_request_duration_seconds_count{route=\"/v1/features:batch\"} 2\n"), "{metrics}");
+    server.stop();
+
+    // Two connections at most: a third is answered 503 and closed while two are open.
+    section.header_timeout = "10s".parse().unwrap();
+    section.max_connections = 2;
+    let server = sluice::server::Server::start(&section, None, Some(service(&section))).unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(server.addr()).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (got, _) = exchange(server.addr(), format!("GET /healthz HTTP/1.1\r\n{close}\r\n").as_bytes());
+    assert_eq!(answer(&got), (503, serde_json::json!({ "error": "more than 2 connections open; retry" })));
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(100));
+    let (got, _) = exchange(server.addr(), format!("GET /healthz HTTP/1.1\r\n{close}\r\n").as_bytes());
+    assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok\n"), "{got}");
 }

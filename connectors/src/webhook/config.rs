@@ -33,6 +33,9 @@ pub struct WebhookSourceConfig {
     /// Requests handled at once; more are answered 503.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent: usize,
+    /// Connections open at once (idle keep-alive ones too); more are answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Webhooks logged but not yet read by the pipeline beyond which requests are answered
     /// 429 with `Retry-After` (backpressure, not an unbounded log).
     #[serde(default = "default_backlog_max")]
@@ -86,6 +89,9 @@ fn default_body_bytes_max() -> usize {
 fn default_max_concurrent() -> usize {
     256
 }
+fn default_max_connections() -> usize {
+    4096
+}
 fn default_backlog_max() -> u64 {
     100_000
 }
@@ -113,14 +119,15 @@ impl WebhookSourceConfig {
     /// The first problem found, named by its key.
     pub fn validate(&self, key: &str) -> Result<(), ConnectorError> {
         self.verifier(key)?;
-        if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(ConnectorError::Config { key: format!("{key}.listen"), problem: format!("`{}` is not an address like 127.0.0.1:8790", self.listen) });
-        }
+        crate::http::resolve_listen(&self.listen).map_err(|problem| ConnectorError::Config { key: format!("{key}.listen"), problem })?;
         if !self.route().starts_with('/') {
             return Err(ConnectorError::Config { key: format!("{key}.path"), problem: "must start with /".into() });
         }
-        if self.body_bytes_max == 0 || self.max_concurrent == 0 || self.backlog_max == 0 {
-            return Err(ConnectorError::Config { key: key.to_string(), problem: "body_bytes_max, max_concurrent and backlog_max must be at least 1".into() });
+        if self.body_bytes_max == 0 || self.max_concurrent == 0 || self.max_connections == 0 || self.backlog_max == 0 {
+            return Err(ConnectorError::Config {
+                key: key.to_string(),
+                problem: "body_bytes_max, max_concurrent, max_connections and backlog_max must be at least 1".into(),
+            });
         }
         if !self.id.starts_with('/') {
             return Err(ConnectorError::Config { key: format!("{key}.id"), problem: format!("`{}` is not a JSON pointer", self.id) });

@@ -1,6 +1,7 @@
 //! The webhook HTTP server of one source (axum on its own tokio runtime thread).
 //!
-//! `POST <route>`: 413 past `body_bytes_max`; 503 past `max_concurrent` requests at once; the
+//! `POST <route>`: 413 past `body_bytes_max`; 503 past `max_concurrent` requests at once (and
+//! past `max_connections` connections, see [`crate::http`]); the
 //! signature checked (400 unreadable, 401 forged or stale); 400 for a body that is not JSON or
 //! has no id; 429 with `Retry-After: 1` while the pipeline is `backlog_max` webhooks behind;
 //! then appended to the log with the WAL synced, and only then 200 (`{"status":"accepted"}`,
@@ -69,13 +70,16 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::b
         return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/json"), ("retry-after", "5")], body).into_response();
     }
     // A slow client's body is given `body_timeout` (it holds a slot meanwhile).
-    let body = match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, s.body_bytes_max)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) if is_too_large(&e) => {
-            return s.answer(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &format!("the body is larger than {} bytes", s.body_bytes_max))
+    let body = match crate::http::read_body(body, s.body_bytes_max, s.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            let outcome = match e {
+                crate::http::BodyError::TooLarge(_) => "too_large",
+                crate::http::BodyError::Timeout(_) => "body_timeout",
+                crate::http::BodyError::Unreadable(_) => "unreadable_body",
+            };
+            return s.answer(e.status(), outcome, &e.to_string());
         }
-        Ok(Err(e)) => return s.answer(StatusCode::BAD_REQUEST, "unreadable_body", &e.to_string()),
-        Err(_) => return s.answer(StatusCode::REQUEST_TIMEOUT, "body_timeout", &format!("the body did not arrive within {:?}", s.body_timeout)),
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = now_ms();
@@ -125,17 +129,6 @@ async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: axum::b
     }
 }
 
-fn is_too_large(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
 /// A running webhook server; stops when dropped.
 #[derive(Debug)]
 pub struct WebhookServer {
@@ -152,7 +145,7 @@ impl WebhookServer {
     pub fn start(config: &WebhookSourceConfig, log: Arc<WebhookLog>, metrics: Arc<Metrics>, gate: Gate) -> Result<Self, ConnectorError> {
         let key = format!("webhook source `{}`", config.name);
         let verifier = config.verifier(&key)?;
-        let addr: SocketAddr = config.listen.parse().map_err(|e| ConnectorError::Config { key: format!("{key}.listen"), problem: format!("{e}") })?;
+        let addr = crate::http::resolve_listen(&config.listen).map_err(|problem| ConnectorError::Config { key: format!("{key}.listen"), problem })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sluice-webhook")
@@ -175,41 +168,14 @@ impl WebhookServer {
             body_bytes_max: config.body_bytes_max,
             body_timeout: Duration::from_millis(config.body_timeout_ms.max(1)),
         });
-        let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
+        let limits =
+            crate::http::ConnectionLimits { header_timeout: Duration::from_millis(config.header_timeout_ms.max(1)), max_connections: config.max_connections };
         let app = Router::new().route(&config.route(), post(receive)).with_state(shared);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("sluice-webhook-main".into())
             .spawn(move || {
-                runtime.block_on(async move {
-                    // hyper's HTTP/1 server with a header read timeout (axum::serve sets none):
-                    // slow and idle connections are closed.
-                    let mut rx = rx;
-                    loop {
-                        let accepted = tokio::select! {
-                            _ = &mut rx => break,
-                            a = listener.accept() => a,
-                        };
-                        let stream = match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "webhook server: accept failed");
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        };
-                        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-                        tokio::spawn(async move {
-                            let connection = hyper::server::conn::http1::Builder::new()
-                                .timer(hyper_util::rt::TokioTimer::new())
-                                .header_read_timeout(header_timeout)
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                            if let Err(e) = connection.await {
-                                tracing::debug!(error = %e, "webhook connection closed");
-                            }
-                        });
-                    }
-                });
+                runtime.block_on(crate::http::serve(listener, app, limits, rx, "webhook"));
             })
             .map_err(|e| ConnectorError::Config { key: key.clone(), problem: format!("cannot start the server thread: {e}") })?;
         tracing::info!(%addr, route = %config.route(), source = %config.name, "webhook server listening");

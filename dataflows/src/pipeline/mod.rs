@@ -345,7 +345,7 @@ fn start_server(
     };
     let info = crate::prometheus::ExportInfo { partition_sources: names.0.iter().map(|(s, _)| s.clone()).collect(), deliveries };
     let features = crate::serve::FeatureService::from_config(config, s, sluice_state::StateReader::new(Arc::clone(store)))?;
-    let server = crate::server::Server::start(&s.listen, Some((Arc::clone(&control.metrics), info)), features)?;
+    let server = crate::server::Server::start(s, Some((Arc::clone(&control.metrics), info)), features)?;
     let _ = control.http_addr.set(server.addr());
     Ok(Some(server))
 }
