@@ -26,6 +26,7 @@ pub mod demo;
 pub mod monitor;
 pub mod outputs;
 pub mod pipeline;
+pub mod preflight;
 pub mod prometheus;
 pub mod reconcile;
 pub mod reconcile_demo;

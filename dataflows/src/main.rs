@@ -334,6 +334,7 @@ fn with_progress<T>(control: &RunControl, shown: bool, body: impl FnOnce() -> T)
 /// `sluice validate`: the pipeline file checked, and what it would run.
 fn validate(pipeline: &Path) -> Result<()> {
     let config = PipelineConfig::load(pipeline).context("invalid pipeline")?;
+    sluice::preflight::check(&config).context("invalid pipeline")?;
     println!("{}: valid", pipeline.display());
     println!(
         "  workers {}, {} source partition(s), {} feature(s), state in {}",
@@ -344,6 +345,10 @@ fn validate(pipeline: &Path) -> Result<()> {
     );
     for s in &config.sinks {
         println!("  {}", s.describe());
+    }
+    println!("  checked: the file, the models (loaded with their inputs), every output and the state directory writable");
+    for what in sluice::preflight::CHECKED_AT_START {
+        println!("  checked at start only: {what}");
     }
     Ok(())
 }

@@ -407,3 +407,61 @@ fn checkpoint_inspect_shows_the_committed_positions_and_lengths() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("there is no state here"), "{err}");
 }
+
+/// `validate` refuses what `run` would refuse at start and can be known without acting: a
+/// model that does not fit or is not ONNX, a missing ONNX Runtime, an output or state path that
+/// cannot be written, a listen address that is not one. Each names its key.
+#[test]
+fn validate_checks_what_run_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    for part in ["part0.jsonl", "part1.jsonl"] {
+        std::fs::copy(golden().with_file_name(part), dir.path().join(part)).unwrap();
+    }
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    std::fs::write(dir.path().join("not_onnx.onnx"), "this is not a model").unwrap();
+    std::fs::write(dir.path().join("a_file"), "x").unwrap();
+    std::fs::create_dir(dir.path().join("a_dir")).unwrap();
+    let golden_text = std::fs::read_to_string(golden()).unwrap();
+    let features = r#"["n_1m", "sum_5m", "max_5m", "mean_all", "min_all", "last"]"#;
+    let lr = models.join("fraud_lr.onnx").display().to_string();
+    let validate = |edit: &dyn Fn(&str) -> String| {
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, edit(&golden_text)).unwrap();
+        let out = sluice().arg("validate").arg(&path).output().unwrap();
+        (out.status.success(), String::from_utf8(out.stdout).unwrap() + &String::from_utf8(out.stderr).unwrap())
+    };
+    let with_model = |model: String| move |t: &str| format!("{t}\n[model]\n{model}\n");
+    type Edit = Box<dyn Fn(&str) -> String>;
+    let cases: Vec<(Edit, String)> = vec![
+        (Box::new(with_model(format!("path = \"{lr}\"\ninputs = [\"n_1m\"]"))), "model.inputs: the model takes 6 feature columns, but 1 are listed".into()),
+        (Box::new(with_model(format!("path = \"not_onnx.onnx\"\ninputs = {features}"))), "model.path: ".into()),
+        (
+            Box::new(with_model(format!("path = \"{lr}\"\ninputs = {features}\nlibrary = \"/nonexistent/libonnxruntime.so\""))),
+            "model.library: ONNX Runtime 1.31.1 not found".into(),
+        ),
+        (
+            Box::new(|t: &str| t.replace("path = \"out/features.jsonl\"", "path = \"a_dir\"")),
+            format!("sinks[0].path: {}/a_dir is a directory, not a file", dir.path().display()),
+        ),
+        (
+            Box::new(|t: &str| t.replace("path = \"out/late.jsonl\"", "path = \"a_file/late.jsonl\"")),
+            format!("sinks[2].path: {0}/a_file/late.jsonl cannot be created: {0}/a_file is a file, not a directory", dir.path().display()),
+        ),
+        (
+            Box::new(|t: &str| t.replace("state_dir = \"state\"", "state_dir = \"a_file\"")),
+            format!("state_dir: {}/a_file is a file, not a directory", dir.path().display()),
+        ),
+        (
+            Box::new(|t: &str| format!("{t}\n[server]\nlisten = \"8787\"\n")),
+            "server.listen: `8787` is not an address like 127.0.0.1:8787 or localhost:8787".into(),
+        ),
+    ];
+    for (edit, expected) in &cases {
+        let (ok, text) = validate(edit.as_ref());
+        assert!(!ok && text.contains(expected.as_str()), "expected {expected:?} in:\n{text}");
+    }
+    // The same model with its six inputs: valid, and what is left for the start is named.
+    let (ok, text) = validate(&with_model(format!("path = \"{lr}\"\ninputs = {features}")));
+    assert!(ok, "{text}");
+    assert!(text.contains("checked at start only: listen addresses bound"), "{text}");
+}
