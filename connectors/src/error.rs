@@ -64,6 +64,19 @@ pub enum ConnectorError {
         /// Length found.
         actual: u64,
     },
+    /// A file source's file is not the one its committed position was read from. Not
+    /// retryable.
+    #[error(
+        "{path} is not the file read before: {why}. Resuming at its committed position ({position} bytes) would skip or split records. Put the original file back, set on_change = \"restart\" on the source to read this file from its start, or run with a new state_dir"
+    )]
+    FileChanged {
+        /// The file.
+        path: PathBuf,
+        /// The committed position.
+        position: u64,
+        /// What differs.
+        why: String,
+    },
     /// A Kafka client call failed. Retrying helps when the broker comes back.
     #[error("Kafka: {what}: {source}")]
     Kafka {
@@ -152,6 +165,7 @@ impl ConnectorError {
             ConnectorError::Config { .. }
             | ConnectorError::Io { .. }
             | ConnectorError::OutputTruncated { .. }
+            | ConnectorError::FileChanged { .. }
             | ConnectorError::KafkaPartitions { .. }
             | ConnectorError::WebhookLog { .. }
             | ConnectorError::PostgresServer { .. }

@@ -58,3 +58,61 @@ fn changed_features_on_the_same_state_are_refused() {
     assert!(err.contains("this pipeline has n_1m = count, window 1m; sum_5m = max of amount, window 5m slide 1m;"), "{err}");
     assert!(err.contains("Run it with a new state_dir"), "{err}");
 }
+
+/// A file source used to resume by byte offset in whatever file was there: a truncated file gave
+/// "0 records" and success, a rewritten one was read from the middle of a line. Now a run over a
+/// file that is not the one read before is refused, saying what differs and what to do; with
+/// `on_change = "restart"` the file is read from its start; a file that only grew is resumed.
+#[test]
+fn a_truncated_or_replaced_input_file_is_refused_or_read_again() {
+    let work = tempfile::tempdir().unwrap();
+    let mut config = golden_pipeline(work.path(), 1);
+    let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
+    let record = |p: usize, i: i64| {
+        format!(
+            "{{\"id\":\"p{p}e{i}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{},\"amount\":1.0,\"currency\":\"EUR\"}}\n",
+            1_767_225_600_000_i64 + i * 1000
+        )
+    };
+    let write = |p: usize, range: std::ops::Range<i64>| {
+        let path = work.path().join(format!("part{p}.jsonl"));
+        std::fs::write(&path, range.map(|i| record(p, i)).collect::<String>()).unwrap();
+        path
+    };
+    files.paths = vec![write(0, 0..20), write(1, 0..20)];
+    let read_before = std::fs::metadata(&files.paths[1]).unwrap().len();
+    assert_eq!(run(&config).records_in, 40);
+
+    // Appended to: only the new records are read.
+    let mut grown = std::fs::OpenOptions::new().append(true).open(work.path().join("part0.jsonl")).unwrap();
+    std::io::Write::write_all(&mut grown, (20..25).map(|i| record(0, i)).collect::<String>().as_bytes()).unwrap();
+    assert_eq!(run(&config).records_in, 5);
+
+    // Truncated (another, shorter file): refused, nothing read.
+    let part1 = write(1, 0..3);
+    let err = sluice::run(&config, &sluice::RunControl::default()).unwrap_err().to_string();
+    let size = std::fs::metadata(&part1).unwrap().len();
+    assert!(
+        err.contains(&format!(
+            "{} is not the file read before: it has {size} bytes, fewer than the {read_before} read before: truncated or replaced",
+            part1.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("set on_change = \"restart\" on the source to read this file from its start, or run with a new state_dir"), "{err}");
+
+    // Rewritten at a greater length: refused too (its first bytes differ).
+    let part1 = write(1, 100..140);
+    let err = sluice::run(&config, &sluice::RunControl::default()).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("{} is not the file read before: its first {read_before} bytes differ from those read before: replaced", part1.display())),
+        "{err}"
+    );
+
+    // Told to restart: the new file is read whole, from its start.
+    let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { unreachable!() };
+    files.on_change = sluice_connectors::file::OnChange::Restart;
+    assert_eq!(run(&config).records_in, 40);
+    // ... and is the file read before from then on.
+    assert_eq!(run(&config).records_in, 0);
+}

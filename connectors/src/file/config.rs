@@ -20,6 +20,19 @@ pub enum AtEof {
     Follow,
 }
 
+/// What a file source does when a file is not the one its committed position was read from
+/// (truncated, rewritten, replaced).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// The run is refused, saying what differs and what to do.
+    #[default]
+    Refuse,
+    /// The file is read from its start (records read before again are duplicates, dropped
+    /// within the dedup TTL), with a warning.
+    Restart,
+}
+
 /// `type = "file"` under `[[sources]]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +48,12 @@ pub struct FileSourceConfig {
     /// End-of-file behaviour.
     #[serde(default)]
     pub at_eof: AtEof,
+    /// When a file is not the one read before.
+    #[serde(default)]
+    pub on_change: OnChange,
+    /// Where the files' identities are kept (`<state_dir>`, set at start; none: not checked).
+    #[serde(skip)]
+    pub state_dir: Option<PathBuf>,
     /// Pace by event time at this speed-up (1.0 = real time); unset reads as fast as possible.
     #[serde(default)]
     pub pace_speedup: Option<f64>,

@@ -5,13 +5,15 @@
 //! |---|---|
 //! | `config.rs` | [`FileSourceConfig`], [`FileSinkConfig`] |
 //! | `source.rs` | [`FileReader`]: lines of a file, by byte offset |
+//! | `identity.rs` | which file a committed position was read from |
 //! | `sink.rs` | [`file_sink`]: sorted, fsync'd, length-committed JSONL output |
 
 mod config;
+mod identity;
 mod sink;
 mod source;
 
-pub use config::{AtEof, FileSinkConfig, FileSourceConfig};
+pub use config::{AtEof, FileSinkConfig, FileSourceConfig, OnChange};
 pub use sink::{file_sink, tables as sink_tables, SINK_TABLE};
 pub use source::FileReader;
 
@@ -63,12 +65,19 @@ impl Source for FileSourceConfig {
         }
     }
 
+    fn default_under(&mut self, state_dir: &std::path::Path) {
+        self.state_dir = Some(state_dir.to_path_buf());
+    }
+
     fn partitions(&self) -> usize {
         self.files().len()
     }
 
     fn reader(&self, partition: usize, time_of: Option<TimeOfFactory>) -> Box<dyn PartitionReader> {
-        let reader = FileReader::new(&self.name, &self.files()[partition], self.at_eof, self.line_bytes_max);
+        let mut reader = FileReader::new(&self.name, &self.files()[partition], self.at_eof, self.line_bytes_max);
+        if let Some(dir) = &self.state_dir {
+            reader = reader.keeping_identity(dir, &self.name, self.on_change);
+        }
         match (self.pace_speedup, time_of) {
             (Some(speedup), Some(factory)) => Box::new(reader.paced(speedup, factory())),
             _ => Box::new(reader),

@@ -5,7 +5,8 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::file::config::AtEof;
+use crate::file::config::{AtEof, OnChange};
+use crate::file::identity::{Keeper, Resume};
 use crate::source::{Fetched, PartitionReader, ReadStatus, TimeOf};
 use crate::ConnectorError;
 
@@ -22,6 +23,8 @@ pub struct FileReader {
     pace_origin: Option<(Instant, i64)>,
     /// A record read ahead but held back by pacing.
     held: Option<(u64, Vec<u8>, u64)>,
+    /// The file's identity, when kept.
+    identity: Option<Keeper>,
 }
 
 impl std::fmt::Debug for FileReader {
@@ -43,7 +46,15 @@ impl FileReader {
             pace: None,
             pace_origin: None,
             held: None,
+            identity: None,
         }
+    }
+
+    /// Keeps the file's identity under `state_dir` (see [`crate::file::identity`]): a resumed
+    /// position is checked to be in the same file, and `on_change` says what to do if not.
+    pub fn keeping_identity(mut self, state_dir: &Path, source: &str, on_change: OnChange) -> Self {
+        self.identity = Some(Keeper::new(state_dir, source, &self.name, on_change));
+        self
     }
 
     /// Paces reading by event time at `speedup`, with `time_of` reading a record's time.
@@ -128,15 +139,34 @@ impl FileReader {
     }
 }
 
+impl FileReader {
+    /// Records the file's identity as far as it has been read.
+    fn keep_identity(&mut self) -> Result<(), ConnectorError> {
+        if let (Some(keeper), Some(reader)) = (self.identity.as_mut(), self.reader.as_ref()) {
+            keeper.read_up_to(&self.path, reader.get_ref(), self.position)?;
+        }
+        Ok(())
+    }
+}
+
 impl PartitionReader for FileReader {
     fn name(&self) -> &str {
         &self.name
     }
 
     fn seek(&mut self, position: u64) -> Result<(), ConnectorError> {
-        self.position = position;
         self.reader = None;
         self.held = None;
+        self.position = match self.identity.as_mut() {
+            Some(keeper) if position > 0 => match keeper.resume(&self.path, position)? {
+                Resume::At(position) => position,
+                Resume::FromStart => {
+                    keeper.forget();
+                    0
+                }
+            },
+            _ => position,
+        };
         Ok(())
     }
 
@@ -147,6 +177,7 @@ impl PartitionReader for FileReader {
                 None => self.next_line()?,
             };
             let Some((offset, bytes, next)) = line else {
+                self.keep_identity()?;
                 return Ok(match self.at_eof {
                     AtEof::Finish => ReadStatus::End,
                     AtEof::Stop => ReadStatus::Stop,
@@ -166,6 +197,7 @@ impl PartitionReader for FileReader {
             self.position = next;
             out.push(Fetched::plain(offset, bytes));
         }
+        self.keep_identity()?;
         Ok(ReadStatus::More)
     }
 
