@@ -178,6 +178,30 @@ pub struct OrderConfig {
     pub partitions: usize,
 }
 
+/// A run after one that finished every partition (files read with `at_eof = "finish"`, a
+/// generator's count reached): that run's end moved the watermark to the end of time and
+/// released everything. Left so, every record appended to its files since would be late. The
+/// partitions report again in this run, and the watermark resumes from the data: just past the
+/// latest event time read (every event released had a time at or below it), so that appended
+/// records newer than that are ordered as usual and older ones are late. Logged once (worker 0).
+fn resume_after_the_end(committed: &mut [PartitionProgress], released_below: &mut i64, partitions: usize, worker: usize) {
+    if committed.len() != partitions || partitions == 0 || !committed.iter().all(|p| p.finished) {
+        return;
+    }
+    let latest = committed.iter().filter_map(|p| p.max_event_time_ms).max();
+    for p in committed.iter_mut() {
+        p.finished = false;
+    }
+    let resumed = latest.map_or(i64::MIN, |t| t.saturating_add(1));
+    if worker == 0 {
+        tracing::warn!(
+            latest_event_ms = latest,
+            "every partition finished in an earlier run (at_eof = finish): the watermark resumes just past the latest event time read; records appended with older times are late"
+        );
+    }
+    *released_below = (*released_below).min(resumed);
+}
+
 /// The order operator.
 pub trait Order<'scope> {
     /// Orders `self` behind the watermark; returns `(ordered events, late events)`.
@@ -206,8 +230,9 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let (index, peers) = (scope.index(), scope.peers());
         let table: Table<BytesCodec> = state.borrow().store().table(BUFFER_TABLE)?;
         let released_table: Table<I64Codec> = state.borrow().store().table(RELEASED_TABLE)?;
-        let committed = crate::decode::committed_progress(&state.borrow())?;
-        let released_below = state.borrow_mut().get(&released_table, RELEASED_KEY)?.unwrap_or(i64::MIN);
+        let mut committed = crate::decode::committed_progress(&state.borrow())?;
+        let mut released_below = state.borrow_mut().get(&released_table, RELEASED_KEY)?.unwrap_or(i64::MIN);
+        resume_after_the_end(&mut committed, &mut released_below, config.partitions, index);
         // The watermark never goes back, across restarts too: events below the stored one were
         // released (and must not be buffered again, nor dropped from a run while buffered).
         let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed).with_floor(released_below);

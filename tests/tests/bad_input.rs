@@ -116,3 +116,43 @@ fn a_truncated_or_replaced_input_file_is_refused_or_read_again() {
     // ... and is the file read before from then on.
     assert_eq!(run(&config).records_in, 0);
 }
+
+/// A run with `at_eof = "finish"` ends by moving the watermark to the end of time; a later run
+/// over the same files, appended to, used to send every appended record to `late`. Now the
+/// watermark resumes just past the latest event time read: newer appended records are features,
+/// older ones late.
+#[test]
+fn records_appended_after_a_finished_run_are_not_all_late() {
+    let work = tempfile::tempdir().unwrap();
+    let mut config = golden_pipeline(work.path(), 1);
+    let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
+    let record = |p: usize, i: i64| {
+        format!(
+            "{{\"id\":\"p{p}e{i}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{},\"amount\":1.0,\"currency\":\"EUR\"}}\n",
+            1_767_225_600_000_i64 + i * 1000
+        )
+    };
+    let paths: Vec<std::path::PathBuf> = (0..2)
+        .map(|p| {
+            let path = work.path().join(format!("part{p}.jsonl"));
+            std::fs::write(&path, (0..20).map(|i| record(p, i)).collect::<String>()).unwrap();
+            path
+        })
+        .collect();
+    files.paths = paths.clone();
+    assert_eq!(run(&config).records_in, 40);
+    let out = work.path().join("out");
+    assert_eq!((lines(&out.join("features.jsonl")).len(), lines(&out.join("late.jsonl")).len()), (40, 0));
+
+    // Appended: 3 records after the latest time read (19 s), one at 15 s (older than it).
+    let mut grown = std::fs::OpenOptions::new().append(true).open(&paths[0]).unwrap();
+    let appended: String = [25, 26, 27].iter().map(|i| record(0, *i)).collect::<String>() + &record(0, 15).replace("p0e15", "p0e15b");
+    std::io::Write::write_all(&mut grown, appended.as_bytes()).unwrap();
+    assert_eq!(run(&config).records_in, 4);
+    let features = lines(&out.join("features.jsonl"));
+    assert_eq!(features.len(), 43);
+    assert!(features[40..].iter().zip([25, 26, 27]).all(|(l, i)| l.contains(&format!("\"id\":\"p0e{i}\""))), "{:?}", &features[40..]);
+    let late = lines(&out.join("late.jsonl"));
+    assert_eq!(late.len(), 1);
+    assert!(late[0].contains("\"id\":\"p0e15b\"") && late[0].contains("\"watermark_ms\":1767225619001"), "{}", late[0]);
+}
