@@ -90,6 +90,16 @@ pub trait PartitionReader {
     /// # Errors
     /// I/O errors. The source reports them and treats the partition as stopped.
     fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError>;
+    /// As [`PartitionReader::read`], stopping also at the record that brings the bytes appended
+    /// to `bytes_max` or more. The default reads `records_max` records, for sources whose
+    /// records are small by construction (generated, webhook bodies under `body_bytes_max`,
+    /// database rows); the file and Kafka readers stop at the byte bound.
+    ///
+    /// # Errors
+    /// As [`PartitionReader::read`].
+    fn read_bounded(&mut self, records_max: usize, _bytes_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
+        self.read(records_max, out)
+    }
     /// The position after the last record read.
     fn position(&self) -> u64;
     /// Stops (`true`) or restarts fetching ahead while the dataflow is behind, so that a
@@ -107,6 +117,8 @@ pub trait PartitionReader {
 pub struct SourceSettings {
     /// Records per partition per epoch.
     pub epoch_records: usize,
+    /// Bytes of records per partition per epoch (the epoch ends at the record that reaches it).
+    pub epoch_bytes: usize,
     /// Wall time after which a waiting (paced) source ends its epoch.
     pub epoch_ms: u64,
     /// Open epochs beyond which sources stop reading.
@@ -119,8 +131,16 @@ struct Partition {
     index: u32,
     reader: Box<dyn PartitionReader>,
     in_epoch: usize,
+    in_epoch_bytes: usize,
     status: ReadStatus,
     last_record: Instant,
+}
+
+impl Partition {
+    /// Whether its part of the epoch is full, by records or by bytes.
+    fn full(&self, settings: &SourceSettings) -> bool {
+        self.in_epoch >= settings.epoch_records || self.in_epoch_bytes >= settings.epoch_bytes
+    }
 }
 
 /// Records read per activation, so that downstream operators run between reads.
@@ -200,7 +220,7 @@ pub fn build<'scope>(
         if let Some(position) = state.borrow_mut().get(&table, reader.name().as_bytes())? {
             reader.seek(position)?;
         }
-        partitions.push(Partition { index, reader, in_epoch: 0, status: ReadStatus::More, last_record: Instant::now() });
+        partitions.push(Partition { index, reader, in_epoch: 0, in_epoch_bytes: 0, status: ReadStatus::More, last_record: Instant::now() });
     }
     let first_epoch = state.borrow().store().resume_epoch();
     let stream = source::<_, CapacityContainerBuilder<Vec<SourceItem>>, _, _>(scope, "Source", move |cap, info| {
@@ -247,12 +267,12 @@ pub fn build<'scope>(
             let mut read_total = 0u64;
             {
                 for p in partitions.iter_mut() {
-                    if matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.in_epoch >= settings.epoch_records || budget == 0 {
+                    if matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.full(&settings) || budget == 0 {
                         continue;
                     }
                     let want = (settings.epoch_records - p.in_epoch).min(budget);
                     buffer.clear();
-                    p.status = match p.reader.read(want, &mut buffer) {
+                    p.status = match p.reader.read_bounded(want, settings.epoch_bytes - p.in_epoch_bytes, &mut buffer) {
                         Ok(status) => status,
                         Err(e) => {
                             tracing::error!(partition = p.reader.name(), error = %e, "source read failed; the partition stops here");
@@ -264,6 +284,7 @@ pub fn build<'scope>(
                         failpoint("source.read");
                     }
                     p.in_epoch += buffer.len();
+                    p.in_epoch_bytes += buffer.iter().map(|f| f.bytes.len()).sum::<usize>();
                     metrics.sources.add_records(p.index, buffer.len() as u64);
                     budget -= buffer.len().min(budget);
                     read_total += buffer.len() as u64;
@@ -273,7 +294,7 @@ pub fn build<'scope>(
                 }
             }
             metrics.sources.records_in.fetch_add(read_total, Ordering::Relaxed);
-            let settled = |p: &Partition| matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.in_epoch >= settings.epoch_records;
+            let settled = |p: &Partition| matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.full(&settings);
             let all_settled = partitions.iter().all(settled);
             let timed_out =
                 epoch_started.elapsed() >= Duration::from_millis(settings.epoch_ms) && partitions.iter().all(|p| settled(p) || p.status == ReadStatus::Waiting);
@@ -285,6 +306,7 @@ pub fn build<'scope>(
                     session.give(SourceItem::EpochEnd(PartitionMark { partition: p.index, finished: p.status == ReadStatus::End, idle }));
                     state.put(epoch, &table, p.reader.name().as_bytes(), &p.reader.position());
                     p.in_epoch = 0;
+                    p.in_epoch_bytes = 0;
                 }
                 drop(session);
                 let done = stop.finished(worker, epoch) || partitions.iter().all(|p| matches!(p.status, ReadStatus::End | ReadStatus::Stop));

@@ -158,6 +158,10 @@ pub struct PipelineConfig {
     /// Records per partition per epoch.
     #[serde(default = "default_epoch_records")]
     pub epoch_records: usize,
+    /// Bytes of records per partition per epoch: an epoch ends at whichever of the two comes
+    /// first, so that large records do not make an epoch (held in memory until committed) large.
+    #[serde(default = "default_epoch_bytes")]
+    pub epoch_bytes: usize,
     /// Wall time after which a paced source closes its epoch.
     #[serde(default = "default_epoch_ms")]
     pub epoch_ms: u64,
@@ -231,6 +235,10 @@ pub struct PipelineConfig {
 fn default_workers() -> usize {
     1
 }
+fn default_epoch_bytes() -> usize {
+    64 << 20
+}
+
 fn default_epoch_records() -> usize {
     10_000
 }
@@ -420,6 +428,9 @@ impl PipelineConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.workers == 0 || self.workers > 256 {
             return Err(bad("workers", format!("{} is not between 1 and 256", self.workers)));
+        }
+        if self.epoch_bytes == 0 {
+            return Err(bad("epoch_bytes", "must be at least 1"));
         }
         if self.epoch_records == 0 {
             return Err(bad("epoch_records", "must be at least 1"));

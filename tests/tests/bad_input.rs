@@ -156,3 +156,42 @@ fn records_appended_after_a_finished_run_are_not_all_late() {
     assert_eq!(late.len(), 1);
     assert!(late[0].contains("\"id\":\"p0e15b\"") && late[0].contains("\"watermark_ms\":1767225619001"), "{}", late[0]);
 }
+
+/// An epoch used to be bounded by records only: 10,000 records of a few MB each were one epoch
+/// held in memory. Now `epoch_bytes` ends an epoch too, at the record that reaches it.
+#[test]
+fn epochs_are_bounded_by_bytes_as_well_as_records() {
+    let epochs = |epoch_bytes: usize| {
+        let work = tempfile::tempdir().unwrap();
+        let mut config = golden_pipeline(work.path(), 1);
+        let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
+        // 12 records of 100 bytes (and a newline) in each partition.
+        files.paths = (0..2)
+            .map(|p| {
+                let path = work.path().join(format!("part{p}.jsonl"));
+                let text: String = (0..12)
+                    .map(|i| {
+                        format!(
+                            "{{\"id\":\"p{p}e{i:02}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{},\"amount\":1.0,\"currency\":\"EUR\"}}\n",
+                            1_767_225_600_000_i64 + i * 1000
+                        )
+                    })
+                    .collect();
+                assert_eq!(text.len(), 12 * 101);
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .collect();
+        config.epoch_bytes = epoch_bytes;
+        let summary = run(&config);
+        assert_eq!(lines(&work.path().join("out/features.jsonl")).len(), 24, "the same output whatever the epochs");
+        summary.resume_epoch
+    };
+    // epoch_records = 8: epochs of 8 and 4 records, then the end.
+    assert_eq!(epochs(64 << 20), 2);
+    // 250 bytes: epochs of 3 records (the third reaches 300 bytes), 4 of them, and one that
+    // finds the end of the files (a read stopped by the bound does not look past it).
+    assert_eq!(epochs(250), 5);
+    // 1 byte: one record per epoch, then the end.
+    assert_eq!(epochs(1), 13);
+}

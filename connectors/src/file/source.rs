@@ -171,7 +171,15 @@ impl PartitionReader for FileReader {
     }
 
     fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
+        self.read_bounded(records_max, usize::MAX, out)
+    }
+
+    fn read_bounded(&mut self, records_max: usize, bytes_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
+        let mut read_bytes = 0;
         for _ in 0..records_max {
+            if read_bytes >= bytes_max {
+                break;
+            }
             let line = match self.held.take() {
                 Some(line) => Some(line),
                 None => self.next_line()?,
@@ -195,6 +203,7 @@ impl PartitionReader for FileReader {
                 }
             }
             self.position = next;
+            read_bytes += bytes.len();
             out.push(Fetched::plain(offset, bytes));
         }
         self.keep_identity()?;

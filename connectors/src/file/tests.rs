@@ -103,3 +103,22 @@ fn pacing_by_event_time_holds_back_records_that_are_not_due() {
     assert_eq!(pairs(&out), vec![(0, b"0".to_vec()), (2, b"10".to_vec())]);
     assert_eq!(r.position(), 5, "the held record is not consumed");
 }
+
+#[test]
+fn a_bounded_read_stops_at_the_record_that_reaches_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.jsonl");
+    write(&path, b"aaaa\nbbbb\ncccc\ndd\n");
+    let mut r = FileReader::new("s", &path, AtEof::Finish, 100);
+    let mut out = Vec::new();
+    // 4 + 4 bytes reach 6: two records, the second past the bound.
+    assert_eq!(r.read_bounded(10, 6, &mut out).unwrap(), ReadStatus::More);
+    assert_eq!(pairs(&out), vec![(0, b"aaaa".to_vec()), (5, b"bbbb".to_vec())]);
+    // One byte: one record, however large.
+    out.clear();
+    assert_eq!(r.read_bounded(10, 1, &mut out).unwrap(), ReadStatus::More);
+    assert_eq!(pairs(&out), vec![(10, b"cccc".to_vec())]);
+    out.clear();
+    assert_eq!(r.read_bounded(10, 100, &mut out).unwrap(), ReadStatus::End);
+    assert_eq!(pairs(&out), vec![(15, b"dd".to_vec())]);
+}

@@ -168,6 +168,10 @@ impl PartitionReader for KafkaReader {
     }
 
     fn read(&mut self, records_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
+        self.read_bounded(records_max, usize::MAX, out)
+    }
+
+    fn read_bounded(&mut self, records_max: usize, bytes_max: usize, out: &mut Vec<Fetched>) -> Result<ReadStatus, ConnectorError> {
         if let Err(e) = self.connect() {
             // The broker may come back: report, wait, retry (never a fatal error).
             if self.last_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -182,9 +186,9 @@ impl PartitionReader for KafkaReader {
         // ending the epoch early: a backfill's epochs then hold `epoch_records` each, the same
         // as a file source's, whatever the fetch timing.
         let wait = if self.end.is_some() { Duration::from_millis(100) } else { Duration::ZERO };
-        let mut got = 0;
+        let (mut got, mut got_bytes) = (0, 0);
         let mut eof = false;
-        while got < records_max {
+        while got < records_max && got_bytes < bytes_max {
             match consumer.poll(wait) {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -207,7 +211,9 @@ impl PartitionReader for KafkaReader {
                     if offset < position {
                         continue;
                     }
-                    out.push(Fetched { offset, bytes: m.payload().unwrap_or_default().to_vec(), meta: Some(Box::new(meta(&m))) });
+                    let bytes = m.payload().unwrap_or_default().to_vec();
+                    got_bytes += bytes.len();
+                    out.push(Fetched { offset, bytes, meta: Some(Box::new(meta(&m))) });
                     position = offset + 1;
                     got += 1;
                     self.eof_at = None;

@@ -229,6 +229,7 @@ pub fn run(config: &PipelineConfig, control: &RunControl) -> Result<RunSummary, 
     let plan = Arc::new(Plan {
         settings: SourceSettings {
             epoch_records: config.epoch_records,
+            epoch_bytes: config.epoch_bytes,
             epoch_ms: config.epoch_ms,
             max_inflight_epochs: config.max_inflight_epochs,
             idle_timeout_ms: durations.idle_timeout_ms as u64,
