@@ -93,7 +93,9 @@ pub async fn serve(
             Err(_) => {
                 let message = format!("more than {} connections open; retry", limits.max_connections);
                 tracing::debug!(server = what, "{message}");
-                builder.keep_alive(false);
+                // Answered and closed as soon as its request head is in, which it gets a second
+                // for: refused connections must not pile up either.
+                builder.keep_alive(false).header_read_timeout(limits.header_timeout.min(Duration::from_secs(1)));
                 let service = hyper::service::service_fn(move |_req| {
                     let answer = refused(&message);
                     async move { Ok::<_, std::convert::Infallible>(answer) }

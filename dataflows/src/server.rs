@@ -5,8 +5,8 @@
 //!
 //! Every answer, errors included, is JSON (`{"error": …}`): an unknown route 404, a wrong method
 //! 405, a request line longer than [`URI_BYTES_MAX`] 414, headers longer than
-//! [`HEADER_BYTES_MAX`] 431 (a request head past hyper's own buffer, ~400 KiB, is answered 431
-//! by hyper itself, with no body). The limits on slow and idle clients are
+//! [`HEADER_BYTES_MAX`] 431 (a request head past hyper's own buffer, ~400 KiB, or with more
+//! than 100 headers, is answered 431 by hyper itself, with no body). The limits on slow and idle clients are
 //! [`sluice_connectors::http`]'s, set by `[server]`.
 
 use std::collections::BTreeMap;

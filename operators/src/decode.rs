@@ -726,7 +726,11 @@ fn slot_of(by_partition: &mut Vec<Option<i64>>, partition: u32) -> &mut Option<i
     &mut by_partition[i]
 }
 
-/// Reads the committed progress of every partition.
+/// Reads the committed progress of every partition, as a run starts from it: when every
+/// partition had finished (a run over files with `at_eof = "finish"` that went to the end), none
+/// is finished any more, since each reports again in this run (at once, if nothing was
+/// appended). The watermark trackers of order, dedup and drift then resume from the data rather
+/// than at the end of time.
 ///
 /// # Errors
 /// RocksDB errors, or a value that does not decode.
@@ -738,6 +742,11 @@ pub fn committed_progress(state: &WorkerState) -> Result<Vec<PartitionProgress>,
             serde_json::from_slice(&value)
                 .map_err(|e| OperatorError::State(sluice_state::StateError::Codec { table: PROGRESS_TABLE.into(), reason: e.to_string() }))?,
         );
+    }
+    if out.iter().all(|p: &PartitionProgress| p.finished) {
+        for p in &mut out {
+            p.finished = false;
+        }
     }
     Ok(out)
 }

@@ -179,27 +179,27 @@ pub struct OrderConfig {
 }
 
 /// A run after one that finished every partition (files read with `at_eof = "finish"`, a
-/// generator's count reached): that run's end moved the watermark to the end of time and
-/// released everything. Left so, every record appended to its files since would be late. The
-/// partitions report again in this run, and the watermark resumes from the data: just past the
-/// latest event time read (every event released had a time at or below it), so that appended
-/// records newer than that are ordered as usual and older ones are late. Logged once (worker 0).
-fn resume_after_the_end(committed: &mut [PartitionProgress], released_below: &mut i64, partitions: usize, worker: usize) {
-    if committed.len() != partitions || partitions == 0 || !committed.iter().all(|p| p.finished) {
-        return;
+/// generator's count reached): that run's end moved the watermark to the end of time, released
+/// everything and stored `i64::MAX` as the release floor. Left so, every record appended to its
+/// files since would be late. The floor comes down to just past the latest event time read
+/// (every event released had a time at or below it; the partitions report again, see
+/// [`crate::decode::committed_progress`]): appended records newer than that are ordered as
+/// usual, older ones are late. Returns whether it came down (it is then stored in the first
+/// epoch, so that a stop before the watermark rises does not restore the old floor); logged
+/// once (worker 0).
+fn resume_after_the_end(committed: &[PartitionProgress], released_below: &mut i64, worker: usize) -> bool {
+    if *released_below != i64::MAX {
+        return false;
     }
     let latest = committed.iter().filter_map(|p| p.max_event_time_ms).max();
-    for p in committed.iter_mut() {
-        p.finished = false;
-    }
-    let resumed = latest.map_or(i64::MIN, |t| t.saturating_add(1));
     if worker == 0 {
         tracing::warn!(
             latest_event_ms = latest,
             "every partition finished in an earlier run (at_eof = finish): the watermark resumes just past the latest event time read; records appended with older times are late"
         );
     }
-    *released_below = (*released_below).min(resumed);
+    *released_below = latest.map_or(i64::MIN, |t| t.saturating_add(1));
+    true
 }
 
 /// The order operator.
@@ -230,9 +230,9 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let (index, peers) = (scope.index(), scope.peers());
         let table: Table<BytesCodec> = state.borrow().store().table(BUFFER_TABLE)?;
         let released_table: Table<I64Codec> = state.borrow().store().table(RELEASED_TABLE)?;
-        let mut committed = crate::decode::committed_progress(&state.borrow())?;
+        let committed = crate::decode::committed_progress(&state.borrow())?;
         let mut released_below = state.borrow_mut().get(&released_table, RELEASED_KEY)?.unwrap_or(i64::MIN);
-        resume_after_the_end(&mut committed, &mut released_below, config.partitions, index);
+        let mut store_floor = resume_after_the_end(&committed, &mut released_below, index);
         // The watermark never goes back, across restarts too: events below the stored one were
         // released (and must not be buffered again, nor dropped from a run while buffered).
         let mut tracker = WatermarkTracker::new(config.partitions, config.lateness_ms, &committed).with_floor(released_below);
@@ -364,10 +364,11 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             let (_, key) = runs.pop_first().expect("invariant: checked non-empty");
                             state.delete(epoch, &table, &key);
                         }
-                        if index == 0 {
-                            state.put(epoch, &released_table, RELEASED_KEY, &watermark);
-                        }
                     }
+                    if (watermark > previous || store_floor) && index == 0 {
+                        state.put(epoch, &released_table, RELEASED_KEY, &watermark);
+                    }
+                    store_floor = false;
                     for event in flagged {
                         ordered_s.give(event);
                     }

@@ -160,10 +160,7 @@ impl PartitionReader for FileReader {
         self.position = match self.identity.as_mut() {
             Some(keeper) if position > 0 => match keeper.resume(&self.path, position)? {
                 Resume::At(position) => position,
-                Resume::FromStart => {
-                    keeper.forget();
-                    0
-                }
+                Resume::FromStart => 0,
             },
             _ => position,
         };
@@ -198,6 +195,7 @@ impl PartitionReader for FileReader {
                     let due_ms = ((t - first) as f64 / speedup).max(0.0);
                     if wall.elapsed().as_secs_f64() * 1000.0 < due_ms {
                         self.held = Some((offset, bytes, next));
+                        self.keep_identity()?;
                         return Ok(ReadStatus::Waiting);
                     }
                 }

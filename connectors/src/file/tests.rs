@@ -122,3 +122,32 @@ fn a_bounded_read_stops_at_the_record_that_reaches_the_byte_bound() {
     assert_eq!(r.read_bounded(10, 100, &mut out).unwrap(), ReadStatus::End);
     assert_eq!(pairs(&out), vec![(15, b"dd".to_vec())]);
 }
+
+#[test]
+fn a_file_restarted_in_place_of_another_is_read_from_its_start_until_a_position_of_it_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, state) = (dir.path().join("in.jsonl"), dir.path().join("state"));
+    let reader = || FileReader::new("s", &path, AtEof::Finish, 100).keeping_identity(&state, "s", crate::file::OnChange::Restart);
+    write(&path, b"a1\na2\na3\n");
+    let mut a = reader();
+    let mut out = Vec::new();
+    a.read(10, &mut out).unwrap();
+    assert_eq!(a.position(), 9, "committed: 9, in the first file");
+    // Replaced: read from its start; then killed before any position of it is committed.
+    write(&path, b"b1\nb2\nb3\nb4\n");
+    for _ in 0..2 {
+        let mut b = reader();
+        b.seek(9).unwrap();
+        out.clear();
+        b.read(1, &mut out).unwrap();
+        assert_eq!(pairs(&out), vec![(0, b"b1".to_vec())], "read from its start, not at the first file's offset");
+    }
+    // Once a position of it (3) is committed, it resumes there, and then at 9 too.
+    for (position, first) in [(3, (3, b"b2".to_vec())), (9, (9, b"b4".to_vec()))] {
+        let mut b = reader();
+        b.seek(position).unwrap();
+        out.clear();
+        b.read(1, &mut out).unwrap();
+        assert_eq!(pairs(&out), vec![first]);
+    }
+}
