@@ -59,6 +59,14 @@ fn changed_features_on_the_same_state_are_refused() {
     assert!(err.contains("Run it with a new state_dir"), "{err}");
 }
 
+/// Record `i` of partition `p`: a charge of customer `c<p>`, `i` seconds into 2026.
+fn record(p: usize, i: i64) -> String {
+    format!(
+        "{{\"id\":\"p{p}e{i}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{},\"amount\":1.0,\"currency\":\"EUR\"}}\n",
+        1_767_225_600_000_i64 + i * 1000
+    )
+}
+
 /// A file source used to resume by byte offset in whatever file was there: a truncated file gave
 /// "0 records" and success, a rewritten one was read from the middle of a line. Now a run over a
 /// file that is not the one read before is refused, saying what differs and what to do; with
@@ -68,12 +76,6 @@ fn a_truncated_or_replaced_input_file_is_refused_or_read_again() {
     let work = tempfile::tempdir().unwrap();
     let mut config = golden_pipeline(work.path(), 1);
     let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
-    let record = |p: usize, i: i64| {
-        format!(
-            "{{\"id\":\"p{p}e{i}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{},\"amount\":1.0,\"currency\":\"EUR\"}}\n",
-            1_767_225_600_000_i64 + i * 1000
-        )
-    };
     let write = |p: usize, range: std::ops::Range<i64>| {
         let path = work.path().join(format!("part{p}.jsonl"));
         std::fs::write(&path, range.map(|i| record(p, i)).collect::<String>()).unwrap();
@@ -126,12 +128,6 @@ fn records_appended_after_a_finished_run_are_not_all_late() {
     let work = tempfile::tempdir().unwrap();
     let mut config = golden_pipeline(work.path(), 1);
     let Some(files) = config.sources[0].get_mut::<sluice_connectors::file::FileSourceConfig>() else { panic!("the golden source is a file source") };
-    let record = |p: usize, i: i64| {
-        format!(
-            "{{\"id\":\"p{p}e{i}\",\"type\":\"charge\",\"customer\":\"c{p}\",\"created\":{},\"amount\":1.0,\"currency\":\"EUR\"}}\n",
-            1_767_225_600_000_i64 + i * 1000
-        )
-    };
     let paths: Vec<std::path::PathBuf> = (0..2)
         .map(|p| {
             let path = work.path().join(format!("part{p}.jsonl"));
