@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_operators::{Epoch, Metrics, Origin, PartitionMark, RawRecord, RecordMeta, SourceItem};
+use sluice_operators::{Epoch, Metrics, Origin, PartitionMark, RawRecord, RecordMeta, Replay, SourceItem};
 use sluice_state::protocol::failpoint;
 use sluice_state::{Table, TableSpec, U64Codec, WorkerState};
 use timely::container::CapacityContainerBuilder;
@@ -102,6 +102,12 @@ pub trait PartitionReader {
     }
     /// The position after the last record read.
     fn position(&self) -> u64;
+    /// Whether a record can be read again, the same, from its offset, at once (no pacing):
+    /// then the order buffer keeps only where its buffered events are, and a restart reads them
+    /// again from there (see `order.rs`). The default: no.
+    fn replayable(&self) -> bool {
+        false
+    }
     /// Stops (`true`) or restarts fetching ahead while the dataflow is behind, so that a
     /// reader with a client-side queue (Kafka) does not fill it. The default does nothing:
     /// files and generators read only when asked.
@@ -134,6 +140,11 @@ struct Partition {
     in_epoch_bytes: usize,
     status: ReadStatus,
     last_record: Instant,
+    /// While above 0: records before this offset are read again at a restart, to refill the
+    /// order buffer (the committed position; the reader was sought back to where its oldest
+    /// buffered event is). They do not count in the epoch, and all of them are read in the first
+    /// epoch.
+    replay_until: u64,
 }
 
 impl Partition {
@@ -216,11 +227,22 @@ pub fn build<'scope>(
     let worker = scope.index();
     let table: Table<U64Codec> = state.borrow().store().table(POSITIONS_TABLE)?;
     let mut partitions = Vec::new();
+    let replay_from = sluice_operators::order::replay_from(&state.borrow())?;
     for (index, mut reader) in readers {
+        let mut replay_until = 0;
         if let Some(position) = state.borrow_mut().get(&table, reader.name().as_bytes())? {
             reader.seek(position)?;
+            if let Some(&from) = replay_from.get(&index).filter(|&&from| from < position && reader.replayable()) {
+                // Seek to the committed position first: a reader that finds its input
+                // replaced starts it again rather than re-read another's records.
+                if reader.position() == position {
+                    tracing::info!(partition = reader.name(), from, to = position, "reading again the events the order buffer held");
+                    reader.seek(from)?;
+                    replay_until = position;
+                }
+            }
         }
-        partitions.push(Partition { index, reader, in_epoch: 0, in_epoch_bytes: 0, status: ReadStatus::More, last_record: Instant::now() });
+        partitions.push(Partition { index, reader, in_epoch: 0, in_epoch_bytes: 0, status: ReadStatus::More, last_record: Instant::now(), replay_until });
     }
     let first_epoch = state.borrow().store().resume_epoch();
     let stream = source::<_, CapacityContainerBuilder<Vec<SourceItem>>, _, _>(scope, "Source", move |cap, info| {
@@ -283,21 +305,36 @@ pub fn build<'scope>(
                         p.last_record = Instant::now();
                         failpoint("source.read");
                     }
-                    p.in_epoch += buffer.len();
-                    p.in_epoch_bytes += buffer.iter().map(|f| f.bytes.len()).sum::<usize>();
-                    metrics.sources.add_records(p.index, buffer.len() as u64);
                     budget -= buffer.len().min(budget);
-                    read_total += buffer.len() as u64;
-                    for f in buffer.drain(..) {
-                        session.give(SourceItem::Record(RawRecord { origin: Origin { partition: p.index, offset: f.offset }, bytes: f.bytes, meta: f.meta }));
+                    let replayed = if p.replay_until > 0 { buffer.partition_point(|f| f.offset < p.replay_until) } else { 0 };
+                    if p.replay_until > 0 && (replayed < buffer.len() || matches!(p.status, ReadStatus::End | ReadStatus::Stop)) {
+                        p.replay_until = 0;
+                    }
+                    let fresh = &buffer[replayed..];
+                    p.in_epoch += fresh.len();
+                    p.in_epoch_bytes += fresh.iter().map(|f| f.bytes.len()).sum::<usize>();
+                    metrics.sources.add_records(p.index, fresh.len() as u64);
+                    read_total += fresh.len() as u64;
+                    metrics.sources.records_replayed.fetch_add(replayed as u64, Ordering::Relaxed);
+                    let rereadable = if p.reader.replayable() { Replay::Rereadable } else { Replay::Kept };
+                    for (n, f) in buffer.drain(..).enumerate() {
+                        let replay = if n < replayed { Replay::Replayed } else { rereadable };
+                        session.give(SourceItem::Record(RawRecord {
+                            origin: Origin { partition: p.index, offset: f.offset },
+                            bytes: f.bytes,
+                            meta: f.meta,
+                            replay,
+                        }));
                     }
                 }
             }
             metrics.sources.records_in.fetch_add(read_total, Ordering::Relaxed);
             let settled = |p: &Partition| matches!(p.status, ReadStatus::End | ReadStatus::Stop) || p.full(&settings);
             let all_settled = partitions.iter().all(settled);
-            let timed_out =
-                epoch_started.elapsed() >= Duration::from_millis(settings.epoch_ms) && partitions.iter().all(|p| settled(p) || p.status == ReadStatus::Waiting);
+            // The records read again all go in the first epoch (the order buffer takes them
+            // there), however long the reading takes.
+            let timed_out = epoch_started.elapsed() >= Duration::from_millis(settings.epoch_ms)
+                && partitions.iter().all(|p| (settled(p) || p.status == ReadStatus::Waiting) && p.replay_until == 0);
             if all_settled || timed_out {
                 let now = Instant::now();
                 let mut state = state.borrow_mut();

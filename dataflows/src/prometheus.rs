@@ -97,6 +97,8 @@ fn sources(out: &mut String, m: &SourceMetrics, info: &ExportInfo) {
     for (source, n) in by_source(&m.records_by_partition, info) {
         let _ = writeln!(out, "sluice_records_in_total{{source=\"{}\"}} {n}", escape(source));
     }
+    header(out, "sluice_records_replayed_total", "counter", "Records read again at the start, to refill the order buffer.");
+    let _ = writeln!(out, "sluice_records_replayed_total {}", get(&m.records_replayed));
     header(out, "sluice_inflight_epochs", "gauge", "Epochs open in the dataflow (the queue behind the sources).");
     let _ = writeln!(out, "sluice_inflight_epochs {}", get(&m.inflight_epochs));
     header(out, "sluice_backpressure_seconds_total", "counter", "Time sources waited for the dataflow (max_inflight_epochs reached).");

@@ -44,7 +44,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::HeldCapabilities;
-use crate::event::{DeadLetter, DeadLetterReason, Epoch, Event, PartitionProgress, RawRecord, RequiredField, SourceItem, Text};
+use crate::event::{DeadLetter, DeadLetterReason, Epoch, Event, PartitionProgress, RawRecord, Replay, RequiredField, SourceItem, Text};
 use crate::metrics::Metrics;
 use crate::OperatorError;
 
@@ -477,6 +477,7 @@ impl Decoder {
             origin: record.origin,
             late: false,
             ingest_us: 0,
+            replay: record.replay,
         })
     }
 }
@@ -793,6 +794,15 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                     let now = crate::event::now_us();
                     for item in data.flat_map(|d| d.drain(..)) {
                         match item {
+                            // A record read again to refill the order buffer was decoded
+                            // (and counted, or dead-lettered) the first time: only an event
+                            // goes on, to the order buffer.
+                            SourceItem::Record(record) if record.replay == Replay::Replayed => {
+                                if let Ok(mut event) = decoder.decode_at(&record, now / 1000) {
+                                    event.ingest_us = now;
+                                    events_s.give(event);
+                                }
+                            }
                             SourceItem::Record(record) => match decoder.decode_at(&record, now / 1000) {
                                 Ok(mut event) => {
                                     event.ingest_us = now;
@@ -892,7 +902,7 @@ mod tests {
     }
 
     fn with_meta(json: &str, meta: Option<RecordMeta>) -> RawRecord {
-        RawRecord { origin: Origin { partition: 3, offset: 77 }, bytes: json.as_bytes().to_vec(), meta: meta.map(Box::new) }
+        RawRecord { meta: meta.map(Box::new), ..RawRecord::new(Origin { partition: 3, offset: 77 }, json.as_bytes().to_vec()) }
     }
 
     #[test]

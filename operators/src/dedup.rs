@@ -45,7 +45,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::{input_frontier, run_key, EpochStash, HeldCapabilities, RunKey};
-use crate::event::{Conflict, Epoch, Event, PartitionProgress};
+use crate::event::{Conflict, Epoch, Event, PartitionProgress, Replay};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
 use crate::OperatorError;
@@ -268,7 +268,16 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                 let mut firsts_h = firsts_out.activate();
                 let mut conflicts_h = conflicts_out.activate();
                 while let Some((epoch, Pending { events, progress })) = pending.pop_complete(frontier) {
-                    let events = crate::epoch::concat(events);
+                    let mut events = crate::epoch::concat(events);
+                    // Events read again at a restart passed here the first time (their keys
+                    // are in the index): they go straight on to the order buffer.
+                    let replayed: Vec<Event> = if events.iter().any(|e| e.replay == Replay::Replayed) {
+                        let (replayed, fresh) = events.into_iter().partition(|e| e.replay == Replay::Replayed);
+                        events = fresh;
+                        replayed
+                    } else {
+                        Vec::new()
+                    };
                     let cutoff = tracker.watermark().saturating_sub(config.ttl_ms);
                     let mut state = state.borrow_mut();
                     keys.expire(cutoff, epoch, &mut state, &table);
@@ -308,6 +317,7 @@ impl<'scope> Dedup<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let conflicts_cap = held.at(1, epoch);
                     let mut firsts_s = firsts_h.session(&firsts_cap);
                     let mut conflicts_s = conflicts_h.session(&conflicts_cap);
+                    firsts_s.give_iterator(replayed.into_iter());
                     let (mut duplicates, mut conflicted) = (0, 0);
                     for (event, first) in events.into_iter().zip(decisions) {
                         match first {

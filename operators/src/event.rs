@@ -39,13 +39,32 @@ pub struct RawRecord {
     /// Key, timestamp and headers, for sources that have them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Box<RecordMeta>>,
+    /// Whether the source can read it again, and whether it is doing so.
+    #[serde(skip)]
+    pub replay: Replay,
 }
 
 impl RawRecord {
     /// A record without metadata (a file line, a generated record).
     pub fn new(origin: Origin, bytes: Vec<u8>) -> Self {
-        RawRecord { origin, bytes, meta: None }
+        RawRecord { origin, bytes, meta: None, replay: Replay::Kept }
     }
+}
+
+/// Whether a record's source can read it again from its origin (so that the order buffer need
+/// not store it, see `order.rs`), and whether this copy is such a reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replay {
+    /// The source cannot read it again (a paced or change-data source): stored whole while
+    /// buffered.
+    #[default]
+    Kept,
+    /// The source can read it again from its origin: only the origin is stored while buffered.
+    Rereadable,
+    /// Read again at a restart, from before the committed position, to refill the order buffer:
+    /// it passed decode and dedup once already, and only the order buffer takes it (if it was
+    /// buffered at the commit), nothing else sees it.
+    Replayed,
 }
 
 /// What a source emits: records, and at the end of each epoch one mark per partition it owns.
@@ -110,6 +129,9 @@ pub struct Event {
     /// Wall-clock time it was decoded (µs since the Unix epoch): where latency is measured
     /// from. Not part of any output.
     pub ingest_us: i64,
+    /// See [`Replay`]. Not part of any output.
+    #[serde(skip)]
+    pub replay: Replay,
 }
 
 /// A record that could not be decoded, with why and from where.
@@ -384,7 +406,7 @@ impl sluice_state::Codec for EventCodec {
         let offset = r.u64()?;
         let late = r.u8()? == 1;
         let ingest_us = if version >= 2 { r.u64()? as i64 } else { 0 };
-        Ok(Event { id, entity, kind, time_ms, numbers, strings, payload_hash, origin: Origin { partition, offset }, late, ingest_us })
+        Ok(Event { id, entity, kind, time_ms, numbers, strings, payload_hash, origin: Origin { partition, offset }, late, ingest_us, replay: Replay::Kept })
     }
 }
 
@@ -406,6 +428,7 @@ mod tests {
             origin: Origin { partition: 3, offset: 77 },
             late: true,
             ingest_us: 1_795_000_000_000_123,
+            replay: Default::default(),
         };
         let mut buf = Vec::new();
         EventCodec::encode(&e, &mut buf);

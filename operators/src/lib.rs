@@ -49,7 +49,7 @@ pub use drift::{Drift, DriftConfig, DriftRecord, DriftSample, DriftStatus};
 pub use duration::{duration_or_all, duration_or_off, DurationMs};
 pub use error::OperatorError;
 pub use event::{
-    Conflict, DeadLetter, DeadLetterReason, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, RecordMeta,
+    Conflict, DeadLetter, DeadLetterReason, Epoch, Event, FeatureRecord, LateEvent, Origin, PartitionMark, PartitionProgress, RawRecord, RecordMeta, Replay,
     RequiredField, SourceItem,
 };
 pub use features::{FeatureOp, FeatureSet, FeatureSpec, Features};

@@ -63,6 +63,8 @@ fn add_to<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K, n: u64) {
 pub struct SourceMetrics {
     /// Records read by sources.
     pub records_in: AtomicU64,
+    /// Records read again at a restart to refill the order buffer (not in `records_in`).
+    pub records_replayed: AtomicU64,
     /// Records read per source partition (global partition index).
     pub records_by_partition: Mutex<BTreeMap<u32, u64>>,
     /// Time each source partition (global index) was paused by backpressure, µs.

@@ -21,8 +21,22 @@
 //! buffered at its end go to the RocksDB table `order_buffer` as **one value** (a run: key
 //! `(epoch, worker)`), and the watermark released below goes to `order_released`, both in the
 //! epoch's commit; an event buffered and released in the same epoch never reaches RocksDB. A run
-//! is deleted (one point delete) in the first epoch whose watermark has released all of it. At
-//! start every worker rebuilds its buffer from the committed runs: the events it owns (by
+//! is deleted (one point delete) in the first epoch whose watermark has released all of it.
+//!
+//! What a run holds of an event depends on its source. Most sources can read a record again
+//! from its offset (files, Kafka, the webhook log, an unpaced generator: [`Replay::Rereadable`]):
+//! a run keeps only its origin, time and owner (28 bytes, not the whole event), and the table
+//! `order_replay` keeps, per worker, the lowest offset per partition its live runs hold. A
+//! restart seeks each such partition back there and reads up to the committed position again,
+//! in the first epoch, marked [`Replay::Replayed`]: decode and dedup pass those events on
+//! without a dead letter, count or index change (they did their work the first time), and
+//! order takes back exactly the events whose origins its runs list; the others (released,
+//! late, duplicates) are dropped. The events of sources that cannot be read again (paced ones,
+//! change streams) are stored whole. So the buffer costs the commit a few bytes an event rather
+//! than the event; a restart costs reading the buffered span of each source again. An event
+//! that cannot be read again (a Kafka message past its retention) is reported, once.
+//!
+//! At start every worker rebuilds its buffer from the committed runs: the events it owns (by
 //! entity, for any number of workers) at or above the committed release watermark.
 //!
 //! So the output is in event-time order per worker and per entity, and which events are late
@@ -39,6 +53,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Deserialize;
 use sluice_state::{BytesCodec, Codec, I64Codec, Table, TableSpec, WorkerState};
 use timely::container::CapacityContainerBuilder;
@@ -48,7 +63,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Stream;
 
 use crate::epoch::{input_frontier, run_key, EpochStash, HeldCapabilities, RunKey};
-use crate::event::{route_hash, Epoch, Event, EventCodec, LateEvent, PartitionProgress};
+use crate::event::{route_hash, Epoch, Event, EventCodec, LateEvent, Origin, PartitionProgress, Replay};
 use crate::metrics::Metrics;
 use crate::watermark::WatermarkTracker;
 use crate::OperatorError;
@@ -59,37 +74,127 @@ pub const BUFFER_TABLE: &str = "order_buffer";
 /// The table holding the watermark every event below which was released (one key).
 pub const RELEASED_TABLE: &str = "order_released";
 const RELEASED_KEY: &[u8] = b"released_below";
+/// The table of where to read again from: per worker (key: its index, u32 big-endian), the
+/// lowest offset per partition of the re-readable events its live runs hold.
+pub const REPLAY_TABLE: &str = "order_replay";
 
 /// The tables order declares.
 pub fn tables() -> Vec<TableSpec> {
-    vec![TableSpec::new(BUFFER_TABLE), TableSpec::new(RELEASED_TABLE)]
+    vec![TableSpec::new(BUFFER_TABLE), TableSpec::new(RELEASED_TABLE), TableSpec::new(REPLAY_TABLE)]
 }
 
-/// The first byte of a run's value: its format.
-const RUN_FORMAT: u8 = 1;
+/// The first byte of a run's value: its format. Format 1 (before re-reading): whole events only.
+const RUN_FORMAT_WHOLE: u8 = 1;
+/// Format 2: each entry tagged, [`ENTRY_ORIGIN`] or [`ENTRY_EVENT`].
+const RUN_FORMAT: u8 = 2;
+/// An entry of a re-readable event: origin partition (u32), offset (u64), time (i64) and the
+/// route hash of its entity (u64), little-endian.
+const ENTRY_ORIGIN: u8 = 0;
+const ORIGIN_ENTRY_BYTES: usize = 28;
+/// An entry of a whole event: its encoded length (u32, little-endian), then its encoding.
+const ENTRY_EVENT: u8 = 1;
 
-/// Appends one event to a run: its encoded length (u32, little-endian), then its encoding.
+/// Appends one event to a run: its origin when its source can read it again, else all of it.
 fn push_to_run(run: &mut Vec<u8>, event: &Event) {
-    let at = run.len();
-    run.extend_from_slice(&[0; 4]);
-    EventCodec::encode(event, run);
-    let len = (run.len() - at - 4) as u32;
-    run[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    if event.replay == Replay::Kept {
+        run.push(ENTRY_EVENT);
+        let at = run.len();
+        run.extend_from_slice(&[0; 4]);
+        EventCodec::encode(event, run);
+        let len = (run.len() - at - 4) as u32;
+        run[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    } else {
+        run.push(ENTRY_ORIGIN);
+        run.extend_from_slice(&event.origin.partition.to_le_bytes());
+        run.extend_from_slice(&event.origin.offset.to_le_bytes());
+        run.extend_from_slice(&event.time_ms.to_le_bytes());
+        run.extend_from_slice(&route_hash(&event.entity).to_le_bytes());
+    }
 }
 
-/// The encoded events of a run's value.
-fn decode_run(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
-    let mut rest = match bytes.split_first() {
-        Some((&RUN_FORMAT, rest)) => rest,
+/// One entry of a stored run.
+#[derive(Debug, PartialEq)]
+enum RunEntry<'a> {
+    /// A whole encoded event.
+    Event(&'a [u8]),
+    /// A re-readable event: where it is, its time and its entity's route hash.
+    Origin { origin: Origin, time_ms: i64, route: u64 },
+}
+
+/// The entries of a run's value.
+fn decode_run(bytes: &[u8]) -> Result<Vec<RunEntry<'_>>, String> {
+    let (format, mut rest) = match bytes.split_first() {
+        Some((&format, rest)) if format == RUN_FORMAT || format == RUN_FORMAT_WHOLE => (format, rest),
         Some((format, _)) => return Err(format!("unknown order run format {format}")),
         None => return Err("an empty order run".into()),
     };
+    let torn = || "a torn order run".to_string();
     let mut out = Vec::new();
     while !rest.is_empty() {
-        let len = rest.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or("a torn order run")?;
-        let event = rest.get(4..4 + len).ok_or("a torn order run")?;
-        out.push(event);
-        rest = &rest[4 + len..];
+        let tag = if format == RUN_FORMAT_WHOLE {
+            ENTRY_EVENT
+        } else {
+            let (&tag, after) = rest.split_first().expect("invariant: not empty");
+            rest = after;
+            tag
+        };
+        match tag {
+            ENTRY_EVENT => {
+                let len = rest.get(..4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize).ok_or_else(torn)?;
+                out.push(RunEntry::Event(rest.get(4..4 + len).ok_or_else(torn)?));
+                rest = &rest[4 + len..];
+            }
+            ENTRY_ORIGIN => {
+                let e = rest.get(..ORIGIN_ENTRY_BYTES).ok_or_else(torn)?;
+                let u64_at = |at: usize| u64::from_le_bytes(e[at..at + 8].try_into().expect("8 bytes"));
+                let origin = Origin { partition: u32::from_le_bytes(e[..4].try_into().expect("4 bytes")), offset: u64_at(4) };
+                out.push(RunEntry::Origin { origin, time_ms: u64_at(12) as i64, route: u64_at(20) });
+                rest = &rest[ORIGIN_ENTRY_BYTES..];
+            }
+            other => return Err(format!("an order run entry of unknown kind {other}")),
+        }
+    }
+    Ok(out)
+}
+
+/// Lowers `pins` (partition to lowest offset) to hold `origin`.
+fn pin(pins: &mut Vec<(u32, u64)>, origin: Origin) {
+    match pins.iter_mut().find(|(p, _)| *p == origin.partition) {
+        Some((_, offset)) => *offset = (*offset).min(origin.offset),
+        None => pins.push((origin.partition, origin.offset)),
+    }
+}
+
+fn encode_pins(pins: &[(u32, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pins.len() * 12);
+    for (partition, offset) in pins {
+        out.extend_from_slice(&partition.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    out
+}
+
+/// Where each partition (by global index) is to be read again from at a restart: the lowest
+/// offset any worker's live runs hold of it. Partitions absent need no reading again.
+///
+/// # Errors
+/// The table cannot be read, or holds a torn value.
+pub fn replay_from(state: &WorkerState) -> Result<FxHashMap<u32, u64>, sluice_state::StateError> {
+    let table: Table<BytesCodec> = state.store().table(REPLAY_TABLE)?;
+    let mut out: FxHashMap<u32, u64> = FxHashMap::default();
+    for (_, value) in state.scan_committed(&table)? {
+        if value.len() % 12 != 0 {
+            return Err(sluice_state::StateError::Codec {
+                table: REPLAY_TABLE.into(),
+                reason: format!("a value of {} bytes is not a list of 12-byte entries", value.len()),
+            });
+        }
+        for e in value.chunks_exact(12) {
+            let partition = u32::from_le_bytes(e[..4].try_into().expect("4 bytes"));
+            let offset = u64::from_le_bytes(e[4..].try_into().expect("8 bytes"));
+            let at = out.entry(partition).or_insert(offset);
+            *at = (*at).min(offset);
+        }
     }
     Ok(out)
 }
@@ -241,32 +346,74 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         // by the last committed epoch, as one run. Runs in the table by the latest event time in
         // each, so that every run the watermark has passed is at the front, whatever order they
         // were written in (worker 0 takes charge of those found at start).
+        // Re-readable events come back in the first epoch (see the module docs): `awaiting`
+        // holds the origins of those this worker owns. Each live run's pins say where its
+        // re-readable events are (worker 0 keeps those of the runs found at start).
         let mut buffer = Buffer::default();
         let mut runs: BTreeSet<(i64, RunKey)> = BTreeSet::new();
+        let mut run_pins: FxHashMap<RunKey, Vec<(u32, u64)>> = FxHashMap::default();
+        let mut awaiting: FxHashSet<Origin> = FxHashSet::default();
         let mut restored = Vec::new();
         let started = std::time::Instant::now();
         let stored = state.borrow().scan_committed(&table)?;
         let run_count = stored.len();
+        let owned = |route: u64| (route % peers as u64) as usize == index;
         for (key, value) in stored {
             let codec = |reason: String| sluice_state::StateError::Codec { table: BUFFER_TABLE.into(), reason };
             let mut latest = i64::MIN;
-            for bytes in decode_run(&value).map_err(codec)? {
-                let event = EventCodec::decode(bytes).map_err(codec)?;
-                latest = latest.max(event.time_ms);
-                if event.time_ms >= released_below && (route_hash(&event.entity) % peers as u64) as usize == index {
-                    restored.push(event);
+            let mut pins = Vec::new();
+            for entry in decode_run(&value).map_err(codec)? {
+                match entry {
+                    RunEntry::Event(bytes) => {
+                        let event = EventCodec::decode(bytes).map_err(codec)?;
+                        latest = latest.max(event.time_ms);
+                        if event.time_ms >= released_below && owned(route_hash(&event.entity)) {
+                            restored.push(event);
+                        }
+                    }
+                    RunEntry::Origin { origin, time_ms, route } => {
+                        latest = latest.max(time_ms);
+                        if time_ms >= released_below {
+                            pin(&mut pins, origin);
+                            if owned(route) {
+                                awaiting.insert(origin);
+                            }
+                        }
+                    }
                 }
             }
             if index == 0 {
-                runs.insert((latest, key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?));
+                let key: RunKey = key.as_slice().try_into().map_err(|_| codec(format!("a run key of {} bytes", key.len())))?;
+                runs.insert((latest, key));
+                run_pins.insert(key, pins);
             }
         }
         let mut restored = VecDeque::from(restored);
         sort_run(&mut restored);
         if run_count > 0 {
-            tracing::info!(worker = index, runs = run_count, events = restored.len(), ms = started.elapsed().as_millis() as u64, "order: buffer restored");
+            tracing::info!(
+                worker = index,
+                runs = run_count,
+                events = restored.len(),
+                to_read_again = awaiting.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "order: buffer restored"
+            );
         }
         buffer.push(restored);
+        // The pins of workers a run with more workers had: worker 0's pins now cover their
+        // runs (it took charge of every run found), so their keys go in the first epoch.
+        let replay_table: Table<BytesCodec> = state.borrow().store().table(REPLAY_TABLE)?;
+        let mut stale_pins: Vec<Vec<u8>> = Vec::new();
+        if index == 0 {
+            for (key, _) in state.borrow().scan_committed(&replay_table)? {
+                if key.as_slice().try_into().map(u32::from_be_bytes).map_or(true, |w| w as usize >= peers) {
+                    stale_pins.push(key);
+                }
+            }
+        }
+        let mut pins_stored: Option<Vec<(u32, u64)>> = None;
+        let mut first_epoch = true;
 
         let mut builder = OperatorBuilder::new("Order".to_owned(), scope);
         let mut events_in = builder.new_input(self, Exchange::new(|e: &Event| route_hash(&e.entity)));
@@ -303,11 +450,27 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     let mut behind = Vec::new();
                     let mut arrived = buffer.fresh_run();
                     for event in events.into_iter().flatten() {
-                        if event.time_ms < watermark {
+                        if event.replay == Replay::Replayed {
+                            // Read again at the restart: taken back if it was buffered.
+                            if awaiting.remove(&event.origin) {
+                                arrived.push_back(event);
+                            }
+                        } else if event.time_ms < watermark {
                             behind.push(event);
                         } else {
                             arrived.push_back(event);
                         }
+                    }
+                    if std::mem::take(&mut first_epoch) && !awaiting.is_empty() {
+                        // Every record read again came in the first epoch: those missing are
+                        // no longer in their source (a Kafka message past its retention, a
+                        // file cut or replaced).
+                        tracing::error!(
+                            worker = index,
+                            missing = awaiting.len(),
+                            "order: buffered events could not be read again from their source and are lost (a Kafka topic's retention shorter than the allowed lateness, or an input file cut or replaced)"
+                        );
+                        awaiting = FxHashSet::default();
                     }
                     behind.sort_unstable_by_key(|e| e.origin);
                     sort_run(&mut arrived);
@@ -350,11 +513,16 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         let latest = last.time_ms;
                         run.clear();
                         run.push(RUN_FORMAT);
+                        let mut pins = Vec::new();
                         for event in &arrived {
                             push_to_run(&mut run, event);
+                            if event.replay != Replay::Kept {
+                                pin(&mut pins, event.origin);
+                            }
                         }
                         state.put_blind(epoch, &table, &run_key(epoch, index), std::mem::take(&mut run));
                         runs.insert((latest, run_key(epoch, index)));
+                        run_pins.insert(run_key(epoch, index), pins);
                         buffer.push(arrived);
                     }
                     if watermark > previous {
@@ -363,7 +531,21 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         while runs.first().is_some_and(|(latest, _)| *latest < watermark) {
                             let (_, key) = runs.pop_first().expect("invariant: checked non-empty");
                             state.delete(epoch, &table, &key);
+                            run_pins.remove(&key);
                         }
+                    }
+                    // Where a restart reads again from: stored when it moved.
+                    let mut pins: Vec<(u32, u64)> = Vec::new();
+                    for origin in run_pins.values().flatten() {
+                        pin(&mut pins, Origin { partition: origin.0, offset: origin.1 });
+                    }
+                    pins.sort_unstable();
+                    if pins_stored.as_ref() != Some(&pins) {
+                        state.put_blind(epoch, &replay_table, &(index as u32).to_be_bytes(), encode_pins(&pins));
+                        pins_stored = Some(pins);
+                    }
+                    for key in stale_pins.drain(..) {
+                        state.delete(epoch, &replay_table, &key);
                     }
                     if (watermark > previous || store_floor) && index == 0 {
                         state.put(epoch, &released_table, RELEASED_KEY, &watermark);
@@ -397,16 +579,39 @@ mod tests {
             origin: crate::event::Origin { partition: 1, offset: time_ms as u64 },
             late: false,
             ingest_us: 11,
+            replay: Default::default(),
         };
-        let events = [event("e1", 5), event("e2", 9)];
+        // A whole event, then a re-readable one (its origin, time and route only).
+        let events = [event("e1", 5), Event { replay: Replay::Rereadable, ..event("e2", 9) }];
         let mut run = vec![RUN_FORMAT];
         for e in &events {
             push_to_run(&mut run, e);
         }
-        let decoded: Vec<Event> = decode_run(&run).unwrap().into_iter().map(|b| EventCodec::decode(b).unwrap()).collect();
-        assert_eq!(decoded, events);
+        let whole_len = run.len() - 1 - 1 - ORIGIN_ENTRY_BYTES;
+        assert_eq!(run.len(), 1 + whole_len + 1 + 28);
+        let entries = decode_run(&run).unwrap();
+        assert_eq!(entries.len(), 2);
+        let RunEntry::Event(bytes) = entries[0] else { panic!("{:?}", entries[0]) };
+        assert_eq!(EventCodec::decode(bytes).unwrap(), events[0]);
+        assert_eq!(entries[1], RunEntry::Origin { origin: crate::event::Origin { partition: 1, offset: 9 }, time_ms: 9, route: route_hash("c1") });
         assert_eq!(decode_run(&run[..run.len() - 1]).unwrap_err(), "a torn order run");
-        assert_eq!(decode_run(&[2]).unwrap_err(), "unknown order run format 2");
+        assert_eq!(decode_run(&[3]).unwrap_err(), "unknown order run format 3");
+        assert_eq!(decode_run(&[RUN_FORMAT, 7]).unwrap_err(), "an order run entry of unknown kind 7");
+
+        // A run of the first format (whole events, untagged) still reads.
+        let mut old = vec![RUN_FORMAT_WHOLE];
+        let mut encoded = Vec::new();
+        EventCodec::encode(&events[0], &mut encoded);
+        old.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+        old.extend_from_slice(&encoded);
+        assert_eq!(decode_run(&old).unwrap(), vec![RunEntry::Event(&encoded)]);
+
+        let mut pins = Vec::new();
+        for (partition, offset) in [(1, 40), (0, 7), (1, 12), (0, 9)] {
+            pin(&mut pins, crate::event::Origin { partition, offset });
+        }
+        assert_eq!(pins, vec![(1, 12), (0, 7)]);
+        assert_eq!(encode_pins(&pins).len(), 24);
     }
 
     #[test]
@@ -422,6 +627,7 @@ mod tests {
             origin: crate::event::Origin { partition: 0, offset },
             late: false,
             ingest_us: 0,
+            replay: Default::default(),
         };
         let run = |events: Vec<Event>| {
             let mut run = VecDeque::from(events);

@@ -49,6 +49,7 @@ fn event(id: &str, time_ms: i64, payload_hash: u64, (partition, offset): (u32, u
         origin: Origin { partition, offset },
         late: false,
         ingest_us: 0,
+        replay: Default::default(),
     }
 }
 

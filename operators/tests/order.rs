@@ -59,6 +59,7 @@ fn event_of(entity: &str, id: &str, time_ms: i64, (partition, offset): (u32, u64
         origin: Origin { partition, offset },
         late: false,
         ingest_us: 0,
+        replay: Default::default(),
     }
 }
 

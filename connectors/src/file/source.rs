@@ -150,6 +150,11 @@ impl FileReader {
 }
 
 impl PartitionReader for FileReader {
+    /// A file's lines are there to read again, unless it is paced by event time.
+    fn replayable(&self) -> bool {
+        self.pace.is_none()
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

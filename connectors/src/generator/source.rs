@@ -212,6 +212,11 @@ impl GeneratorReader {
 }
 
 impl PartitionReader for GeneratorReader {
+    /// Record `j` is a function of `j`; unless paced by a rate.
+    fn replayable(&self) -> bool {
+        self.rate_per_partition <= 0.0
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

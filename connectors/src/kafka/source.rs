@@ -35,6 +35,9 @@ pub fn consumer(source: &KafkaSourceConfig) -> Result<QuietConsumer, ConnectorEr
     // A request the broker never answers (tansu after a restart) is given up after 10 s, not
     // librdkafka's 60 s, and retried on a new connection.
     c.set("socket.timeout.ms", "10000");
+    // A position the topic no longer holds (past its retention) resumes at the oldest message
+    // kept, not at the end (librdkafka's default would skip every message in between).
+    c.set("auto.offset.reset", "earliest");
     for (k, v) in &source.properties {
         c.set(k, v);
     }
@@ -157,6 +160,12 @@ impl KafkaReader {
 }
 
 impl PartitionReader for KafkaReader {
+    /// A partition's messages are there to read again (within the topic's retention; a
+    /// message gone is reported by the order buffer).
+    fn replayable(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -232,6 +232,11 @@ impl WebhookReader {
 }
 
 impl PartitionReader for WebhookReader {
+    /// The webhook log keeps every accepted request.
+    fn replayable(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

@@ -54,6 +54,8 @@ pub struct RunSummary {
     pub resume_epoch: Epoch,
     /// Records read.
     pub records_in: u64,
+    /// Records read again at the start to refill the order buffer (not in `records_in`).
+    pub records_replayed: u64,
     /// Events decoded.
     pub decoded: u64,
     /// Dead letters.
@@ -373,6 +375,7 @@ fn summary(m: &Metrics, resumed_at_epoch: Epoch, resume_epoch: Epoch, elapsed: D
         resumed_at_epoch,
         resume_epoch,
         records_in: Metrics::get(&m.sources.records_in),
+        records_replayed: Metrics::get(&m.sources.records_replayed),
         decoded: Metrics::get(&m.decode.decoded),
         dead_letters: Metrics::get(&m.decode.dead_letters),
         duplicates: Metrics::get(&m.dedup.duplicates),
