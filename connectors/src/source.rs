@@ -232,7 +232,9 @@ pub fn build<'scope>(
         let mut replay_until = 0;
         if let Some(position) = state.borrow_mut().get(&table, reader.name().as_bytes())? {
             reader.seek(position)?;
-            if let Some(&from) = replay_from.get(&index).filter(|&&from| from < position && reader.replayable()) {
+            // Also when the reader is no longer re-readable (paced since): its stored origins
+            // need the reading again, paced or not.
+            if let Some(&from) = replay_from.get(&index).filter(|&&from| from < position) {
                 // Seek to the committed position first: a reader that finds its input
                 // replaced starts it again rather than re-read another's records.
                 if reader.position() == position {
@@ -307,7 +309,9 @@ pub fn build<'scope>(
                     }
                     budget -= buffer.len().min(budget);
                     let replayed = if p.replay_until > 0 { buffer.partition_point(|f| f.offset < p.replay_until) } else { 0 };
-                    if p.replay_until > 0 && (replayed < buffer.len() || matches!(p.status, ReadStatus::End | ReadStatus::Stop)) {
+                    // Read again up to the committed position (a Kafka reader's moves past the
+                    // transaction markers too), or as far as the partition goes.
+                    if p.replay_until > 0 && (p.reader.position() >= p.replay_until || matches!(p.status, ReadStatus::End | ReadStatus::Stop)) {
                         p.replay_until = 0;
                     }
                     let fresh = &buffer[replayed..];

@@ -798,8 +798,8 @@ impl<'scope> Decode<'scope> for Stream<'scope, Epoch, Vec<SourceItem>> {
                             // (and counted, or dead-lettered) the first time: only an event
                             // goes on, to the order buffer.
                             SourceItem::Record(record) if record.replay == Replay::Replayed => {
-                                if let Ok(mut event) = decoder.decode_at(&record, now / 1000) {
-                                    event.ingest_us = now;
+                                // Its ingest time is unknown (before the restart): latency skips it.
+                                if let Ok(event) = decoder.decode_at(&record, now / 1000) {
                                     events_s.give(event);
                                 }
                             }

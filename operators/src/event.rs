@@ -40,7 +40,7 @@ pub struct RawRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Box<RecordMeta>>,
     /// Whether the source can read it again, and whether it is doing so.
-    #[serde(skip)]
+    #[serde(default)]
     pub replay: Replay,
 }
 
@@ -53,7 +53,7 @@ impl RawRecord {
 
 /// Whether a record's source can read it again from its origin (so that the order buffer need
 /// not store it, see `order.rs`), and whether this copy is such a reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Replay {
     /// The source cannot read it again (a paced or change-data source): stored whole while
     /// buffered.
@@ -130,7 +130,7 @@ pub struct Event {
     /// from. Not part of any output.
     pub ingest_us: i64,
     /// See [`Replay`]. Not part of any output.
-    #[serde(skip)]
+    #[serde(default)]
     pub replay: Replay,
 }
 

@@ -25,7 +25,7 @@
 //!
 //! What a run holds of an event depends on its source. Most sources can read a record again
 //! from its offset (files, Kafka, the webhook log, an unpaced generator: [`Replay::Rereadable`]):
-//! a run keeps only its origin, time and owner (28 bytes, not the whole event), and the table
+//! a run keeps only its origin, time, owner and payload hash (36 bytes, not the whole event), and the table
 //! `order_replay` keeps, per worker, the lowest offset per partition its live runs hold. A
 //! restart seeks each such partition back there and reads up to the committed position again,
 //! in the first epoch, marked [`Replay::Replayed`]: decode and dedup pass those events on
@@ -53,7 +53,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use sluice_state::{BytesCodec, Codec, I64Codec, Table, TableSpec, WorkerState};
 use timely::container::CapacityContainerBuilder;
@@ -87,10 +87,11 @@ pub fn tables() -> Vec<TableSpec> {
 const RUN_FORMAT_WHOLE: u8 = 1;
 /// Format 2: each entry tagged, [`ENTRY_ORIGIN`] or [`ENTRY_EVENT`].
 const RUN_FORMAT: u8 = 2;
-/// An entry of a re-readable event: origin partition (u32), offset (u64), time (i64) and the
-/// route hash of its entity (u64), little-endian.
+/// An entry of a re-readable event: origin partition (u32), offset (u64), time (i64), the
+/// route hash of its entity (u64) and its payload hash (u64, so that a different record found
+/// at the origin is not taken for it), little-endian.
 const ENTRY_ORIGIN: u8 = 0;
-const ORIGIN_ENTRY_BYTES: usize = 28;
+const ORIGIN_ENTRY_BYTES: usize = 36;
 /// An entry of a whole event: its encoded length (u32, little-endian), then its encoding.
 const ENTRY_EVENT: u8 = 1;
 
@@ -109,6 +110,7 @@ fn push_to_run(run: &mut Vec<u8>, event: &Event) {
         run.extend_from_slice(&event.origin.offset.to_le_bytes());
         run.extend_from_slice(&event.time_ms.to_le_bytes());
         run.extend_from_slice(&route_hash(&event.entity).to_le_bytes());
+        run.extend_from_slice(&event.payload_hash.to_le_bytes());
     }
 }
 
@@ -117,8 +119,8 @@ fn push_to_run(run: &mut Vec<u8>, event: &Event) {
 enum RunEntry<'a> {
     /// A whole encoded event.
     Event(&'a [u8]),
-    /// A re-readable event: where it is, its time and its entity's route hash.
-    Origin { origin: Origin, time_ms: i64, route: u64 },
+    /// A re-readable event: where it is, its time, its entity's route hash and its payload hash.
+    Origin { origin: Origin, time_ms: i64, route: u64, payload_hash: u64 },
 }
 
 /// The entries of a run's value.
@@ -148,7 +150,7 @@ fn decode_run(bytes: &[u8]) -> Result<Vec<RunEntry<'_>>, String> {
                 let e = rest.get(..ORIGIN_ENTRY_BYTES).ok_or_else(torn)?;
                 let u64_at = |at: usize| u64::from_le_bytes(e[at..at + 8].try_into().expect("8 bytes"));
                 let origin = Origin { partition: u32::from_le_bytes(e[..4].try_into().expect("4 bytes")), offset: u64_at(4) };
-                out.push(RunEntry::Origin { origin, time_ms: u64_at(12) as i64, route: u64_at(20) });
+                out.push(RunEntry::Origin { origin, time_ms: u64_at(12) as i64, route: u64_at(20), payload_hash: u64_at(28) });
                 rest = &rest[ORIGIN_ENTRY_BYTES..];
             }
             other => return Err(format!("an order run entry of unknown kind {other}")),
@@ -352,7 +354,7 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
         let mut buffer = Buffer::default();
         let mut runs: BTreeSet<(i64, RunKey)> = BTreeSet::new();
         let mut run_pins: FxHashMap<RunKey, Vec<(u32, u64)>> = FxHashMap::default();
-        let mut awaiting: FxHashSet<Origin> = FxHashSet::default();
+        let mut awaiting: FxHashMap<Origin, u64> = FxHashMap::default();
         let mut restored = Vec::new();
         let started = std::time::Instant::now();
         let stored = state.borrow().scan_committed(&table)?;
@@ -371,12 +373,12 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                             restored.push(event);
                         }
                     }
-                    RunEntry::Origin { origin, time_ms, route } => {
+                    RunEntry::Origin { origin, time_ms, route, payload_hash } => {
                         latest = latest.max(time_ms);
                         if time_ms >= released_below {
                             pin(&mut pins, origin);
                             if owned(route) {
-                                awaiting.insert(origin);
+                                awaiting.insert(origin, payload_hash);
                             }
                         }
                     }
@@ -452,7 +454,8 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                     for event in events.into_iter().flatten() {
                         if event.replay == Replay::Replayed {
                             // Read again at the restart: taken back if it was buffered.
-                            if awaiting.remove(&event.origin) {
+                            if awaiting.get(&event.origin) == Some(&event.payload_hash) {
+                                awaiting.remove(&event.origin);
                                 arrived.push_back(event);
                             }
                         } else if event.time_ms < watermark {
@@ -468,9 +471,9 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         tracing::error!(
                             worker = index,
                             missing = awaiting.len(),
-                            "order: buffered events could not be read again from their source and are lost (a Kafka topic's retention shorter than the allowed lateness, or an input file cut or replaced)"
+                            "order: buffered events could not be read again from their source and are lost (a Kafka topic's retention shorter than the allowed lateness, a topic or input file replaced, or a file cut)"
                         );
-                        awaiting = FxHashSet::default();
+                        awaiting = FxHashMap::default();
                     }
                     behind.sort_unstable_by_key(|e| e.origin);
                     sort_run(&mut arrived);
@@ -588,12 +591,15 @@ mod tests {
             push_to_run(&mut run, e);
         }
         let whole_len = run.len() - 1 - 1 - ORIGIN_ENTRY_BYTES;
-        assert_eq!(run.len(), 1 + whole_len + 1 + 28);
+        assert_eq!(run.len(), 1 + whole_len + 1 + 36);
         let entries = decode_run(&run).unwrap();
         assert_eq!(entries.len(), 2);
         let RunEntry::Event(bytes) = entries[0] else { panic!("{:?}", entries[0]) };
         assert_eq!(EventCodec::decode(bytes).unwrap(), events[0]);
-        assert_eq!(entries[1], RunEntry::Origin { origin: crate::event::Origin { partition: 1, offset: 9 }, time_ms: 9, route: route_hash("c1") });
+        assert_eq!(
+            entries[1],
+            RunEntry::Origin { origin: crate::event::Origin { partition: 1, offset: 9 }, time_ms: 9, route: route_hash("c1"), payload_hash: 7 }
+        );
         assert_eq!(decode_run(&run[..run.len() - 1]).unwrap_err(), "a torn order run");
         assert_eq!(decode_run(&[3]).unwrap_err(), "unknown order run format 3");
         assert_eq!(decode_run(&[RUN_FORMAT, 7]).unwrap_err(), "an order run entry of unknown kind 7");

@@ -15,8 +15,10 @@
 //! checkpoints newer than the one restored) and copies the checkpoint's files in; a run then
 //! resumes at the checkpoint's epoch: file sinks are cut
 //! back to the checkpoint's lengths and the epochs after it are produced again. Sources must
-//! still hold the data after the checkpoint's positions (files, webhook logs and Kafka topics
-//! within retention do; a PostgreSQL slot already advanced past them does not).
+//! still hold the data after the checkpoint's positions, and from there back to the oldest
+//! event the order buffer held at the checkpoint (it is read again, see `order.rs` in the
+//! operators; files, webhook logs and Kafka topics within retention do; a PostgreSQL slot
+//! already advanced past them does not).
 
 use std::path::{Path, PathBuf};
 

@@ -252,7 +252,8 @@ impl PartitionReader for WebhookReader {
         if let Some(last) = out[before..].last() {
             self.position = last.offset + 1;
         }
-        self.log.read.store(self.position, std::sync::atomic::Ordering::Relaxed);
+        // Reading again below the committed position at a restart is not a backlog.
+        self.log.read.fetch_max(self.position, std::sync::atomic::Ordering::Relaxed);
         Ok(if out.len() - before == records_max {
             ReadStatus::More
         } else if self.draining && out.len() == before {
