@@ -32,7 +32,9 @@
 //! without a dead letter, count or index change (they did their work the first time), and
 //! order takes back exactly the events whose origins its runs list; the others (released,
 //! late, duplicates) are dropped. The events of sources that cannot be read again (paced ones,
-//! change streams) are stored whole. So the buffer costs the commit a few bytes an event rather
+//! change streams) are stored whole, and so are events more than four latenesses ahead of the
+//! watermark (a clock far ahead would otherwise hold its partition's reading again back for as
+//! long as it waits). So the buffer costs the commit a few bytes an event rather
 //! than the event; a restart costs reading the buffered span of each source again. An event
 //! that cannot be read again (a Kafka message past its retention) is reported, once.
 //!
@@ -95,9 +97,21 @@ const ORIGIN_ENTRY_BYTES: usize = 36;
 /// An entry of a whole event: its encoded length (u32, little-endian), then its encoding.
 const ENTRY_EVENT: u8 = 1;
 
-/// Appends one event to a run: its origin when its source can read it again, else all of it.
-fn push_to_run(run: &mut Vec<u8>, event: &Event) {
-    if event.replay == Replay::Kept {
+/// Whether a buffered event is stored as its origin: its source can read it again, and it is
+/// not far ahead of the watermark `watermark` (more than [`FAR_AHEAD_LATENESSES`] allowed
+/// latenesses): such an event may stay buffered for long (one with a clock days ahead waits for
+/// every other partition to reach it), and its origin would hold its partition's reading again
+/// back that far at every restart; it is stored whole, and pins nothing.
+fn stored_as_origin(event: &Event, watermark: i64, lateness_ms: i64) -> bool {
+    event.replay != Replay::Kept && event.time_ms <= watermark.saturating_add(lateness_ms.max(1).saturating_mul(FAR_AHEAD_LATENESSES))
+}
+
+/// See [`stored_as_origin`].
+const FAR_AHEAD_LATENESSES: i64 = 4;
+
+/// Appends one event to a run: its origin (`as_origin`), else all of it.
+fn push_to_run(run: &mut Vec<u8>, event: &Event, as_origin: bool) {
+    if !as_origin {
         run.push(ENTRY_EVENT);
         let at = run.len();
         run.extend_from_slice(&[0; 4]);
@@ -518,8 +532,9 @@ impl<'scope> Order<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         run.push(RUN_FORMAT);
                         let mut pins = Vec::new();
                         for event in &arrived {
-                            push_to_run(&mut run, event);
-                            if event.replay != Replay::Kept {
+                            let as_origin = stored_as_origin(event, watermark, config.lateness_ms);
+                            push_to_run(&mut run, event, as_origin);
+                            if as_origin {
                                 pin(&mut pins, event.origin);
                             }
                         }
@@ -588,8 +603,12 @@ mod tests {
         let events = [event("e1", 5), Event { replay: Replay::Rereadable, ..event("e2", 9) }];
         let mut run = vec![RUN_FORMAT];
         for e in &events {
-            push_to_run(&mut run, e);
+            push_to_run(&mut run, e, stored_as_origin(e, 0, 10));
         }
+        // Re-readable but far ahead of the watermark (more than 4 latenesses): stored whole.
+        assert!(stored_as_origin(&events[1], -31, 10));
+        assert!(!stored_as_origin(&events[1], -32, 10));
+        assert!(!stored_as_origin(&events[0], 100, 10));
         let whole_len = run.len() - 1 - 1 - ORIGIN_ENTRY_BYTES;
         assert_eq!(run.len(), 1 + whole_len + 1 + 36);
         let entries = decode_run(&run).unwrap();
