@@ -162,39 +162,45 @@ pub fn small_epochs(events: u64, epoch_records: usize) -> Result<()> {
     Ok(())
 }
 
-/// One run of the standard pipeline for `commit-cost`: (events/s, commits, commit p50 µs,
-/// commit p99 µs).
-fn cost_run(events: u64, epoch_records: usize, sync: bool) -> Result<(f64, u64, u64, u64)> {
+/// One run of the standard pipeline for `commit-cost`: (events/s, events/CPU-s, commits, write
+/// batches, commit p50 µs, commit p99 µs).
+fn cost_run(events: u64, epoch_records: usize, sync: bool) -> Result<(f64, f64, u64, u64, u64, u64)> {
     let work = tempfile::tempdir()?;
     let mut config = crate::standard_pipeline(work.path(), 1, events, 100_000, "5s", epoch_records, crate::Models::default());
     config.state_sync = sync;
     let control = sluice::RunControl::default();
     let started = Instant::now();
+    let cpu = crate::cpu_seconds();
     let summary = sluice::run(&config, &control)?;
     let rate = summary.records_in as f64 / started.elapsed().as_secs_f64();
+    let per_cpu = summary.records_in as f64 / (crate::cpu_seconds() - cpu).max(1e-9);
     let commit = &control.metrics.commit.duration_us;
     let (p50, p99) = (commit.quantile_us(0.5).unwrap_or(0), commit.quantile_us(0.99).unwrap_or(0));
-    Ok((rate, sluice_operators::Metrics::get(&control.metrics.commit.commits), p50, p99))
+    let get = sluice_operators::Metrics::get;
+    Ok((rate, per_cpu, get(&control.metrics.commit.commits), get(&control.metrics.commit.batches), p50, p99))
 }
 
 /// `sluice-bench commit-cost`. Unpaced sources end epochs by record count (so that output does
 /// not depend on timing); each `epoch_ms` is turned into the records per partition that take
 /// that long at the rate of an unsynced run.
 pub fn commit_cost(events: u64, epoch_ms_list: &str) -> Result<()> {
-    let (base, _, _, _) = cost_run(events, 20_000, false)?;
+    let (base, ..) = cost_run(events, 20_000, false)?;
     println!("commit cost: the standard pipeline, 1 worker, {events} events; epochs sized to last about epoch_ms at {base:.0} events/s (4 partitions); the state's WAL synced at each commit vs not");
     println!(
-        "{:>9}  {:>14}  {:>6}  {:>10}  {:>8}  {:>14}  {:>14}  {:>14}",
-        "epoch_ms", "records/part.", "sync", "events/s", "commits", "epoch ms", "commit p50 µs", "commit p99 µs"
+        "{:>9}  {:>14}  {:>6}  {:>10}  {:>12}  {:>8}  {:>8}  {:>14}  {:>14}  {:>14}",
+        "epoch_ms", "records/part.", "sync", "events/s", "events/CPU-s", "commits", "batches", "epoch ms", "commit p50 µs", "commit p99 µs"
     );
     for epoch_ms in epoch_ms_list.split(',') {
         let epoch_ms: u64 = epoch_ms.trim().parse().context("--epoch-ms takes numbers, e.g. 10,50,200")?;
         let records = ((base * epoch_ms as f64 / 1000.0 / 4.0) as usize).max(1);
         let mut rates = Vec::new();
         for sync in [true, false] {
-            let (rate, commits, p50, p99) = cost_run(events, records, sync)?;
+            let (rate, per_cpu, commits, batches, p50, p99) = cost_run(events, records, sync)?;
             let epoch = events as f64 / rate * 1000.0 / commits.max(1) as f64;
-            println!("{epoch_ms:>9}  {records:>14}  {:>6}  {rate:>10.0}  {commits:>8}  {epoch:>14.1}  {p50:>14}  {p99:>14}", if sync { "yes" } else { "no" });
+            println!(
+                "{epoch_ms:>9}  {records:>14}  {:>6}  {rate:>10.0}  {per_cpu:>12.0}  {commits:>8}  {batches:>8}  {epoch:>14.1}  {p50:>14}  {p99:>14}",
+                if sync { "yes" } else { "no" }
+            );
             rates.push(rate);
         }
         println!("{:>9}  synced commits cost {:.1}% of throughput", "", (1.0 - rates[0] / rates[1]) * 100.0);

@@ -154,6 +154,10 @@ fn time(out: &mut String, m: &TimeMetrics) {
 fn commit(out: &mut String, m: &CommitMetrics) {
     header(out, "sluice_epochs_committed_total", "counter", "Epoch commits handed to the state store.");
     let _ = writeln!(out, "sluice_epochs_committed_total {}", get(&m.commits));
+    header(out, "sluice_commit_batches_total", "counter", "Write batches of the commit: each holds every epoch queued behind the last sync.");
+    let _ = writeln!(out, "sluice_commit_batches_total {}", get(&m.batches));
+    header(out, "sluice_commit_keys_coalesced_total", "counter", "State keys left out of a batch because a later epoch of the same batch wrote them again.");
+    let _ = writeln!(out, "sluice_commit_keys_coalesced_total {}", get(&m.coalesced));
     header(out, "sluice_commit_duration_seconds", "histogram", "Time to write and sync one commit batch.");
     histogram(out, "sluice_commit_duration_seconds", "", &m.duration_us.snapshot());
 }

@@ -124,6 +124,8 @@ pub struct FeatureSet {
     aggregates: Vec<(Option<usize>, Window)>,
     /// (aggregate index, op) per feature.
     features: Vec<(usize, FeatureOp)>,
+    /// Per aggregate, the floats its features read ([`FLOAT_SUM`] ...): the ones stored.
+    floats: Vec<u8>,
     /// The features as the state depends on them (`n = count, window 1m; ...`): stored with the
     /// state, compared at start.
     layout: String,
@@ -136,7 +138,7 @@ impl FeatureSet {
     /// Unknown fields, bad durations, a slide that does not divide its window, repeated names;
     /// the error names the feature.
     pub fn new(specs: &[FeatureSpec], numbers: &[String]) -> Result<Self, OperatorError> {
-        let mut set = FeatureSet { names: Vec::new(), aggregates: Vec::new(), features: Vec::new(), layout: String::new() };
+        let mut set = FeatureSet { names: Vec::new(), aggregates: Vec::new(), features: Vec::new(), floats: Vec::new(), layout: String::new() };
         for (i, spec) in specs.iter().enumerate() {
             let key = |k: &str| format!("features[{i}] ({}).{k}", spec.name);
             let err = |k: &str, problem: String| OperatorError::Config { key: key(k), problem };
@@ -165,9 +167,11 @@ impl FeatureSet {
                 Some(a) => a,
                 None => {
                     set.aggregates.push((field, window));
+                    set.floats.push(0);
                     set.aggregates.len() - 1
                 }
             };
+            set.floats[aggregate] |= floats_read_by(spec.op);
             set.names.push(spec.name.clone());
             set.features.push((aggregate, spec.op));
             let what = match (spec.window, spec.slide) {
@@ -299,8 +303,28 @@ fn read(state: &AggState, window: Window, time: i64) -> Agg {
     total
 }
 
-/// The format byte of an entity's stored state.
-const STATE_FORMAT: u8 = 3;
+/// The format byte of an entity's stored state: 4 stores, of a bucket of several values, only the
+/// floats its aggregate's features read; 3 (still read) stored all four.
+const STATE_FORMAT: u8 = 4;
+const STATE_FORMAT_ALL_FLOATS: u8 = 3;
+
+/// The floats of an [`Agg`], as bits of a mask.
+const FLOAT_SUM: u8 = 1;
+const FLOAT_MIN: u8 = 2;
+const FLOAT_MAX: u8 = 4;
+const FLOAT_LAST: u8 = 8;
+const FLOATS_ALL: u8 = FLOAT_SUM | FLOAT_MIN | FLOAT_MAX | FLOAT_LAST;
+
+/// The floats of an aggregate a feature's value is computed from (counts are always kept).
+fn floats_read_by(op: FeatureOp) -> u8 {
+    match op {
+        FeatureOp::Count => 0,
+        FeatureOp::Sum | FeatureOp::Mean => FLOAT_SUM,
+        FeatureOp::Min => FLOAT_MIN,
+        FeatureOp::Max => FLOAT_MAX,
+        FeatureOp::Last => FLOAT_LAST,
+    }
+}
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -321,12 +345,16 @@ fn unzigzag(v: u64) -> i64 {
 /// Encodes an entity's state compactly: most buckets hold one value or none, so a bucket is its
 /// start (as a difference from the previous bucket's), its counts (varints), and only the floats
 /// its count needs: none for no value, the value itself for one (sum, min, max and last are then
-/// what adding it to an empty aggregate gives), sum, min, max and last for more.
-fn encode_state(state: &[AggState], last_time_ms: i64, out: &mut Vec<u8>) {
+/// what adding it to an empty aggregate gives), and for more, those of sum, min, max and last
+/// that `floats[aggregate]` says its features read (a `sum` and a `max` over one window: two of
+/// the four). The others read back as an empty aggregate's, which no feature reads; the layout
+/// check at start keeps a state from being read by features that would.
+fn encode_state(state: &[AggState], floats: &[u8], last_time_ms: i64, out: &mut Vec<u8>) {
+    debug_assert_eq!(state.len(), floats.len());
     out.push(STATE_FORMAT);
     put_varint(out, zigzag(last_time_ms));
     put_varint(out, state.len() as u64);
-    for buckets in state {
+    for (buckets, &kept) in state.iter().zip(floats) {
         put_varint(out, buckets.len() as u64);
         let mut previous = 0i64;
         for (start, a) in buckets {
@@ -338,8 +366,10 @@ fn encode_state(state: &[AggState], last_time_ms: i64, out: &mut Vec<u8>) {
                 0 => {}
                 1 => out.extend_from_slice(&a.last.to_bits().to_le_bytes()),
                 _ => {
-                    for f in [a.sum, a.min, a.max, a.last] {
-                        out.extend_from_slice(&f.to_bits().to_le_bytes());
+                    for (bit, f) in [(FLOAT_SUM, a.sum), (FLOAT_MIN, a.min), (FLOAT_MAX, a.max), (FLOAT_LAST, a.last)] {
+                        if kept & bit != 0 {
+                            out.extend_from_slice(&f.to_bits().to_le_bytes());
+                        }
                     }
                 }
             }
@@ -371,17 +401,22 @@ impl StateReader<'_> {
     }
 }
 
-/// Reads an entity's stored state: its aggregates and the time of its latest event.
-fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
+/// Reads an entity's stored state: its aggregates and the time of its latest event. `floats` are
+/// the floats stored per aggregate, as [`encode_state`] was given them.
+fn decode_state(bytes: &[u8], floats: &[u8]) -> Result<(Vec<AggState>, i64), String> {
     let (&format, rest) = bytes.split_first().ok_or("empty feature state")?;
-    if format != STATE_FORMAT {
+    if format != STATE_FORMAT && format != STATE_FORMAT_ALL_FLOATS {
         return Err(format!("unknown feature state format {format}"));
     }
     let mut r = StateReader(rest);
     let last_time_ms = unzigzag(r.varint()?);
     let count = r.varint()? as usize;
+    if count != floats.len() {
+        return Err(format!("feature state of {count} aggregates, where the features have {}", floats.len()));
+    }
     let mut out = Vec::with_capacity(count.min(1024));
-    for _ in 0..count {
+    for &kept in floats {
+        let kept = if format == STATE_FORMAT_ALL_FLOATS { FLOATS_ALL } else { kept };
         let n = r.varint()? as usize;
         let mut buckets = AggState::with_capacity(n.min(4096));
         let mut start = 0i64;
@@ -395,10 +430,11 @@ fn decode_state(bytes: &[u8]) -> Result<(Vec<AggState>, i64), String> {
                 1 => agg.add(Some(r.float()?)),
                 _ => {
                     agg.values = values;
-                    agg.sum = r.float()?;
-                    agg.min = r.float()?;
-                    agg.max = r.float()?;
-                    agg.last = r.float()?;
+                    for (bit, f) in [(FLOAT_SUM, &mut agg.sum), (FLOAT_MIN, &mut agg.min), (FLOAT_MAX, &mut agg.max), (FLOAT_LAST, &mut agg.last)] {
+                        if kept & bit != 0 {
+                            *f = r.float()?;
+                        }
+                    }
                 }
             }
             agg.events = events;
@@ -433,7 +469,7 @@ impl FeatureSet {
     /// # Errors
     /// Corrupt state, or `as_of` before the latest event.
     pub fn serve(&self, bytes: &[u8], as_of: Option<i64>) -> Result<ServedFeatures, String> {
-        let (aggs, last) = decode_state(bytes)?;
+        let (aggs, last) = decode_state(bytes, &self.floats)?;
         let at = match as_of {
             Some(t) if t < last => {
                 return Err(format!("as_of {t} is before the entity's latest event ({last}); sluice keeps the aggregates after it, not the history before"))
@@ -477,17 +513,21 @@ impl StateCache {
 
     /// The entity's state, from the hot generation, the cold one, or `load`.
     fn get_or_load(&mut self, entity: &Text, load: impl FnOnce() -> (Vec<AggState>, i64)) -> &mut CachedState {
-        if !self.hot.contains_key(entity) {
-            let entry = match self.cold.remove(entity) {
-                Some(entry) => entry,
-                None => {
-                    let (aggs, latest) = load();
-                    (aggs, false, latest)
-                }
-            };
-            self.hot.insert(entity.clone(), entry);
+        // One probe of the hot generation (an entry, not a lookup then a get): at 100k entities
+        // the table is out of cache, and each probe was a miss.
+        match self.hot.entry(entity.clone()) {
+            std::collections::hash_map::Entry::Occupied(hit) => hit.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                let entry = match self.cold.remove(entity) {
+                    Some(entry) => entry,
+                    None => {
+                        let (aggs, latest) = load();
+                        (aggs, false, latest)
+                    }
+                };
+                slot.insert(entry)
+            }
         }
-        self.hot.get_mut(entity).expect("invariant: inserted above")
     }
 
     /// Ages the generations once the hot one holds more than half the bound.
@@ -570,7 +610,9 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         ingest.push(event.ingest_us);
                         let aggs = cache.get_or_load(&event.entity, || {
                             match state.get_raw(table.index(), event.entity.as_bytes()).unwrap_or_else(|e| panic!("features: cannot read state: {e}")) {
-                                Some(bytes) => decode_state(&bytes).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity)),
+                                Some(bytes) => {
+                                    decode_state(&bytes, &set.floats).unwrap_or_else(|e| panic!("features: state of entity {:?} is corrupt: {e}", event.entity))
+                                }
                                 None => (vec![AggState::new(); set.aggregates.len()], i64::MIN),
                             }
                         });
@@ -606,7 +648,7 @@ impl<'scope> Features<'scope> for Stream<'scope, Epoch, Vec<Event>> {
                         let entry = cache.hot.get_mut(&entity).expect("invariant: dirty entities are in the hot generation");
                         entry.1 = false;
                         encoded.clear();
-                        encode_state(&entry.0, entry.2, &mut encoded);
+                        encode_state(&entry.0, &set.floats, entry.2, &mut encoded);
                         state.put_raw(epoch, table.index(), entity.as_bytes(), encoded.as_slice().to_vec());
                     }
                     cache.end_epoch();
@@ -675,18 +717,69 @@ mod tests {
         let mut one = AggState::new();
         update(&mut one, Window::Tumbling(60_000), -90_000, Some(-0.0));
         let states = vec![s, AggState::new(), many, one];
+        let all = [FLOATS_ALL; 4];
         let mut buf = Vec::new();
-        encode_state(&states, -1_795_000_000_000, &mut buf);
-        let (decoded, last) = decode_state(&buf).unwrap();
+        encode_state(&states, &all, -1_795_000_000_000, &mut buf);
+        let (decoded, last) = decode_state(&buf, &all).unwrap();
         assert_eq!(last, -1_795_000_000_000);
         // Compared bit for bit (`-0.0 == 0.0` would hide a lost sign).
         assert_eq!(format!("{decoded:?}"), format!("{states:?}"));
         assert_eq!(decoded[3][0].1.sum.to_bits(), (0.0f64 + -0.0).to_bits());
         assert_eq!(decoded[3][0].1.min.to_bits(), (-0.0f64).to_bits());
-        assert_eq!(decode_state(&buf[..buf.len() - 1]).unwrap_err(), "truncated feature state");
+        assert_eq!(decode_state(&buf[..buf.len() - 1], &all).unwrap_err(), "truncated feature state");
+        assert_eq!(decode_state(&buf, &all[..3]).unwrap_err(), "feature state of 4 aggregates, where the features have 3");
         buf.push(0);
-        assert_eq!(decode_state(&buf).unwrap_err(), "1 bytes after the end of feature state");
-        assert_eq!(decode_state(&[2]).unwrap_err(), "unknown feature state format 2");
+        assert_eq!(decode_state(&buf, &all).unwrap_err(), "1 bytes after the end of feature state");
+        assert_eq!(decode_state(&[2], &all).unwrap_err(), "unknown feature state format 2");
+
+        // Only the floats a feature reads: `many` (three values in one bucket) keeps its max
+        // and last, 16 bytes less; those read back, the others as an empty aggregate's.
+        let some = [FLOATS_ALL, FLOATS_ALL, FLOAT_MAX | FLOAT_LAST, 0];
+        let mut small = Vec::new();
+        encode_state(&states, &some, -1_795_000_000_000, &mut small);
+        assert_eq!(small.len() + 16, buf.len() - 1);
+        let (decoded, _) = decode_state(&small, &some).unwrap();
+        let bucket = decoded[2][0].1;
+        assert_eq!((bucket.events, bucket.values, bucket.max, bucket.last), (4, 3, 2.5, -7.25));
+        assert_eq!((bucket.sum, bucket.min), (0.0, f64::INFINITY));
+        assert_eq!(format!("{:?}", decoded[3]), format!("{:?}", states[3]), "one value keeps every float");
+    }
+
+    #[test]
+    fn a_state_of_format_3_reads_all_four_floats() {
+        // Format 3, latest event at 5 ms, one aggregate of one bucket starting at 0 with two
+        // events and values: sum 3, min 1, max 2, last 2.
+        let mut bytes = vec![3, 10, 1, 1, 0, 2, 2];
+        for f in [3.0f64, 1.0, 2.0, 2.0] {
+            bytes.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        let (decoded, last) = decode_state(&bytes, &[FLOAT_SUM]).unwrap();
+        assert_eq!(last, 5);
+        let a = decoded[0][0].1;
+        assert_eq!((a.events, a.values, a.sum, a.min, a.max, a.last), (2, 2, 3.0, 1.0, 2.0, 2.0));
+    }
+
+    #[test]
+    fn each_aggregate_stores_the_floats_of_its_features() {
+        let spec = |name: &str, op, window: Option<&str>| FeatureSpec {
+            name: name.into(),
+            op,
+            field: (op != FeatureOp::Count).then(|| "amount".to_string()),
+            window: window.map(|w| w.parse().unwrap()),
+            slide: None,
+        };
+        let set = FeatureSet::new(
+            &[
+                spec("n", FeatureOp::Count, Some("1m")),
+                spec("sum", FeatureOp::Sum, Some("1h")),
+                spec("max", FeatureOp::Max, Some("1h")),
+                spec("mean", FeatureOp::Mean, None),
+                spec("last", FeatureOp::Last, None),
+            ],
+            &["amount".to_string()],
+        )
+        .unwrap();
+        assert_eq!(set.floats, vec![0, FLOAT_SUM | FLOAT_MAX, FLOAT_SUM | FLOAT_LAST]);
     }
 
     #[test]

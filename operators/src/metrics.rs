@@ -250,6 +250,10 @@ pub struct CommitMetrics {
     pub duration_us: LatencyHistogram,
     /// Wall time of the latest commit (ms since the Unix epoch; 0 before the first).
     pub last_ms: AtomicI64,
+    /// Write batches (one per commit, which holds every epoch queued behind the last sync).
+    pub batches: AtomicU64,
+    /// Keys not written because a later epoch of the same batch wrote them again.
+    pub coalesced: AtomicU64,
 }
 
 /// Kafka sources: (source, partition) to their offsets.

@@ -65,6 +65,12 @@ pub struct CommitInfo {
     pub changes: usize,
     /// How long the write (with its sync) took.
     pub duration: Duration,
+    /// Write batches since the store opened: fewer than the epochs committed when the commit
+    /// groups the epochs queued behind a slow sync.
+    pub batches_total: u64,
+    /// Keys since the store opened whose write was left out of a batch because a later epoch
+    /// of the same batch wrote them again.
+    pub coalesced_total: u64,
 }
 
 struct CommitQueue {
@@ -96,6 +102,9 @@ struct Writer {
     resume_epoch: AtomicU64,
     /// (batches written, the first failure, the last commit's figures).
     done: Mutex<(u64, Option<String>, Option<CommitInfo>)>,
+    /// Write batches, and keys left out of them ([`CommitInfo`]).
+    batches_total: AtomicU64,
+    coalesced_total: AtomicU64,
     written: Condvar,
     min_free_bytes: u64,
     /// Why commits are waiting (the disk is full), while they are.
@@ -258,6 +267,8 @@ impl StateStore {
             sync_commits: options.sync_commits,
             resume_epoch: AtomicU64::new(resume_epoch),
             done: Mutex::new((0, None, None)),
+            batches_total: AtomicU64::new(0),
+            coalesced_total: AtomicU64::new(0),
             written: Condvar::new(),
             min_free_bytes: options.min_free_bytes,
             stalled: Mutex::new(None),
@@ -274,7 +285,18 @@ impl StateStore {
                     crate::sched::set_thread_nice(nice);
                     let mut last_checkpoint = Instant::now();
                     let mut finishing: Option<JoinHandle<()>> = None;
-                    for (ready, resume) in receiver {
+                    while let Ok((mut ready, mut resume)) = receiver.recv() {
+                        // Group commit: the batches queued while the last one was written go
+                        // in one write and one sync, and a key written by several of their
+                        // epochs is written once (see `Writer::write`).
+                        let mut jobs = 1;
+                        while let Ok((more, later_resume)) = receiver.try_recv() {
+                            for (epoch, stages) in more {
+                                ready.entry(epoch).or_default().extend(stages);
+                            }
+                            resume = later_resume;
+                            jobs += 1;
+                        }
                         let result = writer.write(ready, resume);
                         if let (Ok(info), Some(every)) = (&result, every) {
                             if last_checkpoint.elapsed() >= every && info.resume_epoch > 0 {
@@ -303,7 +325,7 @@ impl StateStore {
                             }
                         }
                         let mut done = writer.done.lock().expect("invariant: writer lock not poisoned");
-                        done.0 += 1;
+                        done.0 += jobs;
                         match result {
                             Ok(info) => done.2 = Some(info),
                             Err(e) => {
@@ -492,7 +514,24 @@ impl Writer {
         let mut changes = 0;
         let cfs: Vec<_> = (0..self.names.len()).map(|i| self.cf(i)).collect();
         let mut sorted: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = Vec::new();
-        for stages in ready.values() {
+        // Of several epochs, a key's write is kept from the latest only (a feature changed in
+        // each of them is written once): its value is the one the last write leaves, whatever
+        // range deletions came between.
+        let latest_write: Option<foldhash::HashMap<(usize, &[u8]), Epoch>> = (ready.len() > 1).then(|| {
+            let mut latest = foldhash::HashMap::default();
+            for (&epoch, stages) in &ready {
+                for stage in stages {
+                    for (index, changes_of_table) in stage.tables.iter().enumerate() {
+                        for key in changes_of_table.keys() {
+                            latest.insert((index, key.as_slice()), epoch);
+                        }
+                    }
+                }
+            }
+            latest
+        });
+        let mut overwritten = 0u64;
+        for (&epoch, stages) in &ready {
             for stage in stages {
                 for (index, from, to) in &stage.range_deletes {
                     changes += 1;
@@ -512,7 +551,14 @@ impl Writer {
                     // memtable inserts each one next to the previous one instead of searching
                     // its skip list from the top.
                     sorted.clear();
-                    sorted.extend(changes_of_table.iter());
+                    match &latest_write {
+                        None => sorted.extend(changes_of_table.iter()),
+                        Some(latest) => {
+                            let before = sorted.len();
+                            sorted.extend(changes_of_table.iter().filter(|(key, _)| latest.get(&(index, key.as_slice())) == Some(&epoch)));
+                            overwritten += (changes_of_table.len() - (sorted.len() - before)) as u64;
+                        }
+                    }
                     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
                     for (key, value) in sorted.drain(..) {
                         changes += 1;
@@ -539,7 +585,13 @@ impl Writer {
         self.db.write_opt(batch, &wo).map_err(|e| StateError::rocks(&self.path, e))?;
         failpoint("commit.synced");
         self.resume_epoch.store(resume, Ordering::Release);
-        Ok(CommitInfo { resume_epoch: resume, changes, duration: started.elapsed() })
+        Ok(CommitInfo {
+            resume_epoch: resume,
+            changes,
+            duration: started.elapsed(),
+            batches_total: self.batches_total.fetch_add(1, Ordering::Relaxed) + 1,
+            coalesced_total: self.coalesced_total.fetch_add(overwritten, Ordering::Relaxed) + overwritten,
+        })
     }
 }
 
@@ -589,7 +641,8 @@ mod tests {
             store.sync().unwrap();
             let info = store.last_commit().unwrap();
             assert_eq!(info.resume_epoch, 2);
-            assert_eq!(info.changes, 2);
+            // Epochs 0 and 1 in one batch: `a` is written once, with epoch 1's value.
+            assert_eq!((info.changes, info.coalesced_total, info.batches_total), (1, 1, 1));
             // Epoch 2 is still open: visible to the worker, not committed.
             assert_eq!(w.get(&counts, b"b").unwrap(), Some(7));
         }
@@ -599,6 +652,30 @@ mod tests {
         let mut w = store.worker(0);
         assert_eq!(w.get(&counts, b"a").unwrap(), Some(2));
         assert_eq!(w.get(&counts, b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_batch_of_several_epochs_leaves_what_they_would_leave_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1);
+        let counts = store.table::<U64Codec>("counts").unwrap();
+        let mut w = store.worker(0);
+        w.put(0, &counts, b"a", &1);
+        w.put(0, &counts, b"b", &5);
+        w.put(0, &counts, b"d", &9);
+        // Epoch 1 deletes a..c, epoch 2 writes `a` again and deletes `d`: `a` and `d` are
+        // written once (their last writes), `b` stays deleted by the range.
+        w.delete_range(1, &counts, b"a", b"c");
+        w.put(2, &counts, b"a", &3);
+        w.delete(2, &counts, b"d");
+        assert_eq!(w.hand_in(Some(3)).unwrap(), Some(3));
+        store.sync().unwrap();
+        let info = store.last_commit().unwrap();
+        assert_eq!((info.changes, info.coalesced_total, info.batches_total), (4, 2, 1), "a, b, d, the range; a and d of epoch 0 left out");
+        let view = StateReader::new(Arc::clone(&store)).view();
+        let snap = view.snapshot();
+        let read = |key: &[u8]| snap.get(&counts, key).unwrap();
+        assert_eq!((read(b"a"), read(b"b"), read(b"d")), (Some(3), None, None));
     }
 
     #[test]

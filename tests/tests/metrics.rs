@@ -74,6 +74,8 @@ fn metrics_parse_and_name_everything() {
         "sluice_freshness_seconds",
         "sluice_epochs_committed_total",
         "sluice_commit_duration_seconds",
+        "sluice_commit_batches_total",
+        "sluice_commit_keys_coalesced_total",
         "sluice_inflight_epochs",
         "sluice_backpressure_seconds_total",
         "sluice_latency_seconds",
@@ -158,4 +160,7 @@ fn final_values_agree_with_the_outputs(metrics: &sluice_operators::Metrics, summ
         file_lines("dead_letters") + one("sluice_dedup_duplicates_total", None) + file_lines("conflicts") + file_lines("late") + file_lines("features");
     assert_eq!(accounted, records_in, "every record read accounted for once");
     assert_eq!(one("sluice_events_decoded_total", None), records_in - file_lines("dead_letters"));
+    // Group commit: never more write batches than epochs committed.
+    let (batches, epochs) = (one("sluice_commit_batches_total", None), one("sluice_epochs_committed_total", None));
+    assert!(batches >= 1.0 && batches <= epochs, "{batches} batches for {epochs} epochs");
 }

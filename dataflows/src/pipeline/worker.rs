@@ -50,6 +50,8 @@ fn commit_loop(worker: &mut Worker, plan: &Plan, state: &Rc<RefCell<sluice_state
                 metrics.latency.committed_before(resume, now);
                 if let Some(info) = plan.store.last_commit() {
                     metrics.commit.duration_us.record(info.duration.as_micros() as u64);
+                    metrics.commit.batches.store(info.batches_total, Ordering::Relaxed);
+                    metrics.commit.coalesced.store(info.coalesced_total, Ordering::Relaxed);
                 }
             }
         }
