@@ -304,7 +304,8 @@ fn read(state: &AggState, window: Window, time: i64) -> Agg {
 }
 
 /// The format byte of an entity's stored state: 4 stores, of a bucket of several values, only the
-/// floats its aggregate's features read; 3 (still read) stored all four.
+/// floats its aggregate's features read (with, per aggregate, the mask of those it keeps); 3
+/// (still read) stored all four.
 const STATE_FORMAT: u8 = 4;
 const STATE_FORMAT_ALL_FLOATS: u8 = 3;
 
@@ -355,6 +356,9 @@ fn encode_state(state: &[AggState], floats: &[u8], last_time_ms: i64, out: &mut 
     put_varint(out, zigzag(last_time_ms));
     put_varint(out, state.len() as u64);
     for (buckets, &kept) in state.iter().zip(floats) {
+        // The mask is stored: a reader with other features finds out, instead of reading a sum
+        // as a max.
+        out.push(kept);
         put_varint(out, buckets.len() as u64);
         let mut previous = 0i64;
         for (start, a) in buckets {
@@ -394,6 +398,12 @@ impl StateReader<'_> {
         Err("a varint of more than 10 bytes in feature state".into())
     }
 
+    fn byte(&mut self) -> Result<u8, String> {
+        let (&b, rest) = self.0.split_first().ok_or("truncated feature state")?;
+        self.0 = rest;
+        Ok(b)
+    }
+
     fn float(&mut self) -> Result<f64, String> {
         let (bits, rest) = self.0.split_at_checked(8).ok_or("truncated feature state")?;
         self.0 = rest;
@@ -415,8 +425,13 @@ fn decode_state(bytes: &[u8], floats: &[u8]) -> Result<(Vec<AggState>, i64), Str
         return Err(format!("feature state of {count} aggregates, where the features have {}", floats.len()));
     }
     let mut out = Vec::with_capacity(count.min(1024));
-    for &kept in floats {
-        let kept = if format == STATE_FORMAT_ALL_FLOATS { FLOATS_ALL } else { kept };
+    for (aggregate, &wanted) in floats.iter().enumerate() {
+        let kept = if format == STATE_FORMAT_ALL_FLOATS { FLOATS_ALL } else { r.byte()? };
+        if wanted & !kept != 0 {
+            return Err(format!(
+                "feature state of aggregate {aggregate} keeps floats {kept:#06b}, the features read {wanted:#06b}: it was written for other features (a new state directory, or the features it was written with, is needed)"
+            ));
+        }
         let n = r.varint()? as usize;
         let mut buckets = AggState::with_capacity(n.min(4096));
         let mut start = 0i64;
@@ -738,6 +753,8 @@ mod tests {
         let mut small = Vec::new();
         encode_state(&states, &some, -1_795_000_000_000, &mut small);
         assert_eq!(small.len() + 16, buf.len() - 1);
+        // Features that read a float the state does not keep: refused, not read as zero.
+        assert!(decode_state(&small, &[FLOATS_ALL, FLOATS_ALL, FLOAT_MIN, 0]).unwrap_err().contains("written for other features"));
         let (decoded, _) = decode_state(&small, &some).unwrap();
         let bucket = decoded[2][0].1;
         assert_eq!((bucket.events, bucket.values, bucket.max, bucket.last), (4, 3, 2.5, -7.25));

@@ -418,6 +418,12 @@ impl StateStore {
         self.writer.stalled.lock().expect("invariant: not poisoned").clone()
     }
 
+    /// Write batches, and keys left out of them, since the store opened (see [`CommitInfo`]);
+    /// up to date with [`StateStore::resume_epoch`].
+    pub fn commit_counts(&self) -> (u64, u64) {
+        (self.writer.batches_total.load(Ordering::Relaxed), self.writer.coalesced_total.load(Ordering::Relaxed))
+    }
+
     /// The last commit's figures, if any commit was written by this process.
     pub fn last_commit(&self) -> Option<CommitInfo> {
         self.writer.done.lock().expect("invariant: writer lock not poisoned").2.clone()
@@ -584,14 +590,16 @@ impl Writer {
         failpoint("commit.batch");
         self.db.write_opt(batch, &wo).map_err(|e| StateError::rocks(&self.path, e))?;
         failpoint("commit.synced");
-        self.resume_epoch.store(resume, Ordering::Release);
-        Ok(CommitInfo {
+        // Counted before the resume epoch moves: whoever sees the new epoch sees its batch.
+        let info = CommitInfo {
             resume_epoch: resume,
             changes,
             duration: started.elapsed(),
             batches_total: self.batches_total.fetch_add(1, Ordering::Relaxed) + 1,
             coalesced_total: self.coalesced_total.fetch_add(overwritten, Ordering::Relaxed) + overwritten,
-        })
+        };
+        self.resume_epoch.store(resume, Ordering::Release);
+        Ok(info)
     }
 }
 

@@ -50,9 +50,10 @@ fn commit_loop(worker: &mut Worker, plan: &Plan, state: &Rc<RefCell<sluice_state
                 metrics.latency.committed_before(resume, now);
                 if let Some(info) = plan.store.last_commit() {
                     metrics.commit.duration_us.record(info.duration.as_micros() as u64);
-                    metrics.commit.batches.store(info.batches_total, Ordering::Relaxed);
-                    metrics.commit.coalesced.store(info.coalesced_total, Ordering::Relaxed);
                 }
+                let (batches, coalesced) = plan.store.commit_counts();
+                metrics.commit.batches.store(batches, Ordering::Relaxed);
+                metrics.commit.coalesced.store(coalesced, Ordering::Relaxed);
             }
         }
         if frontier.is_none() {
