@@ -363,41 +363,76 @@ pub fn read_progress(config: &KafkaSinkConfig) -> Result<Option<Epoch>, String> 
     }
 }
 
+/// The fields of an output line its message takes key and headers from, each as its JSON text
+/// (borrowed: the other fields are skipped, nothing is built per field — a `serde_json::Value`
+/// per line was a tenth of the process's time in the Kafka benchmark).
+#[derive(Debug, Default, serde::Deserialize)]
+struct LineFields<'a> {
+    #[serde(borrow)]
+    entity: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    payment_id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    version: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    raw: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    raw_base64: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    reason: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    partition: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    offset: Option<&'a serde_json::value::RawValue>,
+}
+
+/// A field as header text: a string's characters, any other value's JSON (`null`: none).
+fn field_text(field: Option<&serde_json::value::RawValue>) -> Option<String> {
+    let raw = field?.get();
+    if raw.starts_with('"') {
+        serde_json::from_str::<String>(raw).ok()
+    } else {
+        Some(raw.to_string())
+    }
+}
+
 /// The message of one output line: key, value, headers.
 fn message(stream: &str, epoch: Epoch, seq: usize, line: &[u8]) -> (Option<Vec<u8>>, Vec<u8>, OwnedHeaders) {
-    let v: serde_json::Value = serde_json::from_slice(line).unwrap_or(serde_json::Value::Null);
+    let v: LineFields<'_> = serde_json::from_slice(line).unwrap_or_default();
     let mut headers = OwnedHeaders::new()
-        .insert(Header { key: "sluice-epoch", value: Some(epoch.to_string().as_bytes()) })
-        .insert(Header { key: "sluice-seq", value: Some(seq.to_string().as_bytes()) });
-    let text = |name: &str| match &v[name] {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Null => None,
-        other => Some(other.to_string()),
-    };
+        .insert(Header { key: "sluice-epoch", value: Some(itoa::Buffer::new().format(epoch).as_bytes()) })
+        .insert(Header { key: "sluice-seq", value: Some(itoa::Buffer::new().format(seq).as_bytes()) });
     if stream == OutputStream::DeadLetters.name() {
         // The raw bytes as they came, with where they came from and why they were refused.
-        let raw = match (text("raw"), v["raw_base64"].as_str()) {
+        let base64 = v.raw_base64.filter(|b| b.get().starts_with('"')).and_then(|b| field_text(Some(b)));
+        let raw = match (field_text(v.raw), base64) {
             (Some(raw), _) => raw.into_bytes(),
             (None, Some(b)) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).unwrap_or_default(),
             (None, None) => Vec::new(),
         };
         for (header, field) in
-            [("sluice-dead-letter-reason", "reason"), ("sluice-source", "source"), ("sluice-partition", "partition"), ("sluice-offset", "offset")]
+            [("sluice-dead-letter-reason", v.reason), ("sluice-source", v.source), ("sluice-partition", v.partition), ("sluice-offset", v.offset)]
         {
-            if let Some(value) = text(field) {
+            if let Some(value) = field_text(field) {
                 headers = headers.insert(Header { key: header, value: Some(value.as_bytes()) });
             }
         }
         return (None, raw, headers);
     }
-    for (header, field) in [("sluice-event-id", "id"), ("sluice-model", "model"), ("sluice-model-version", "version")] {
-        if let Some(value) = text(field) {
+    for (header, field) in [("sluice-event-id", v.id), ("sluice-model", v.model), ("sluice-model-version", v.version)] {
+        if let Some(value) = field_text(field) {
             headers = headers.insert(Header { key: header, value: Some(value.as_bytes()) });
         }
     }
     // The message key: the entity, or the payment of a reconciliation changelog line (so that
     // a payment's changes stay in order on one partition).
-    (text("entity").or_else(|| text("payment_id")).map(String::into_bytes), line.to_vec(), headers)
+    (field_text(v.entity).or_else(|| field_text(v.payment_id)).map(String::into_bytes), line.to_vec(), headers)
 }
 
 /// A producer with the sink's settings; in exactly-once mode with its transactions initialised
@@ -420,6 +455,9 @@ fn new_producer(config: &KafkaSinkConfig) -> Result<BaseProducer<Context>, Deliv
     Ok(producer)
 }
 
+/// How long a flush waits between its checks that everything is acknowledged.
+const FLUSH_ROUND: Duration = Duration::from_millis(10);
+
 struct Deliverer {
     config: KafkaSinkConfig,
     id: String,
@@ -438,6 +476,25 @@ impl Deliverer {
                     record = back;
                 }
                 Err((e, _)) => return Err(DeliveryError::from_kafka("cannot produce", &self.config, &e)),
+            }
+        }
+    }
+
+    /// Waits until every message produced is acknowledged and its delivery report served (the
+    /// context counts failures from them), [`KAFKA_TIMEOUT`] at most. rdkafka's
+    /// `BaseProducer::flush` waits in rounds of `poll(100 ms)`, each waited out in full even
+    /// when the reports are in: every flush cost at least 100 ms, and an epoch has two. Rounds
+    /// of 10 ms here. (librdkafka's own blocking flush cannot be used: with reports as events it
+    /// waits for them to be served, which nobody does while it waits.)
+    fn flush(&self) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + KAFKA_TIMEOUT;
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) if Instant::now() < deadline => {
+                    self.producer.poll(FLUSH_ROUND);
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -488,11 +545,11 @@ impl Deliverer {
         let before = self.counts();
         self.send_lines(epoch, lines)?;
         // Every record acknowledged before the progress record says the epoch is out.
-        self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
+        self.flush().map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
         self.check(before)?;
         failpoint("sink.kafka.produced");
         self.send_progress(epoch, lines.len())?;
-        self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("the progress record was not acknowledged", &self.config, &e))?;
+        self.flush().map_err(|e| DeliveryError::from_kafka("the progress record was not acknowledged", &self.config, &e))?;
         self.check(before)?;
         failpoint("sink.kafka.progress");
         Ok(())
@@ -506,7 +563,12 @@ impl Deliverer {
                 record = record.key(k.as_slice());
             }
             self.send(record)?;
-            self.producer.poll(Duration::ZERO);
+            // Delivery reports served every so often, not after each message (each poll read
+            // the clock and took librdkafka's locks: 8% of the process); a full queue polls in
+            // `send`, and the epoch's flush serves the rest.
+            if seq % 512 == 511 {
+                self.producer.poll(Duration::ZERO);
+            }
         }
         Ok(())
     }
@@ -523,7 +585,7 @@ impl Deliverer {
         // The commit flushes anyway; flushing first puts the records at the broker, inside the
         // open transaction, when the failpoint below is reached (a kill there leaves an open
         // transaction with records, which the restart must abort).
-        self.producer.flush(KAFKA_TIMEOUT).map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
+        self.flush().map_err(|e| DeliveryError::from_kafka("records not acknowledged", &self.config, &e))?;
         self.check(before)?;
         failpoint("sink.kafka.produced");
         self.producer.commit_transaction(KAFKA_TIMEOUT).map_err(|e| {
@@ -772,4 +834,54 @@ pub fn kafka_sink<'scope>(
         }
     });
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::Headers;
+
+    fn headers_of(h: &OwnedHeaders) -> Vec<(String, String)> {
+        h.iter().map(|h| (h.key.to_string(), String::from_utf8(h.value.unwrap_or_default().to_vec()).unwrap())).collect()
+    }
+
+    #[test]
+    fn a_message_takes_its_key_and_headers_from_the_line() {
+        let line = br#"{"entity":"cus_\u00e91","id":"evt_\"7","time_ms":5,"values":[1.5,null],"model":"lr","version":3}"#;
+        let (key, value, headers) = message("features", 12, 4, line);
+        assert_eq!(key.as_deref(), Some("cus_\u{e9}1".as_bytes()));
+        assert_eq!(value, line.to_vec());
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        assert_eq!(
+            headers_of(&headers),
+            pairs(&[("sluice-epoch", "12"), ("sluice-seq", "4"), ("sluice-event-id", "evt_\"7"), ("sluice-model", "lr"), ("sluice-model-version", "3")])
+        );
+        // A changelog line is keyed by its payment; a null entity is no key.
+        let (key, _, headers) = message("changelog", 0, 0, br#"{"entity":null,"payment_id":"pay_9"}"#);
+        assert_eq!(key.as_deref(), Some(&b"pay_9"[..]));
+        assert_eq!(headers_of(&headers).len(), 2);
+    }
+
+    #[test]
+    fn a_dead_letter_message_is_the_raw_record() {
+        let line = br#"{"reason":"malformed_json","source":"payments","partition":2,"offset":41,"raw":"{\"id\": 1"}"#;
+        let (key, value, headers) = message("dead_letters", 1, 0, line);
+        assert_eq!((key, value), (None, b"{\"id\": 1".to_vec()));
+        let h = headers_of(&headers);
+        assert_eq!(
+            &h[2..],
+            &[
+                ("sluice-dead-letter-reason".to_string(), "malformed_json".to_string()),
+                ("sluice-source".to_string(), "payments".to_string()),
+                ("sluice-partition".to_string(), "2".to_string()),
+                ("sluice-offset".to_string(), "41".to_string()),
+            ]
+        );
+        // Bytes that are not UTF-8 come as base64.
+        let (_, value, _) = message("dead_letters", 1, 0, br#"{"reason":"not_utf8","raw_base64":"/wA="}"#);
+        assert_eq!(value, vec![0xff, 0x00]);
+        // A line that is not JSON has no key, no fields: its message is empty.
+        let (key, value, headers) = message("dead_letters", 1, 0, b"not json");
+        assert_eq!((key, value, headers_of(&headers).len()), (None, Vec::new(), 2));
+    }
 }
