@@ -564,9 +564,11 @@ impl Deliverer {
             }
             self.send(record)?;
             // Delivery reports served every so often, not after each message (each poll read
-            // the clock and took librdkafka's locks: 8% of the process); a full queue polls in
-            // `send`, and the epoch's flush serves the rest.
-            if seq % 512 == 511 {
+            // the clock and took librdkafka's locks); a poll serves one report event (of one
+            // produce batch), and messages count as queued until theirs is served, so often
+            // enough that reports never pile up to a full queue. A full queue polls in `send`,
+            // and the epoch's flush serves the rest.
+            if seq % 32 == 31 {
                 self.producer.poll(Duration::ZERO);
             }
         }
